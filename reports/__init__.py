@@ -1,0 +1,1 @@
+"""Performance, execution-quality, compliance and model reports (later issues; not built yet)."""
