@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from operator import attrgetter
 from enum import IntEnum
 from typing import Any
 
@@ -186,9 +187,9 @@ def _encode_str(value: str, name: str) -> bytes:
     return _U16.pack(len(data)) + data
 
 
-def encode_body(msg: Message) -> bytes:
+def _encode_steps(plan: list[_Step], msg: Message) -> bytes:
     parts: list[bytes] = []
-    for step in _PLANS[int(msg.TYPE)]:
+    for step in plan:
         if isinstance(step, _Run):
             values = [getattr(msg, n) for n in step.names]
             for i in step.ts_positions:
@@ -205,6 +206,34 @@ def encode_body(msg: Message) -> bytes:
     return b"".join(parts)
 
 
+def _fixed_encoder(run: _Run) -> Any:
+    """An encoder for a one-run body: an attrgetter and one pack call."""
+    get = attrgetter(*run.names) if len(run.names) > 1 else (lambda m, g=attrgetter(run.names[0]): (g(m),))
+    pack = run.struct.pack
+    ts_positions = run.ts_positions
+    if not ts_positions:
+        return lambda msg: pack(*get(msg))
+
+    def encode_fixed(msg: Message) -> bytes:
+        values = list(get(msg))
+        for i in ts_positions:
+            values[i] //= _NS_PER_WIRE_TICK
+        return pack(*values)
+
+    return encode_fixed
+
+
+_ENCODERS: dict[int, Any] = {
+    t: _fixed_encoder(plan[0]) if len(plan) == 1 and isinstance(plan[0], _Run)
+    else (lambda msg, plan=plan: _encode_steps(plan, msg))
+    for t, plan in _PLANS.items()
+}
+
+
+def encode_body(msg: Message) -> bytes:
+    return _ENCODERS[msg.TYPE](msg)
+
+
 def encode_header(header: Header) -> bytes:
     return HEADER.pack(MAGIC, header.version, header.msg_type, header.flags, header.seq,
                        header.ts_send_ns // _NS_PER_WIRE_TICK, header.ts_echo_ns // _NS_PER_WIRE_TICK)
@@ -215,7 +244,7 @@ def encode(msg: Message, seq: int, ts_send_ns: int, ts_echo_ns: int = 0) -> list
     return [
         HEADER.pack(MAGIC, PROTOCOL_VERSION, int(msg.TYPE), 0, seq,
                     ts_send_ns // _NS_PER_WIRE_TICK, ts_echo_ns // _NS_PER_WIRE_TICK),
-        encode_body(msg),
+        _ENCODERS[msg.TYPE](msg),
     ]
 
 

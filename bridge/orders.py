@@ -1,0 +1,150 @@
+"""The sidecar's own ledger of brackets, fills and positions, fed by what NT8 reports.
+
+Brackets are created by the order emitter; ORDER_UPDATE and EXECUTION move them. Position per
+instrument is summed from executions (drive fills from executions, not order updates, as the Help
+Guide says), and duplicate executions, which live brokers do send, are recognised by id and
+ignored. Issue 6's reconciliation compares this ledger with NT8's POSITION reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bridge.protocol.messages import (
+    EntryType,
+    Execution,
+    OrderRole,
+    OrderState,
+    OrderUpdate,
+    Side,
+    SubmitBracket,
+    TimeInForce,
+)
+
+
+class BracketStatus(StrEnum):
+    SENT = "SENT"  # BRACKET sent, no word from NT8 yet
+    WORKING = "WORKING"  # entry accepted/working
+    OPEN = "OPEN"  # entry (partly) filled, exits working
+    CLOSED = "CLOSED"  # exits filled the whole entry quantity
+    CANCELLED = "CANCELLED"  # entry cancelled before any fill
+    REJECTED = "REJECTED"  # entry rejected
+
+
+ACTIVE = frozenset({BracketStatus.SENT, BracketStatus.WORKING, BracketStatus.OPEN})
+
+
+@dataclass(slots=True)
+class BracketRecord:
+    client_order_id: str
+    decision_id: str
+    instrument_id: int
+    side: Side
+    quantity: int
+    entry_type: EntryType
+    entry_price: float
+    stop_price: float
+    target_price: float
+    algorithm_id: str
+    ts_created_ns: int
+    status: BracketStatus = BracketStatus.SENT
+    entry_filled: int = 0
+    exit_filled: int = 0
+    entry_value: float = 0.0  # sum of price * quantity of entry fills
+    exit_value: float = 0.0
+    entry_done: bool = False  # the entry will fill no more (filled, or cancelled after a part fill)
+
+    @property
+    def avg_entry(self) -> float:
+        return self.entry_value / self.entry_filled if self.entry_filled else math.nan
+
+    def to_message(self) -> SubmitBracket:
+        return SubmitBracket(self.client_order_id, self.instrument_id, int(self.side), self.quantity,
+                             int(self.entry_type), self.entry_price, self.stop_price,
+                             self.target_price, int(TimeInForce.DAY), self.algorithm_id,
+                             self.decision_id)
+
+
+class OrderTracker:
+    """One session's brackets and positions."""
+
+    def __init__(self, id_prefix: str) -> None:
+        self.id_prefix = id_prefix
+        self.brackets: dict[str, BracketRecord] = {}
+        self.positions: dict[int, int] = {}  # signed contracts per instrument
+        self._execution_ids: set[str] = set()
+        self._next = 1
+        self.duplicate_executions = 0
+        self.unknown_order_events = 0
+
+    def next_ids(self) -> tuple[str, str]:
+        """A fresh (decision id, client order id) pair; deterministic within a session."""
+        n = self._next
+        self._next += 1
+        return f"{self.id_prefix}-D{n}", f"{self.id_prefix}-B{n}"
+
+    def add(self, bracket: BracketRecord) -> None:
+        self.brackets[bracket.client_order_id] = bracket
+
+    def position(self, instrument_id: int) -> int:
+        return self.positions.get(instrument_id, 0)
+
+    def working_entry_quantity(self, instrument_id: int) -> int:
+        """Signed quantity of entries sent and not yet filled, cancelled or rejected."""
+        return sum(b.side.sign * (b.quantity - b.entry_filled) for b in self.brackets.values()
+                   if b.instrument_id == instrument_id and b.status in (BracketStatus.SENT, BracketStatus.WORKING))
+
+    def is_flat(self, instrument_id: int) -> bool:
+        if self.positions.get(instrument_id, 0):
+            return False
+        return not any(b.instrument_id == instrument_id and b.status in ACTIVE for b in self.brackets.values())
+
+    def on_order_update(self, update: OrderUpdate) -> BracketRecord | None:
+        b = self.brackets.get(update.client_order_id)
+        if b is None:
+            self.unknown_order_events += 1
+            return None
+        if update.role != OrderRole.ENTRY:
+            return b
+        state = update.state
+        if state in (OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED):
+            b.entry_done = True
+            if b.entry_filled == 0 and state != OrderState.FILLED:
+                b.status = BracketStatus.REJECTED if state == OrderState.REJECTED else BracketStatus.CANCELLED
+            else:
+                self._close_if_done(b)
+        elif b.status is BracketStatus.SENT and state in (OrderState.ACCEPTED, OrderState.WORKING,
+                                                          OrderState.TRIGGER_PENDING):
+            b.status = BracketStatus.WORKING
+        return b
+
+    @staticmethod
+    def _close_if_done(b: BracketRecord) -> None:
+        entry_complete = b.entry_done or b.entry_filled >= b.quantity
+        if entry_complete and b.entry_filled and b.exit_filled >= b.entry_filled:
+            b.status = BracketStatus.CLOSED
+
+    def on_execution(self, execution: Execution) -> bool:
+        """Apply a fill; False when its execution id was seen before (a duplicate, ignored)."""
+        if execution.execution_id in self._execution_ids:
+            self.duplicate_executions += 1
+            return False
+        self._execution_ids.add(execution.execution_id)
+        signed = Side(execution.side).sign * execution.quantity
+        self.positions[execution.instrument_id] = self.positions.get(execution.instrument_id, 0) + signed
+        b = self.brackets.get(execution.client_order_id)
+        if b is None:
+            self.unknown_order_events += 1
+            return True
+        value = execution.price * execution.quantity
+        if execution.role == OrderRole.ENTRY:
+            b.entry_filled += execution.quantity
+            b.entry_value += value
+            b.status = BracketStatus.OPEN
+        else:
+            b.exit_filled += execution.quantity
+            b.exit_value += value
+            self._close_if_done(b)
+        return True

@@ -1,0 +1,230 @@
+"""Playback with the Python engine: replay NT8 files tick by tick through a sidecar, in lockstep.
+
+Files (tick, tick-replay or minute bars; one or several instruments) are merged in time order.
+Minute bars are turned into four trades each (open; the nearer of high and low; the other; close,
+as NT8's historical fill logic assumes), spread over the minute, so the same pipeline runs on bars.
+Every message is acknowledged by the sidecar (lockstep), so a run is deterministic: the digest of
+orders and fills is the same run after run on the same data, configuration and window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bridge.config import Config
+from bridge.data.nt8files import Nt8Format, detect_format, instrument_from_filename, read_nt8
+from bridge.instruments import InstrumentMaster
+from bridge.nt8client.client import Nt8Client
+from bridge.nt8client.fillmodel import SimBroker
+from bridge.protocol.messages import (
+    CancelOrder,
+    ChangeOrder,
+    Error,
+    ErrorCode,
+    Flatten,
+    InstrumentDecl,
+    Message,
+    SubmitBracket,
+    Tick,
+    TickKind,
+)
+
+_NS = 1_000_000_000
+
+
+class PlaybackError(RuntimeError):
+    """The playback cannot run as asked; the message says what to change."""
+
+
+@dataclass
+class TickStream:
+    """Trades of one or more instruments merged in time order (numpy columns)."""
+
+    names: list[str]
+    instrument: np.ndarray  # int, index into names
+    ts_ns: np.ndarray
+    price: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    size: np.ndarray
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+
+def bars_to_trades(bars, period_ns: int = 60 * _NS) -> dict[str, np.ndarray]:
+    """Four trades per bar: O, nearer extreme, farther extreme, C, at 1/4 steps through the bar.
+
+    Volume is split evenly with at least one contract per trade (a bar with volume 0 gets 4).
+    """
+    n = len(bars)
+    o, h, lo, c = (bars[k].to_numpy(float) for k in ("open", "high", "low", "close"))
+    end = bars["ts_ns"].to_numpy(np.int64)
+    up = c >= o  # a rising bar most likely went down first, then up (NT8's assumption too)
+    first = np.where(up, lo, h)
+    second = np.where(up, h, lo)
+    prices = np.stack([o, first, second, c], axis=1).reshape(-1)
+    steps = np.array([-3, -2, -1, 0], dtype=np.int64) * (period_ns // 4)
+    ts = (end[:, None] + steps[None, :] - 1).reshape(-1)  # the close trade 1 ns before the stamp
+    vol = np.maximum(bars["volume"].to_numpy(np.int64) // 4, 1)
+    size = np.repeat(vol, 4)
+    return {"ts_ns": ts, "price": prices, "bid": np.full(4 * n, np.nan), "ask": np.full(4 * n, np.nan),
+            "size": size}
+
+
+def load_stream(files: list[Path], instrument: str | None = None) -> TickStream:
+    names: list[str] = []
+    parts: list[dict[str, np.ndarray]] = []
+    ids: list[np.ndarray] = []
+    for path in files:
+        path = Path(path)
+        if not path.exists():
+            raise PlaybackError(f"data file {path} does not exist")
+        fmt = detect_format(path)
+        name = instrument if (instrument and len(files) == 1) else instrument_from_filename(path)
+        df = read_nt8(path, fmt)
+        if fmt is Nt8Format.DAY:
+            raise PlaybackError(f"{path}: day bars are too coarse to play back; export ticks or minute bars")
+        if fmt is Nt8Format.MINUTE:
+            cols = bars_to_trades(df)
+        else:
+            cols = {"ts_ns": df["ts_ns"].to_numpy(np.int64), "price": df["price"].to_numpy(float),
+                    "bid": df["bid"].to_numpy(float), "ask": df["ask"].to_numpy(float),
+                    "size": df["volume"].to_numpy(np.int64)}
+        if name not in names:
+            names.append(name)
+        parts.append(cols)
+        ids.append(np.full(len(cols["ts_ns"]), names.index(name), dtype=np.int32))
+    if not parts:
+        raise PlaybackError("no data files given: pass --data FILE (an NT8 export)")
+    ts = np.concatenate([p["ts_ns"] for p in parts])
+    order = np.argsort(ts, kind="stable")  # stable: same-stamp ticks keep their file order
+    cat = lambda k: np.concatenate([p[k] for p in parts])[order]  # noqa: E731
+    return TickStream(names, np.concatenate(ids)[order], ts[order], cat("price"), cat("bid"), cat("ask"),
+                      cat("size"), [str(f) for f in files])
+
+
+@dataclass
+class PlaybackResult:
+    session_id: int
+    ticks_read: int
+    ticks_sent: int
+    rejected_by_reason: dict[str, int]
+    brackets: int
+    fills: int
+    refused_commands: list[str]
+    realized_pnl: dict[str, float]
+    commission: float
+    final_position: dict[str, int]
+    digest: str
+    elapsed_s: float
+
+    @property
+    def ticks_rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+
+def _fmt(x: float) -> str:
+    return "nan" if math.isnan(x) else repr(round(x, 10))
+
+
+def run_playback(stream: TickStream, endpoint: str, config: Config, master: InstrumentMaster, *,
+                 window: int = 256, instance_id: str = "playback",
+                 progress: Callable[[int], None] | None = None) -> PlaybackResult:
+    """Replay ``stream`` through the sidecar at ``endpoint`` in lockstep; deterministic for a given window.
+
+    Messages go out in batches and every one is acknowledged; replies are attributed to the
+    message that caused them, and the fill model then walks the batch in tick order, so an order
+    goes live on the first trade after the one that triggered it, whatever the batch size. A batch
+    is one tick whenever an order is live or NT8 events are waiting to be reported (exact
+    lockstep); while nothing is live it is up to ``window`` ticks, and the reports of a bracket
+    placed and filled inside such a batch reach the sidecar at its end. ``window=1`` is exact
+    lockstep throughout. The batch boundaries depend only on the data, so runs are repeatable.
+    """
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    decls = []
+    for name in stream.names:
+        spec = master.resolve(name)
+        decls.append(InstrumentDecl(name, spec.tick_size, spec.point_value))
+    broker = SimBroker(decls, config.fill_model)
+    digest = hashlib.sha256()
+    rejected: Counter = Counter()
+    brackets = 0
+    bracket_ordinal: dict[str, int] = {}
+    start = time.perf_counter()
+    with Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls) as client:
+        welcome = client.connect()
+        iids, tss, prices, bids, asks, sizes = (stream.instrument.tolist(), stream.ts_ns.tolist(),
+                                                stream.price.tolist(), stream.bid.tolist(), stream.ask.tolist(),
+                                                stream.size.tolist())
+        n = len(stream)
+        pending: list[Message] = []  # NT8 events waiting to be reported
+
+        def apply(replies: list[Message], ts: int, index: int) -> None:
+            nonlocal brackets
+            for r in replies:
+                if isinstance(r, SubmitBracket):
+                    brackets += 1
+                    bracket_ordinal[r.client_order_id] = brackets
+                    digest.update(f"B|{index}|{brackets}|{r.side}|{r.quantity}|{r.entry_type}|{_fmt(r.entry_price)}|"
+                                  f"{_fmt(r.stop_price)}|{_fmt(r.target_price)}\n".encode())
+                    pending.extend(broker.submit_bracket(r, ts, index))
+                elif isinstance(r, CancelOrder):
+                    pending.extend(broker.cancel(r, ts))
+                elif isinstance(r, ChangeOrder):
+                    pending.extend(broker.change(r, ts))
+                elif isinstance(r, Flatten):
+                    pending.extend(broker.flatten(r, ts, index))
+                elif isinstance(r, Error):
+                    name = ErrorCode(r.code).name if r.code in ErrorCode._value2member_map_ else str(r.code)
+                    rejected[name] += 1
+
+        i = 0
+        while i < n:
+            end = i + 1 if (pending or broker.has_live_orders()) else min(n, i + window)
+            sent: list[tuple[int, int]] = []  # (seq, tick index; -1 for an NT8 event)
+            for event in pending:
+                sent.append((client.send(event), -1))
+            pending.clear()
+            for k in range(i, end):
+                sent.append((client.send(Tick(iids[k], 0, prices[k], sizes[k], bids[k], asks[k], tss[k], tss[k])), k))
+            replies = client.wait_acks(sent[-1][0])
+            for seq, k in sent:
+                if k < 0:  # replies to reported events belong to the last tick before the batch
+                    apply(replies.get(seq, ()), tss[i - 1] if i else tss[0], i - 1)
+                    continue
+                fills_before = len(broker.fills)
+                pending.extend(broker.on_trade(iids[k], prices[k], bids[k], asks[k], tss[k], k))
+                for fill in broker.fills[fills_before:]:
+                    digest.update(f"F|{fill.tick_index}|{bracket_ordinal.get(fill.bracket_id, fill.bracket_id)}|"
+                                  f"{fill.role}|{fill.side}|{fill.quantity}|{_fmt(fill.price)}\n".encode())
+                apply(replies.get(seq, ()), tss[k], k)
+            if progress is not None and (i >> 14) != (end >> 14):
+                progress(end)
+            i = end
+        if pending:  # the last fills' reports
+            last = [client.send(event) for event in pending]
+            pending.clear()
+            apply([m for g in client.wait_acks(last[-1]).values() for m in g], tss[-1], n - 1)
+        if progress is not None:
+            progress(n)
+    elapsed = time.perf_counter() - start
+    realized = broker.realized_pnl()
+    return PlaybackResult(
+        session_id=welcome.session_id, ticks_read=n, ticks_sent=n, rejected_by_reason=dict(sorted(rejected.items())),
+        brackets=brackets, fills=len(broker.fills), refused_commands=broker.refused,
+        realized_pnl={stream.names[i]: round(v, 2) for i, v in realized.items()},
+        commission=round(broker.account.commission, 2),
+        final_position={stream.names[i]: p for i, p in broker.account.positions.items()},
+        digest=digest.hexdigest(), elapsed_s=elapsed,
+    )

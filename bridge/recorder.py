@@ -1,0 +1,159 @@
+"""Turns the pipeline's events into storage rows for the writer thread.
+
+Rows are positional tuples in the column order of ``bridge.storage.schema.COLUMNS`` (``ROW_FIELDS``
+below spells the order out; a test holds the two equal), because building a dict per tick costs
+more than the rest of the tick's storage work. Optional prices travel as NaN; the writer stores
+NULL for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Protocol
+
+from bridge.protocol.messages import (
+    Account,
+    Execution,
+    MarketPosition,
+    OrderRole,
+    OrderState,
+    OrderUpdate,
+    Position,
+    Side,
+    Tick,
+)
+
+ROW_FIELDS: dict[str, tuple[str, ...]] = {
+    "ticks": ("session_id", "seq", "instrument", "kind", "price", "size", "bid", "ask",
+              "ts_exchange_ns", "ts_receive_ns", "ts_sidecar_ns"),
+    "bars": ("session_id", "instrument", "period_s", "ts_open_ns", "ts_close_ns", "open", "high", "low",
+             "close", "volume", "tick_count", "source"),
+    "quality_events": ("session_id", "seq", "instrument", "reason", "detail", "ts_event_ns",
+                       "ts_sidecar_ns", "payload"),
+    "decisions": ("decision_id", "session_id", "instrument", "strategy", "ts_event_ns", "ts_sidecar_ns",
+                  "outcome", "rationale", "inputs"),
+    "orders": ("client_order_id", "session_id", "decision_id", "instrument", "side", "quantity",
+               "entry_type", "entry_price", "stop_price", "target_price", "time_in_force",
+               "algorithm_id", "ts_created_ns"),
+    "order_updates": ("session_id", "seq", "client_order_id", "role", "nt8_order_id", "state", "quantity",
+                      "filled", "limit_price", "stop_price", "avg_fill_price", "ts_event_ns", "error_code",
+                      "comment"),
+    "executions": ("session_id", "seq", "execution_id", "client_order_id", "role", "nt8_order_id",
+                   "instrument", "side", "price", "quantity", "commission", "ts_event_ns"),
+    "positions": ("session_id", "seq", "instrument", "market_position", "quantity", "avg_price",
+                  "ts_event_ns"),
+    "account_values": ("session_id", "seq", "account", "cash_value", "realized_pnl", "unrealized_pnl",
+                       "buying_power", "ts_event_ns"),
+    "audit_log": ("session_id", "ts_sidecar_ns", "kind", "subject_id", "payload"),
+    "instruments": ("name", "root", "tick_size", "point_value", "currency", "exchange", "first_seen_ns"),
+    "sessions": ("session_id", "instance_id", "account", "peer", "protocol_version", "started_ns",
+                 "ended_ns", "end_reason", "clock_offset_ns"),
+}
+
+
+class RowSink(Protocol):
+    """What the recorder needs of the storage writer."""
+
+    def write(self, table: str, row: tuple) -> None: ...
+
+    def update(self, table: str, key: Any, values: dict[str, Any]) -> None: ...
+
+
+def _json(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no NaN: it becomes null) for payload columns."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), sort_keys=True, separators=(",", ":"))
+
+
+class Recorder:
+    """Everything one session stores."""
+
+    def __init__(self, sink: RowSink, session_id: int, store_ticks: bool = True) -> None:
+        self.sink = sink
+        self.session_id = session_id
+        self.store_ticks = store_ticks
+        self._names: dict[int, str] = {}
+
+    def set_instruments(self, names: dict[int, str]) -> None:
+        self._names = dict(names)
+
+    def name(self, instrument_id: int) -> str:
+        return self._names[instrument_id]
+
+    def session_started(self, instance_id: str, account: str, peer: str, version: int, started_ns: int,
+                        clock_offset_ns: int) -> None:
+        self.sink.write("sessions", (self.session_id, instance_id, account, peer, version, started_ns,
+                                     None, None, clock_offset_ns))
+
+    def session_ended(self, ended_ns: int, reason: str) -> None:
+        self.sink.update("sessions", self.session_id, {"ended_ns": ended_ns, "end_reason": reason})
+
+    def instrument(self, name: str, root: str, tick_size: float, point_value: float, currency: str,
+                   exchange: str, now_ns: int) -> None:
+        self.sink.write("instruments", (name, root, tick_size, point_value, currency, exchange, now_ns))
+
+    def tick(self, seq: int, t: Tick, now_ns: int) -> None:
+        if self.store_ticks:
+            self.sink.write("ticks", (self.session_id, seq, self._names[t.instrument_id], t.kind, t.price,
+                                      t.size, t.bid, t.ask, t.ts_exchange_ns, t.ts_receive_ns, now_ns))
+
+    def bar(self, instrument_id: int, bar: Any, source: str) -> None:
+        self.sink.write("bars", (self.session_id, self._names[instrument_id], bar.period_s, bar.ts_open_ns,
+                                 bar.ts_close_ns, bar.open, bar.high, bar.low, bar.close, bar.volume,
+                                 bar.tick_count, source))
+
+    def quality_event(self, seq: int, instrument_id: int | None, reason: str, detail: str, ts_event_ns: int,
+                      now_ns: int, payload: dict[str, Any]) -> None:
+        name = self._names.get(instrument_id) if instrument_id is not None else None
+        self.sink.write("quality_events", (self.session_id, seq, name, reason, detail, ts_event_ns, now_ns,
+                                           _json(payload)))
+
+    def decision(self, decision_id: str, instrument_id: int, strategy: str, ts_event_ns: int, now_ns: int,
+                 outcome: str, rationale: str, inputs: dict[str, Any]) -> None:
+        self.sink.write("decisions", (decision_id, self.session_id, self._names[instrument_id], strategy,
+                                      ts_event_ns, now_ns, outcome, rationale, _json(inputs)))
+        self.sink.write("audit_log", (self.session_id, now_ns, "decision", decision_id,
+                                      _json({"outcome": outcome, "strategy": strategy, "rationale": rationale,
+                                             "inputs": inputs, "ts_event_ns": ts_event_ns})))
+
+    def order(self, b: Any, now_ns: int) -> None:
+        self.sink.write("orders", (b.client_order_id, self.session_id, b.decision_id,
+                                   self._names[b.instrument_id], Side(b.side).name, b.quantity,
+                                   b.entry_type.name, b.entry_price, b.stop_price, b.target_price, "DAY",
+                                   b.algorithm_id, now_ns))
+        self.sink.write("audit_log", (self.session_id, now_ns, "order_sent", b.client_order_id,
+                                      _json({"decision_id": b.decision_id, "side": Side(b.side).name,
+                                             "quantity": b.quantity, "entry_type": b.entry_type.name,
+                                             "entry_price": b.entry_price, "stop_price": b.stop_price,
+                                             "target_price": b.target_price, "algorithm_id": b.algorithm_id})))
+
+    def order_update(self, seq: int, u: OrderUpdate) -> None:
+        self.sink.write("order_updates", (self.session_id, seq, u.client_order_id, OrderRole(u.role).name,
+                                          u.nt8_order_id, OrderState(u.state).name, u.quantity, u.filled,
+                                          u.limit_price, u.stop_price, u.avg_fill_price, u.ts_event_ns,
+                                          u.error_code, u.comment))
+
+    def execution(self, seq: int, e: Execution) -> None:
+        self.sink.write("executions", (self.session_id, seq, e.execution_id, e.client_order_id,
+                                       OrderRole(e.role).name, e.nt8_order_id, self._names[e.instrument_id],
+                                       Side(e.side).name, e.price, e.quantity, e.commission, e.ts_event_ns))
+
+    def position(self, seq: int, p: Position) -> None:
+        self.sink.write("positions", (self.session_id, seq, self._names[p.instrument_id],
+                                      MarketPosition(p.market_position).name, p.quantity, p.avg_price,
+                                      p.ts_event_ns))
+
+    def account(self, seq: int, a: Account) -> None:
+        self.sink.write("account_values", (self.session_id, seq, a.account, a.cash_value, a.realized_pnl,
+                                           a.unrealized_pnl, a.buying_power, a.ts_event_ns))
+
+    def audit(self, kind: str, subject_id: str, now_ns: int, payload: dict[str, Any]) -> None:
+        self.sink.write("audit_log", (self.session_id, now_ns, kind, subject_id, _json(payload)))

@@ -1,0 +1,397 @@
+"""The sidecar's ZeroMQ server: a ROUTER socket, many NT8 sessions, one hot-path thread.
+
+The loop polls the socket with a timeout, drains what is there, and between bursts runs the
+timers: heartbeats, lost-session detection, the stale-feed watchdog, handing partial storage
+batches to the writer and folding stage timings. Every refused frame is answered with ERROR
+(where the peer can be addressed), counted by code and logged; an exception while handling one
+message becomes INTERNAL_ERROR for that message, never a dead server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zmq
+
+from bridge import __version__
+from bridge.config import Config
+from bridge.instruments import InstrumentMaster, UnknownInstrumentError
+from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument
+from bridge.protocol import codec
+from bridge.protocol.codec import ProtocolError
+from bridge.protocol.messages import (
+    FROM_NT8,
+    PROTOCOL_VERSION,
+    Error,
+    ErrorCode,
+    Heartbeat,
+    Hello,
+    Message,
+    MsgType,
+    Welcome,
+)
+from bridge.quality import QualityReason
+from bridge.recorder import Recorder, RowSink
+from bridge.timing import StageTimings
+from strategies.base import Strategy
+
+log = logging.getLogger("nt8bridge.server")
+
+HARD_MAX_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE: beyond this libzmq drops the peer's connection
+_DRAIN_BURST = 512  # messages handled before the timers get a look in
+
+
+@dataclass
+class ServerStats:
+    messages_in: int = 0
+    messages_out: int = 0
+    errors_sent: Counter = field(default_factory=Counter)  # ErrorCode name -> count
+    ticks_accepted: int = 0
+    ticks_rejected: int = 0
+    sessions_opened: int = 0
+    sessions_lost: int = 0
+    sessions_active: int = 0
+    seq_gaps: int = 0
+    send_failures: int = 0
+    internal_errors: int = 0
+
+
+@dataclass
+class Session:
+    session_id: int
+    routing_id: bytes
+    hello: Hello
+    pipeline: DecisionPipeline
+    recorder: Recorder
+    last_heard: float  # monotonic seconds
+    last_sent: float
+    last_seq_in: int = 0
+    seq_out: int = 0
+    last_tick_wall: dict[int, float] = field(default_factory=dict)
+    stale_flagged: set[int] = field(default_factory=set)
+
+
+class SidecarServer:
+    """Serve NT8 sessions until ``request_stop``; see the module docstring."""
+
+    def __init__(self, config: Config, sink: RowSink, master: InstrumentMaster,
+                 strategy_factory: Callable[[], Strategy | None],
+                 context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.master = master
+        self.strategy_factory = strategy_factory
+        self.ctx = context or zmq.Context.instance()
+        self.stats = ServerStats()
+        self.timings = StageTimings(STAGES)
+        self.sessions: dict[bytes, Session] = {}
+        self.quality_counts: Counter = Counter()  # QualityReason -> count, over all sessions
+        self.endpoint: str | None = None
+        self._socket: zmq.Socket | None = None
+        self._stop = False
+        self._last_session_id = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def bind(self, endpoint: str | None = None) -> str:
+        """Bind the ROUTER socket; returns the endpoint actually bound (``tcp://127.0.0.1:*`` picks a port)."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished peer raises, and is counted
+        sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.bind(endpoint or self.config.server.bind)
+        self._socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("sidecar listening on %s", self.endpoint)
+        return self.endpoint
+
+    def request_stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler or another thread)."""
+        self._stop = True
+
+    def run(self) -> None:
+        """Serve until ``request_stop``; then end every session and close the socket."""
+        if self._socket is None:
+            self.bind()
+        sock = self._socket
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        hb_s = self.config.server.heartbeat_ms / 1000.0
+        flush_s = self.config.storage.flush_interval_ms / 1000.0
+        next_timers = time.monotonic()
+        next_flush = next_timers + flush_s
+        recv = sock.recv_multipart
+        try:
+            while not self._stop:
+                timeout_ms = max(0, min(50, int((next_timers - time.monotonic()) * 1000)))
+                if poller.poll(timeout_ms):
+                    for _ in range(_DRAIN_BURST):
+                        try:
+                            frames = recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.handle(frames)
+                now = time.monotonic()
+                if now >= next_timers:
+                    self._heartbeats_and_timeouts(now)
+                    next_timers = now + min(hb_s / 2, 0.25)
+                if now >= next_flush:
+                    self.sink.flush()
+                    self.timings.fold()
+                    next_flush = now + flush_s
+        finally:
+            for session in list(self.sessions.values()):
+                self._end_session(session, "SIDECAR_SHUTDOWN")
+            self.timings.fold()
+            sock.close(linger=200)  # let the last replies out, but never hang on a dead peer
+            self._socket = None
+            log.info("sidecar stopped")
+
+    # --- message handling -----------------------------------------------------------------------
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Handle one message as received from the ROUTER: [routing id, header, body]."""
+        self.stats.messages_in += 1
+        rid = frames[0]
+        body_frames = frames[1:]
+        session = self.sessions.get(rid)
+        header = None
+        try:
+            size = sum(len(f) for f in body_frames)
+            if size > self.config.server.max_message_bytes:
+                seq, msg_type = _peek_seq(body_frames)
+                raise ProtocolError(ErrorCode.PROTOCOL_OVERSIZE,
+                                    f"message of {size} bytes; at most {self.config.server.max_message_bytes}",
+                                    seq, msg_type)
+            header, msg = codec.decode(body_frames)
+            if header.msg_type not in FROM_NT8:
+                raise ProtocolError(ErrorCode.PROTOCOL_WRONG_DIRECTION,
+                                    f"{MsgType(header.msg_type).name} is sent by the sidecar, not by NT8",
+                                    header.seq, header.msg_type)
+            if header.msg_type == MsgType.HELLO:
+                self._hello(rid, header, msg)
+                return
+            if session is None:
+                raise ProtocolError(ErrorCode.SESSION_NO_HELLO, "send HELLO first", header.seq, header.msg_type)
+            self._dispatch(session, header, msg)
+        except ProtocolError as exc:
+            self._refuse(rid, session, exc)
+        except Exception:
+            self.stats.internal_errors += 1
+            seq = header.seq if header else 0
+            log.exception("internal error on message seq %s from %r; the session goes on", seq, rid)
+            self._send_error(rid, session, ErrorCode.INTERNAL_ERROR, seq, header.msg_type if header else 0,
+                             "the sidecar failed on this message; see its log")
+
+    def _dispatch(self, session: Session, header: codec.Header, msg: Message) -> None:
+        session.last_heard = time.monotonic()
+        seq = header.seq
+        if seq <= session.last_seq_in:
+            raise ProtocolError(ErrorCode.SESSION_DUPLICATE_SEQ,
+                                f"seq {seq} is not above the last one seen ({session.last_seq_in})", seq,
+                                header.msg_type)
+        if seq != session.last_seq_in + 1:
+            self.stats.seq_gaps += 1
+            log.warning("session %s: seq jumped from %d to %d (%d messages missing)", session.session_id,
+                        session.last_seq_in, seq, seq - session.last_seq_in - 1)
+        session.last_seq_in = seq
+        p = session.pipeline
+        t = header.msg_type
+        replies: tuple | list = ()
+        if t == MsgType.TICK:
+            iid = msg.instrument_id
+            if iid not in p.instruments:
+                raise _unknown_instrument(iid, header)
+            replies = p.on_tick(seq, msg)
+            session.last_tick_wall[iid] = session.last_heard
+        elif t == MsgType.HEARTBEAT:
+            pass
+        elif t == MsgType.BAR:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, header)
+            replies = p.on_bar(seq, msg)
+        elif t == MsgType.ORDER_UPDATE:
+            p.on_order_update(seq, msg)
+        elif t == MsgType.EXECUTION:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, header)
+            p.on_execution(seq, msg)
+        elif t == MsgType.POSITION:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, header)
+            p.on_position(seq, msg)
+        elif t == MsgType.ACCOUNT:
+            p.on_account(seq, msg)
+        elif t == MsgType.BYE:
+            log.info("session %s ended by NT8: %s", session.session_id, msg.reason)
+            self._end_session(session, "BYE")
+            return
+        for reply in replies:
+            if type(reply) is Error:
+                self.stats.errors_sent[ErrorCode(reply.code).name] += 1
+            self._send(session, reply, header.ts_send_ns)
+        if session.hello.lockstep:
+            self._send(session, Heartbeat(seq), header.ts_send_ns)
+
+    def _hello(self, rid: bytes, header: codec.Header, hello: Hello) -> None:
+        old = self.sessions.get(rid)
+        if old is not None:
+            self._end_session(old, "REHELLO")
+        if not hello.instruments:
+            raise ProtocolError(ErrorCode.SESSION_BAD_HELLO, "HELLO declares no instruments", header.seq,
+                                header.msg_type)
+        instruments = []
+        for iid, decl in enumerate(hello.instruments):
+            if not (math.isfinite(decl.tick_size) and decl.tick_size > 0
+                    and math.isfinite(decl.point_value) and decl.point_value > 0):
+                raise ProtocolError(ErrorCode.SESSION_BAD_HELLO,
+                                    f"{decl.name}: tick size {decl.tick_size} and point value "
+                                    f"{decl.point_value} must be finite and positive", header.seq, header.msg_type)
+            try:
+                spec = self.master.resolve(decl.name)
+            except UnknownInstrumentError as exc:
+                raise ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT, str(exc), header.seq,
+                                    header.msg_type) from None
+            if not math.isclose(spec.tick_size, decl.tick_size) or not math.isclose(spec.point_value,
+                                                                                    decl.point_value):
+                log.warning("%s: NT8 says tick %s point value %s, the instrument master %s/%s; using NT8's",
+                            decl.name, decl.tick_size, decl.point_value, spec.tick_size, spec.point_value)
+            instruments.append(SessionInstrument(iid, decl, spec))
+        for other in list(self.sessions.values()):
+            if other.hello.instance_id == hello.instance_id:
+                self._end_session(other, "REPLACED")  # the same NT8 instance reconnected
+        now_ns = time.time_ns()
+        session_id = max(now_ns // 1000, self._last_session_id + 1)
+        self._last_session_id = session_id
+        recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks)
+        pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
+                                    strategy=self.strategy_factory(), timings=self.timings,
+                                    id_prefix=f"S{session_id}")
+        now = time.monotonic()
+        session = Session(session_id, rid, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
+        for i in instruments:
+            recorder.instrument(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value, i.spec.currency,
+                                i.spec.exchange, now_ns)
+        recorder.session_started(hello.instance_id, hello.account, rid.hex(), PROTOCOL_VERSION, now_ns,
+                                 now_ns - hello.nt8_clock_ns)
+        self.sessions[rid] = session
+        self.stats.sessions_opened += 1
+        self.stats.sessions_active = len(self.sessions)
+        log.info("session %s opened: instance %r account %r instruments %s%s", session_id, hello.instance_id,
+                 hello.account, [d.name for d in hello.instruments], " (lockstep)" if hello.lockstep else "")
+        cfg = self.config.server
+        self._send(session, Welcome(session_id, __version__, cfg.heartbeat_ms, cfg.heartbeat_timeout_ms, now_ns,
+                                    cfg.max_message_bytes), header.ts_send_ns)
+
+    def _end_session(self, session: Session, reason: str) -> None:
+        if self.sessions.get(session.routing_id) is not session:
+            return
+        del self.sessions[session.routing_id]
+        p = session.pipeline
+        self.stats.ticks_accepted += p.ticks_accepted
+        self.stats.ticks_rejected += p.ticks_rejected
+        self.quality_counts.update(p.gate.counts)
+        session.recorder.session_ended(time.time_ns(), reason)
+        self.stats.sessions_active = len(self.sessions)
+        if reason == "LOST":
+            self.stats.sessions_lost += 1
+        log.info("session %s ended: %s (%d ticks accepted, %d refused, %d orders)", session.session_id, reason,
+                 p.ticks_accepted, p.ticks_rejected, p.orders_sent)
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    def _heartbeats_and_timeouts(self, now: float) -> None:
+        cfg = self.config
+        hb_s = cfg.server.heartbeat_ms / 1000.0
+        timeout_s = cfg.server.heartbeat_timeout_ms / 1000.0
+        stale_s = cfg.quality.stale_after_s
+        for session in list(self.sessions.values()):
+            if now - session.last_heard > timeout_s:
+                log.warning("session %s lost: nothing heard for %.1f s", session.session_id,
+                            now - session.last_heard)
+                self._end_session(session, "LOST")
+                continue
+            if now - session.last_sent >= hb_s:
+                self._send(session, Heartbeat(session.last_seq_in))
+            if not session.hello.lockstep:  # a playback's clock is its data, not the wall
+                self._stale_watchdog(session, now, stale_s)
+
+    def _stale_watchdog(self, session: Session, now: float, stale_s: float) -> None:
+        p = session.pipeline
+        wall_ns = time.time_ns()
+        for iid, last in session.last_tick_wall.items():
+            if now - last > stale_s and iid not in session.stale_flagged and p.gate.is_open(iid, wall_ns):
+                session.stale_flagged.add(iid)
+                detail = f"no tick for {now - last:.1f} s of wall time while the market is open"
+                log.warning("session %s %s: %s", session.session_id, p.instruments[iid].decl.name, detail)
+                p.gate.counts[QualityReason.STALE_FEED] += 1
+                session.recorder.quality_event(0, iid, QualityReason.STALE_FEED, detail, wall_ns, wall_ns, {})
+            elif now - last <= stale_s:
+                session.stale_flagged.discard(iid)
+
+    # --- sending --------------------------------------------------------------------------------
+
+    def _send(self, session: Session, msg: Message, ts_echo_ns: int = 0) -> None:
+        session.seq_out += 1
+        frames = codec.encode(msg, session.seq_out, time.time_ns(), ts_echo_ns)
+        if self._send_frames(session.routing_id, frames):
+            session.last_sent = time.monotonic()
+
+    def _send_frames(self, rid: bytes, frames: list[bytes]) -> bool:
+        try:
+            self._socket.send_multipart([rid, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN): never block
+            self.stats.send_failures += 1
+            log.warning("could not send to peer %s: %s", rid.hex(), exc.strerror)
+            return False
+        self.stats.messages_out += 1
+        return True
+
+    def _send_error(self, rid: bytes, session: Session | None, code: ErrorCode, seq: int, msg_type: int,
+                    text: str) -> None:
+        self.stats.errors_sent[code.name] += 1
+        err = Error(int(code), seq, msg_type, text)
+        if session is not None:
+            self._send(session, err)
+        else:  # no session yet: sequence numbers start with the WELCOME of a session
+            self._send_frames(rid, codec.encode(err, 0, time.time_ns()))
+
+    def _refuse(self, rid: bytes, session: Session | None, exc: ProtocolError) -> None:
+        log.warning("refused message from %s (seq %s): %s", rid.hex(), exc.seq, exc)
+        self._send_error(rid, session, exc.code, exc.seq, exc.msg_type, exc.text)
+        if session is not None and session.hello.lockstep and exc.seq:
+            # a lockstep peer waits for the acknowledgement of every seq, refused ones included
+            session.last_seq_in = max(session.last_seq_in, exc.seq)
+            self._send(session, Heartbeat(session.last_seq_in))
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        """Ticks accepted and refused so far, closed and open sessions together."""
+        open_accepted = sum(s.pipeline.ticks_accepted for s in self.sessions.values())
+        open_rejected = sum(s.pipeline.ticks_rejected for s in self.sessions.values())
+        return {"ticks_accepted": self.stats.ticks_accepted + open_accepted,
+                "ticks_rejected": self.stats.ticks_rejected + open_rejected}
+
+
+def _unknown_instrument(iid: int, header: codec.Header) -> ProtocolError:
+    return ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT,
+                         f"instrument_id {iid} was not declared in HELLO", header.seq, header.msg_type)
+
+
+def _peek_seq(frames: list[bytes]) -> tuple[int, int]:
+    """Sequence number and type of an oversize message, when its header is readable."""
+    if frames and len(frames[0]) == codec.HEADER_SIZE:
+        try:
+            h = codec.decode_header(frames[0])
+            return h.seq, h.msg_type
+        except ProtocolError:
+            pass
+    return 0, 0

@@ -1,0 +1,46 @@
+"""Read-side queries over stored sessions (what playback and reports show)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from bridge.storage.database import create_engine_for
+from bridge.storage.schema import metadata
+
+
+@dataclass(frozen=True)
+class SessionCounts:
+    ticks: int
+    quality_events_by_reason: dict[str, int]
+    bars: int
+    decisions: int
+    orders: int
+    order_updates: int
+    executions: int
+    audit_records: int
+    end_reason: str | None
+
+
+def session_counts(url: str, session_id: int) -> SessionCounts:
+    """Row counts of one session, read back from storage."""
+    engine = create_engine_for(url)
+    t = metadata.tables
+
+    def count(name: str) -> int:
+        table = t[name]
+        return conn.execute(select(func.count()).select_from(table).where(table.c.session_id == session_id)).scalar_one()
+
+    try:
+        with engine.connect() as conn:
+            q = t["quality_events"]
+            by_reason = dict(conn.execute(select(q.c.reason, func.count()).where(q.c.session_id == session_id)
+                                          .group_by(q.c.reason)).all())
+            s = t["sessions"]
+            end_reason = conn.execute(select(s.c.end_reason).where(s.c.session_id == session_id)).scalar_one_or_none()
+            return SessionCounts(count("ticks"), dict(sorted(by_reason.items())), count("bars"), count("decisions"),
+                                 count("orders"), count("order_updates"), count("executions"), count("audit_log"),
+                                 end_reason)
+    finally:
+        engine.dispose()
