@@ -89,12 +89,13 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
     summary: dict[str, Any] = {
         "engine": args.engine, "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
         "ticks_read": result.ticks_read, "ticks_rejected": result.ticks_rejected,
-        "ticks_rejected_by_reason": result.rejected_by_reason, "brackets": result.brackets, "fills": result.fills,
+        "ticks_rejected_by_reason": result.rejected_by_reason, "bars_read": result.bars_read,
+        "bars_rejected_by_reason": result.bars_rejected_by_reason, "brackets": result.brackets, "fills": result.fills,
         "realized_pnl": result.realized_pnl, "commission": result.commission,
         "net_pnl": round(sum(result.realized_pnl.values()) - result.commission, 2),
         "final_position": result.final_position, "refused_commands": result.refused_commands,
         "digest": result.digest, "elapsed_s": round(result.elapsed_s, 3),
-        "ticks_per_s": round(result.ticks_read / result.elapsed_s) if result.elapsed_s else None,
+        "events_per_s": round((result.ticks_read + result.bars_read) / result.elapsed_s) if result.elapsed_s else None,
     }
     if proc is not None:
         code = proc.stop()
@@ -121,6 +122,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     table = Table(title=f"playback of {', '.join(summary['instruments'])}", show_header=False)
     rows = [("ticks read", f"{summary['ticks_read']:,}"), ("ticks refused", f"{summary['ticks_rejected']:,}")]
     rows += [(f"  {k}", f"{v:,}") for k, v in summary["ticks_rejected_by_reason"].items()]
+    if summary["bars_read"]:
+        rows.append(("bars read", f"{summary['bars_read']:,}"))
+        rows += [(f"  refused: {k}", f"{v:,}") for k, v in summary["bars_rejected_by_reason"].items()]
     if "stored" in summary:
         rows.append(("ticks stored", f"{summary['stored']['ticks']:,}"
                      + ("  (= read - refused)" if summary["ticks_reconciled"] else "  [red](MISMATCH)")))
@@ -128,7 +132,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     rows += [("brackets", f"{summary['brackets']:,}"), ("fills", f"{summary['fills']:,}"),
              ("realized P&L", ", ".join(f"{k} {v:,.2f}" for k, v in summary["realized_pnl"].items()) or "0"),
              ("commission", f"{summary['commission']:,.2f}"), ("net P&L", f"{summary['net_pnl']:,.2f}"),
-             ("throughput", f"{summary['ticks_per_s']:,} ticks/s ({summary['elapsed_s']} s)"),
+             ("throughput", f"{summary['events_per_s']:,} events/s ({summary['elapsed_s']} s)"),
              ("digest", summary["digest"][:16] + "...")]
     for k, v in rows:
         table.add_row(k, v)

@@ -73,6 +73,9 @@ class OrderTracker:
     def __init__(self, id_prefix: str) -> None:
         self.id_prefix = id_prefix
         self.brackets: dict[str, BracketRecord] = {}
+        # brackets not yet CLOSED, CANCELLED or REJECTED, per instrument: what decisions look at, so
+        # their cost does not grow with the session's history
+        self._active: dict[int, dict[str, BracketRecord]] = {}
         self.positions: dict[int, int] = {}  # signed contracts per instrument
         self._execution_ids: set[str] = set()
         self._next = 1
@@ -87,19 +90,23 @@ class OrderTracker:
 
     def add(self, bracket: BracketRecord) -> None:
         self.brackets[bracket.client_order_id] = bracket
+        self._active.setdefault(bracket.instrument_id, {})[bracket.client_order_id] = bracket
+
+    def _set_status(self, b: BracketRecord, status: BracketStatus) -> None:
+        b.status = status
+        if status not in ACTIVE:
+            self._active.get(b.instrument_id, {}).pop(b.client_order_id, None)
 
     def position(self, instrument_id: int) -> int:
         return self.positions.get(instrument_id, 0)
 
     def working_entry_quantity(self, instrument_id: int) -> int:
         """Signed quantity of entries sent and not yet filled, cancelled or rejected."""
-        return sum(b.side.sign * (b.quantity - b.entry_filled) for b in self.brackets.values()
-                   if b.instrument_id == instrument_id and b.status in (BracketStatus.SENT, BracketStatus.WORKING))
+        return sum(b.side.sign * (b.quantity - b.entry_filled) for b in self._active.get(instrument_id, {}).values()
+                   if b.status in (BracketStatus.SENT, BracketStatus.WORKING))
 
     def is_flat(self, instrument_id: int) -> bool:
-        if self.positions.get(instrument_id, 0):
-            return False
-        return not any(b.instrument_id == instrument_id and b.status in ACTIVE for b in self.brackets.values())
+        return not self.positions.get(instrument_id, 0) and not self._active.get(instrument_id)
 
     def on_order_update(self, update: OrderUpdate) -> BracketRecord | None:
         b = self.brackets.get(update.client_order_id)
@@ -112,19 +119,19 @@ class OrderTracker:
         if state in (OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED):
             b.entry_done = True
             if b.entry_filled == 0 and state != OrderState.FILLED:
-                b.status = BracketStatus.REJECTED if state == OrderState.REJECTED else BracketStatus.CANCELLED
+                self._set_status(b, BracketStatus.REJECTED if state == OrderState.REJECTED
+                                 else BracketStatus.CANCELLED)
             else:
                 self._close_if_done(b)
         elif b.status is BracketStatus.SENT and state in (OrderState.ACCEPTED, OrderState.WORKING,
                                                           OrderState.TRIGGER_PENDING):
-            b.status = BracketStatus.WORKING
+            self._set_status(b, BracketStatus.WORKING)
         return b
 
-    @staticmethod
-    def _close_if_done(b: BracketRecord) -> None:
+    def _close_if_done(self, b: BracketRecord) -> None:
         entry_complete = b.entry_done or b.entry_filled >= b.quantity
         if entry_complete and b.entry_filled and b.exit_filled >= b.entry_filled:
-            b.status = BracketStatus.CLOSED
+            self._set_status(b, BracketStatus.CLOSED)
 
     def on_execution(self, execution: Execution) -> bool:
         """Apply a fill; False when its execution id was seen before (a duplicate, ignored)."""
@@ -142,7 +149,7 @@ class OrderTracker:
         if execution.role == OrderRole.ENTRY:
             b.entry_filled += execution.quantity
             b.entry_value += value
-            b.status = BracketStatus.OPEN
+            self._set_status(b, BracketStatus.OPEN)
         else:
             b.exit_filled += execution.quantity
             b.exit_value += value

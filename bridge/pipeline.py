@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from bridge.config import Config
 from bridge.features import FeatureEngine, FeatureSnapshot
-from bridge.instruments import InstrumentSpec, TradingHours
+from bridge.instruments import InstrumentSpec
 from bridge.market import BarData, MarketState
 from bridge.orders import BracketRecord, OrderTracker
 from bridge.protocol.messages import (
@@ -50,16 +48,6 @@ _NO_REPLY: tuple[Message, ...] = ()
 _QUOTE_FLAGS = (QualityReason.CROSSED_QUOTE, QualityReason.LOCKED_QUOTE)
 # a refusal's ERROR code has the reason's name (STALE_FEED is only ever a flag, so it has none)
 _REJECT_CODES = {r: int(ErrorCode[r.value]) for r in QualityReason if r.value in ErrorCode.__members__}
-
-
-def minutes_to_close(hours: TradingHours, ts_ns: int) -> float:
-    """Minutes from ``ts_ns`` to the next daily close of ``hours`` (wall time in its zone)."""
-    tz = ZoneInfo(hours.tz)
-    local = datetime.fromtimestamp(ts_ns / 1e9, tz)
-    close = local.replace(hour=hours.close.hour, minute=hours.close.minute, second=0, microsecond=0)
-    if close <= local:
-        close += timedelta(days=1)
-    return (close.astimezone(timezone.utc) - local.astimezone(timezone.utc)).total_seconds() / 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +88,7 @@ class DecisionPipeline:
         return self.orders.is_flat(instrument_id)
 
     def minutes_to_close(self, instrument_id: int, ts_ns: int) -> float:
-        return minutes_to_close(self.instruments[instrument_id].spec.hours, ts_ns)
+        return self.gate.minutes_to_close(instrument_id, ts_ns)
 
     def tick_size(self, instrument_id: int) -> float:
         return self.instruments[instrument_id].decl.tick_size
@@ -133,11 +121,11 @@ class DecisionPipeline:
     def on_bar(self, seq: int, bar: Bar) -> tuple[Message, ...] | list[Message]:
         """NT8's own bar; it drives the strategy only for instruments that send no ticks."""
         now = time.time_ns()
-        verdict = self.gate.check_bar(bar, self.tick_size(bar.instrument_id))
+        verdict = self.gate.check_bar(bar)
         if verdict is not None:
             self.recorder.quality_event(seq, bar.instrument_id, verdict.reason, verdict.detail,
                                         bar.ts_close_ns, now, _fields(bar))
-            return (Error(int(ErrorCode.QUALITY_BAD_BAR), seq, int(MsgType.BAR), verdict.detail),)
+            return (Error(_REJECT_CODES[verdict.reason], seq, int(MsgType.BAR), verdict.detail),)
         data = BarData(bar.instrument_id, bar.period_s, bar.ts_close_ns - bar.period_s * 1_000_000_000,
                        bar.ts_close_ns, bar.open, bar.high, bar.low, bar.close, bar.volume, 0)
         self.recorder.bar(bar.instrument_id, data, "nt8")

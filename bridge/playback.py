@@ -1,8 +1,8 @@
 """Playback with the Python engine: replay NT8 files tick by tick through a sidecar, in lockstep.
 
 Files (tick, tick-replay or minute bars; one or several instruments) are merged in time order.
-Minute bars are turned into four trades each (open; the nearer of high and low; the other; close,
-as NT8's historical fill logic assumes), spread over the minute, so the same pipeline runs on bars.
+Trades reach the sidecar as TICK messages; minute bars as BAR messages, as NT8 sends a bar series,
+and the fill model walks each bar's open, high, low and close (see ``bar_path``).
 Every message is acknowledged by the sidecar (lockstep), so a run is deterministic: the digest of
 orders and fills is the same run after run on the same data, configuration and window.
 """
@@ -26,15 +26,16 @@ from bridge.nt8client.client import Nt8Client
 from bridge.nt8client.fillmodel import SimBroker
 from bridge.protocol.messages import (
     CancelOrder,
+    Bar,
     ChangeOrder,
     Error,
     ErrorCode,
     Flatten,
     InstrumentDecl,
     Message,
+    MsgType,
     SubmitBracket,
     Tick,
-    TickKind,
 )
 
 _NS = 1_000_000_000
@@ -46,79 +47,82 @@ class PlaybackError(RuntimeError):
 
 @dataclass
 class TickStream:
-    """Trades of one or more instruments merged in time order (numpy columns)."""
+    """Market events of one or more instruments merged in time order (numpy columns).
+
+    An event is a trade (``is_bar`` False: price, bid, ask, size) or a closed minute bar (``is_bar``
+    True: open, high, low, close in ``price``, volume in ``size``, stamped at its end as NT8 does).
+    """
 
     names: list[str]
     instrument: np.ndarray  # int, index into names
     ts_ns: np.ndarray
-    price: np.ndarray
+    price: np.ndarray  # the trade, or the bar's close
     bid: np.ndarray
     ask: np.ndarray
     size: np.ndarray
+    is_bar: np.ndarray
+    open: np.ndarray  # bars only (NaN for trades)
+    high: np.ndarray
+    low: np.ndarray
     sources: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts_ns)
 
 
-def bars_to_trades(bars, period_ns: int = 60 * _NS) -> dict[str, np.ndarray]:
-    """Four trades per bar: O, nearer extreme, farther extreme, C, at 1/4 steps through the bar.
-
-    Volume is split evenly with at least one contract per trade (a bar with volume 0 gets 4).
-    """
-    n = len(bars)
-    o, h, lo, c = (bars[k].to_numpy(float) for k in ("open", "high", "low", "close"))
-    end = bars["ts_ns"].to_numpy(np.int64)
-    up = c >= o  # a rising bar most likely went down first, then up (NT8's assumption too)
-    first = np.where(up, lo, h)
-    second = np.where(up, h, lo)
-    prices = np.stack([o, first, second, c], axis=1).reshape(-1)
-    steps = np.array([-3, -2, -1, 0], dtype=np.int64) * (period_ns // 4)
-    ts = (end[:, None] + steps[None, :] - 1).reshape(-1)  # the close trade 1 ns before the stamp
-    vol = np.maximum(bars["volume"].to_numpy(np.int64) // 4, 1)
-    size = np.repeat(vol, 4)
-    return {"ts_ns": ts, "price": prices, "bid": np.full(4 * n, np.nan), "ask": np.full(4 * n, np.nan),
-            "size": size}
+def bar_path(o: float, h: float, lo: float, c: float) -> tuple[float, float, float, float]:
+    """The order in which the fill model assumes a bar traded: open, the nearer extreme, the other
+    extreme, close; a rising bar is taken to have gone down first (NT8's historical fills assume
+    the same), which is the pessimistic order for a long bracket's stop."""
+    return (o, lo, h, c) if c >= o else (o, h, lo, c)
 
 
 def load_stream(files: list[Path], instrument: str | None = None) -> TickStream:
     names: list[str] = []
     parts: list[dict[str, np.ndarray]] = []
-    ids: list[np.ndarray] = []
     for path in files:
         path = Path(path)
         if not path.exists():
             raise PlaybackError(f"data file {path} does not exist")
         fmt = detect_format(path)
-        name = instrument if (instrument and len(files) == 1) else instrument_from_filename(path)
-        df = read_nt8(path, fmt)
         if fmt is Nt8Format.DAY:
             raise PlaybackError(f"{path}: day bars are too coarse to play back; export ticks or minute bars")
+        name = instrument if (instrument and len(files) == 1) else instrument_from_filename(path)
+        df = read_nt8(path, fmt)
+        n = len(df)
+        nan = np.full(n, np.nan)
         if fmt is Nt8Format.MINUTE:
-            cols = bars_to_trades(df)
+            cols = {"price": df["close"].to_numpy(float), "bid": nan, "ask": nan, "is_bar": np.ones(n, bool),
+                    "open": df["open"].to_numpy(float), "high": df["high"].to_numpy(float),
+                    "low": df["low"].to_numpy(float)}
         else:
-            cols = {"ts_ns": df["ts_ns"].to_numpy(np.int64), "price": df["price"].to_numpy(float),
-                    "bid": df["bid"].to_numpy(float), "ask": df["ask"].to_numpy(float),
-                    "size": df["volume"].to_numpy(np.int64)}
+            cols = {"price": df["price"].to_numpy(float), "bid": df["bid"].to_numpy(float),
+                    "ask": df["ask"].to_numpy(float), "is_bar": np.zeros(n, bool), "open": nan, "high": nan, "low": nan}
+        cols["ts_ns"] = df["ts_ns"].to_numpy(np.int64)
+        cols["size"] = df["volume"].to_numpy(np.int64)
         if name not in names:
             names.append(name)
+        cols["instrument"] = np.full(n, names.index(name), dtype=np.int32)
         parts.append(cols)
-        ids.append(np.full(len(cols["ts_ns"]), names.index(name), dtype=np.int32))
     if not parts:
         raise PlaybackError("no data files given: pass --data FILE (an NT8 export)")
     ts = np.concatenate([p["ts_ns"] for p in parts])
-    order = np.argsort(ts, kind="stable")  # stable: same-stamp ticks keep their file order
-    cat = lambda k: np.concatenate([p[k] for p in parts])[order]  # noqa: E731
-    return TickStream(names, np.concatenate(ids)[order], ts[order], cat("price"), cat("bid"), cat("ask"),
-                      cat("size"), [str(f) for f in files])
+    order = np.argsort(ts, kind="stable")  # stable: same-stamp events keep their file order
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts])[order]
+
+    return TickStream(names, cat("instrument"), ts[order], cat("price"), cat("bid"), cat("ask"), cat("size"),
+                      cat("is_bar"), cat("open"), cat("high"), cat("low"), [str(f) for f in files])
 
 
 @dataclass
 class PlaybackResult:
     session_id: int
     ticks_read: int
-    ticks_sent: int
+    bars_read: int
     rejected_by_reason: dict[str, int]
+    bars_rejected_by_reason: dict[str, int]
     brackets: int
     fills: int
     refused_commands: list[str]
@@ -158,7 +162,8 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
         decls.append(InstrumentDecl(name, spec.tick_size, spec.point_value))
     broker = SimBroker(decls, config.fill_model)
     digest = hashlib.sha256()
-    rejected: Counter = Counter()
+    rejected: Counter = Counter()  # refused ticks (and other messages), by reason
+    rejected_bars: Counter = Counter()
     brackets = 0
     bracket_ordinal: dict[str, int] = {}
     start = time.perf_counter()
@@ -167,6 +172,16 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
         iids, tss, prices, bids, asks, sizes = (stream.instrument.tolist(), stream.ts_ns.tolist(),
                                                 stream.price.tolist(), stream.bid.tolist(), stream.ask.tolist(),
                                                 stream.size.tolist())
+        is_bar, opens, highs, lows = (stream.is_bar.tolist(), stream.open.tolist(), stream.high.tolist(),
+                                      stream.low.tolist())
+
+        def message(k: int) -> Message:
+            if is_bar[k]:
+                return Bar(iids[k], 60, opens[k], highs[k], lows[k], prices[k], sizes[k], tss[k])
+            return Tick(iids[k], 0, prices[k], sizes[k], bids[k], asks[k], tss[k], tss[k])
+
+        def trades(k: int) -> tuple[float, ...]:
+            return bar_path(opens[k], highs[k], lows[k], prices[k]) if is_bar[k] else (prices[k],)
         n = len(stream)
         pending: list[Message] = []  # NT8 events waiting to be reported
 
@@ -187,7 +202,7 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
                     pending.extend(broker.flatten(r, ts, index))
                 elif isinstance(r, Error):
                     name = ErrorCode(r.code).name if r.code in ErrorCode._value2member_map_ else str(r.code)
-                    rejected[name] += 1
+                    (rejected_bars if r.offending_type == MsgType.BAR else rejected)[name] += 1
 
         i = 0
         while i < n:
@@ -197,31 +212,36 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
                 sent.append((client.send(event), -1))
             pending.clear()
             for k in range(i, end):
-                sent.append((client.send(Tick(iids[k], 0, prices[k], sizes[k], bids[k], asks[k], tss[k], tss[k])), k))
+                sent.append((client.send(message(k)), k))
             replies = client.wait_acks(sent[-1][0])
+            # The fill model counts trades as 4k + j (j-th trade of event k; a bar has four), so an
+            # order placed on event k goes live from event k + 1, and exits placed on a fill at a
+            # bar's open can fill later in the same bar.
             for seq, k in sent:
-                if k < 0:  # replies to reported events belong to the last tick before the batch
-                    apply(replies.get(seq, ()), tss[i - 1] if i else tss[0], i - 1)
+                if k < 0:  # replies to reported events belong to the last event before the batch
+                    apply(replies.get(seq, ()), tss[i - 1] if i else tss[0], 4 * i - 1)
                     continue
                 fills_before = len(broker.fills)
-                pending.extend(broker.on_trade(iids[k], prices[k], bids[k], asks[k], tss[k], k))
+                for j, price in enumerate(trades(k)):
+                    pending.extend(broker.on_trade(iids[k], price, bids[k], asks[k], tss[k], 4 * k + j))
                 for fill in broker.fills[fills_before:]:
                     digest.update(f"F|{fill.tick_index}|{bracket_ordinal.get(fill.bracket_id, fill.bracket_id)}|"
                                   f"{fill.role}|{fill.side}|{fill.quantity}|{_fmt(fill.price)}\n".encode())
-                apply(replies.get(seq, ()), tss[k], k)
+                apply(replies.get(seq, ()), tss[k], 4 * k + 3)
             if progress is not None and (i >> 14) != (end >> 14):
                 progress(end)
             i = end
         if pending:  # the last fills' reports
             last = [client.send(event) for event in pending]
             pending.clear()
-            apply([m for g in client.wait_acks(last[-1]).values() for m in g], tss[-1], n - 1)
+            apply([m for g in client.wait_acks(last[-1]).values() for m in g], tss[-1], 4 * n - 1)
         if progress is not None:
             progress(n)
     elapsed = time.perf_counter() - start
     realized = broker.realized_pnl()
     return PlaybackResult(
-        session_id=welcome.session_id, ticks_read=n, ticks_sent=n, rejected_by_reason=dict(sorted(rejected.items())),
+        session_id=welcome.session_id, ticks_read=n - int(stream.is_bar.sum()), bars_read=int(stream.is_bar.sum()), rejected_by_reason=dict(sorted(rejected.items())),
+        bars_rejected_by_reason=dict(sorted(rejected_bars.items())),
         brackets=brackets, fills=len(broker.fills), refused_commands=broker.refused,
         realized_pnl={stream.names[i]: round(v, 2) for i, v in realized.items()},
         commission=round(broker.account.commission, 2),

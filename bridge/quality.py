@@ -92,6 +92,14 @@ class QualityGate:
         """Whether the instrument trades at ``ts_ns`` (event time), by its session clock."""
         return self._gates[instrument_id].clock.is_open(ts_ns)
 
+    def minutes_to_close(self, instrument_id: int, ts_ns: int) -> float:
+        """Minutes until the current session closes; 0 when it is closed. The open interval ends at
+        the close: the clock splits intervals at UTC-offset changes, which US zones make on Sundays
+        at 02:00, when these markets are shut."""
+        clock = self._gates[instrument_id].clock
+        start, end, is_open = clock.interval(ts_ns)
+        return (end - ts_ns) / 60e9 if is_open else 0.0
+
     def _verdict(self, reason: QualityReason, reject: bool, detail: str) -> QualityVerdict:
         self.counts[reason] += 1
         return QualityVerdict(reason, reject, detail)
@@ -179,14 +187,24 @@ class QualityGate:
         return self._verdict(QualityReason.PRICE_JUMP, True,
                              f"{move / g.tick_size:+.0f} ticks from {last} (limit {limit / g.tick_size:.0f})")
 
-    def check_bar(self, bar: Bar, tick_size: float) -> QualityVerdict | None:
+    def check_bar(self, bar: Bar) -> QualityVerdict | None:
+        """Decide on one of NT8's own bars: prices, OHLC order, grid, volume, time order, hours."""
+        g = self._gates[bar.instrument_id]
         prices = (bar.open, bar.high, bar.low, bar.close)
+        reason = QualityReason.BAD_BAR
         if not all(math.isfinite(p) and p > 0 for p in prices):
-            return self._verdict(QualityReason.BAD_BAR, True, f"non-finite or non-positive price in {prices}")
+            return self._verdict(reason, True, f"non-finite or non-positive price in {prices}")
         if not (bar.low <= min(bar.open, bar.close) and max(bar.open, bar.close) <= bar.high):
-            return self._verdict(QualityReason.BAD_BAR, True, f"OHLC inconsistent: {prices}")
-        if not all(price_on_grid(p, tick_size) for p in prices):
-            return self._verdict(QualityReason.BAD_BAR, True, f"price off the {tick_size} grid in {prices}")
+            return self._verdict(reason, True, f"OHLC inconsistent: {prices}")
+        if not all(price_on_grid(p, g.tick_size) for p in prices):
+            return self._verdict(reason, True, f"price off the {g.tick_size} grid in {prices}")
         if bar.volume < 0:
-            return self._verdict(QualityReason.BAD_BAR, True, f"volume {bar.volume}")
+            return self._verdict(reason, True, f"volume {bar.volume}")
+        if bar.ts_close_ns < g.last_ts:
+            return self._verdict(QualityReason.TIME_BACKWARDS, True,
+                                 f"bar ends {(g.last_ts - bar.ts_close_ns) / 1e9:.0f} s before the previous one")
+        # a bar is stamped at its end: the instant just before the stamp must be in session
+        if self.config.check_session_hours and not g.clock.is_open(bar.ts_close_ns - 1):
+            return self._verdict(QualityReason.OUTSIDE_SESSION, True, f"{g.spec.root} is closed at this time")
+        g.last_ts = bar.ts_close_ns
         return None

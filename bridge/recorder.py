@@ -120,9 +120,10 @@ class Recorder:
                  outcome: str, rationale: str, inputs: dict[str, Any]) -> None:
         self.sink.write("decisions", (decision_id, self.session_id, self._names[instrument_id], strategy,
                                       ts_event_ns, now_ns, outcome, rationale, _json(inputs)))
+        # the inputs live in the decisions row (subject_id links them): serialised once, not twice
         self.sink.write("audit_log", (self.session_id, now_ns, "decision", decision_id,
                                       _json({"outcome": outcome, "strategy": strategy, "rationale": rationale,
-                                             "inputs": inputs, "ts_event_ns": ts_event_ns})))
+                                             "ts_event_ns": ts_event_ns})))
 
     def order(self, b: Any, now_ns: int) -> None:
         self.sink.write("orders", (b.client_order_id, self.session_id, b.decision_id,

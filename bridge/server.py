@@ -20,7 +20,7 @@ import zmq
 
 from bridge import __version__
 from bridge.config import Config
-from bridge.instruments import InstrumentMaster, UnknownInstrumentError
+from bridge.instruments import InstrumentMaster
 from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument
 from bridge.protocol import codec
 from bridge.protocol.codec import ProtocolError
@@ -43,6 +43,10 @@ from strategies.base import Strategy
 log = logging.getLogger("nt8bridge.server")
 
 HARD_MAX_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE: beyond this libzmq drops the peer's connection
+# A broken or hostile peer must not flood the log: refusals are always counted and answered, but
+# logged at most _LOG_BURST times per code per _LOG_WINDOW_S, then summarised.
+_LOG_BURST = 20
+_LOG_WINDOW_S = 10.0
 _DRAIN_BURST = 512  # messages handled before the timers get a look in
 
 
@@ -95,6 +99,7 @@ class SidecarServer:
         self._socket: zmq.Socket | None = None
         self._stop = False
         self._last_session_id = 0
+        self._log_window: dict[str, list] = {}  # code -> [window start, lines logged, lines suppressed]
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -256,13 +261,17 @@ class SidecarServer:
                                     f"{decl.point_value} must be finite and positive", header.seq, header.msg_type)
             try:
                 spec = self.master.resolve(decl.name)
-            except UnknownInstrumentError as exc:
+            except ValueError as exc:  # UnknownInstrumentError, or a name that is not a name at all
                 raise ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT, str(exc), header.seq,
                                     header.msg_type) from None
-            if not math.isclose(spec.tick_size, decl.tick_size) or not math.isclose(spec.point_value,
-                                                                                    decl.point_value):
-                log.warning("%s: NT8 says tick %s point value %s, the instrument master %s/%s; using NT8's",
-                            decl.name, decl.tick_size, decl.point_value, spec.tick_size, spec.point_value)
+            if not (math.isclose(spec.tick_size, decl.tick_size, rel_tol=1e-9)
+                    and math.isclose(spec.point_value, decl.point_value, rel_tol=1e-9)):
+                # sizing and P&L would be wrong on one side or the other: refuse, say how to fix it
+                raise ProtocolError(ErrorCode.SESSION_BAD_HELLO,
+                                    f"{decl.name}: NT8 says tick size {decl.tick_size} and point value "
+                                    f"{decl.point_value}, the instrument master {spec.tick_size} and "
+                                    f"{spec.point_value}; correct the instrument in NT8 or declare it under "
+                                    "[[instruments]] in the sidecar's config", header.seq, header.msg_type)
             instruments.append(SessionInstrument(iid, decl, spec))
         for other in list(self.sessions.values()):
             if other.hello.instance_id == hello.instance_id:
@@ -341,16 +350,20 @@ class SidecarServer:
     def _send(self, session: Session, msg: Message, ts_echo_ns: int = 0) -> None:
         session.seq_out += 1
         frames = codec.encode(msg, session.seq_out, time.time_ns(), ts_echo_ns)
-        if self._send_frames(session.routing_id, frames):
+        sent = self._send_frames(session.routing_id, frames)
+        if sent:
             session.last_sent = time.monotonic()
+        elif sent is None:  # the peer's connection is gone: its session cannot go on
+            self._end_session(session, "DISCONNECTED")
 
-    def _send_frames(self, rid: bytes, frames: list[bytes]) -> bool:
+    def _send_frames(self, rid: bytes, frames: list[bytes]) -> bool | None:
+        """True when sent; False when the peer is not reading (EAGAIN); None when it is gone."""
         try:
             self._socket.send_multipart([rid, *frames], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN): never block
+        except zmq.ZMQError as exc:  # never block the hot path on a peer
             self.stats.send_failures += 1
             log.warning("could not send to peer %s: %s", rid.hex(), exc.strerror)
-            return False
+            return None if exc.errno == zmq.EHOSTUNREACH else False
         self.stats.messages_out += 1
         return True
 
@@ -364,12 +377,26 @@ class SidecarServer:
             self._send_frames(rid, codec.encode(err, 0, time.time_ns()))
 
     def _refuse(self, rid: bytes, session: Session | None, exc: ProtocolError) -> None:
-        log.warning("refused message from %s (seq %s): %s", rid.hex(), exc.seq, exc)
+        self._log_refusal(rid, exc)
         self._send_error(rid, session, exc.code, exc.seq, exc.msg_type, exc.text)
         if session is not None and session.hello.lockstep and exc.seq:
             # a lockstep peer waits for the acknowledgement of every seq, refused ones included
             session.last_seq_in = max(session.last_seq_in, exc.seq)
             self._send(session, Heartbeat(session.last_seq_in))
+
+    def _log_refusal(self, rid: bytes, exc: ProtocolError) -> None:
+        now = time.monotonic()
+        window = self._log_window.setdefault(exc.code.name, [now, 0, 0])
+        if now - window[0] > _LOG_WINDOW_S:
+            if window[2]:
+                log.warning("%d more %s refusals in the last %.0f s were not logged (all were counted and "
+                            "answered)", window[2], exc.code.name, now - window[0])
+            window[:] = [now, 0, 0]
+        if window[1] < _LOG_BURST:
+            window[1] += 1
+            log.warning("refused message from %s (seq %s): %s", rid.hex(), exc.seq, exc)
+        else:
+            window[2] += 1
 
     # --- reading ----------------------------------------------------------------------------------
 

@@ -123,12 +123,28 @@ class Nt8Client:
             timeout_ms = 0
         return out
 
+    def flush(self, timeout_ms: int | None = None) -> bool:
+        """Wait until the sidecar has acknowledged every message sent (its heartbeats carry the last
+        processed seq); True when it has. A free-running client calls this before it goes away, or
+        whatever is still queued would be lost with the socket."""
+        deadline = time.monotonic() + (self.timeout_ms if timeout_ms is None else timeout_ms) / 1000
+        while self.last_ack < self.seq:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                return False
+            msg = self.recv(min(left, 100))
+            if isinstance(msg, Heartbeat):
+                self.last_ack = max(self.last_ack, msg.ack_seq)
+        return True
+
     def close(self, reason: str | None = "playback finished") -> None:
+        """End the session with BYE after everything sent was processed; ``reason=None`` just drops it."""
         if self.sock.closed:
             return
         if reason is not None and self.welcome is not None:
+            self.flush()
             try:
                 self.send(Bye(reason))
             except zmq.ZMQError:
                 pass
-        self.sock.close(linger=500 if reason else 0)
+        self.sock.close(linger=self.timeout_ms if reason else 0)

@@ -39,6 +39,10 @@ HEADER_SIZE = HEADER.size  # 32
 _U16 = struct.Struct("<H")
 _DECL_TAIL = struct.Struct("<dd")
 _NS_PER_WIRE_TICK = 100  # wire times are 100 ns units since the Unix epoch (C# DateTime ticks)
+# Times must fit int64 nanoseconds once converted (years 1677..2262), and sequence numbers a signed
+# 64-bit column: larger values are refused as malformed rather than overflowing later.
+_MAX_WIRE_TIME = (2**63 - 1) // _NS_PER_WIRE_TICK
+MAX_SEQ = 2**63 - 1
 MAX_STRING_BYTES = 0xFFFF
 
 
@@ -268,6 +272,11 @@ def decode_header(buf: bytes) -> Header:
     if msg_type not in _PLANS:
         raise ProtocolError(ErrorCode.PROTOCOL_UNKNOWN_TYPE, f"unknown message type {msg_type}",
                             seq, msg_type)
+    if seq > MAX_SEQ or not (-_MAX_WIRE_TIME <= ts_send <= _MAX_WIRE_TIME
+                             and -_MAX_WIRE_TIME <= ts_echo <= _MAX_WIRE_TIME):
+        raise ProtocolError(ErrorCode.PROTOCOL_MALFORMED_BODY,
+                            f"header out of range: seq {seq} (at most {MAX_SEQ}) or a time beyond int64 ns",
+                            0, msg_type)
     return Header(msg_type, seq, ts_send * _NS_PER_WIRE_TICK, ts_echo * _NS_PER_WIRE_TICK, flags,
                   version)
 
@@ -292,6 +301,8 @@ def _decode_steps(plan: list[_Step], body: bytes) -> tuple[list[Any], int]:
             chunk = list(step.struct.unpack_from(body, offset))
             offset += step.struct.size
             for i in step.ts_positions:
+                if not -_MAX_WIRE_TIME <= chunk[i] <= _MAX_WIRE_TIME:
+                    raise ValueError(f"{step.names[i]} = {chunk[i]} is outside the representable time range")
                 chunk[i] *= _NS_PER_WIRE_TICK
             for i, enum in step.enums:
                 if chunk[i] not in enum._value2member_map_:
@@ -326,7 +337,10 @@ def _fixed_decoder(cls: type, run: _Run) -> Any:
                 ValueError(f"body has {len(body) - size} trailing bytes")
         values = list(unpack(body))
         for i in ts_positions:
-            values[i] *= _NS_PER_WIRE_TICK
+            t = values[i]
+            if not -_MAX_WIRE_TIME <= t <= _MAX_WIRE_TIME:
+                raise ValueError(f"{run.names[i]} = {t} is outside the representable time range")
+            values[i] = t * _NS_PER_WIRE_TICK
         for i, allowed, name, enum_name in enums:
             if values[i] not in allowed:
                 raise ValueError(f"{name} = {values[i]} is not a valid {enum_name}")

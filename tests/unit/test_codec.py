@@ -87,7 +87,7 @@ _FIELD_STRATEGIES = {
     "i64": st.integers(-(2**63), 2**63 - 1), "u64": st.integers(0, 2**64 - 1),
     "f64": st.floats(allow_nan=True, allow_infinity=True),
     # times survive the trip in whole 100 ns units
-    "ts": st.integers(-(2**62), 2**62).map(lambda t: t * 100),
+    "ts": st.integers(-codec._MAX_WIRE_TIME, codec._MAX_WIRE_TIME).map(lambda t: t * 100),
     "str": st.text(max_size=40),
     "decls": st.lists(st.builds(m.InstrumentDecl, st.text(max_size=12), st.floats(), st.floats()),
                       max_size=4),
@@ -122,7 +122,8 @@ def _same_with_decls(a, b) -> bool:
 
 
 @settings(max_examples=400, deadline=None)
-@given(msg=_ANY_MESSAGE, seq=st.integers(0, 2**64 - 1), ts=st.integers(0, 2**62).map(lambda t: t * 100))
+@given(msg=_ANY_MESSAGE, seq=st.integers(0, codec.MAX_SEQ),
+       ts=st.integers(0, codec._MAX_WIRE_TIME).map(lambda t: t * 100))
 def test_every_message_survives_a_round_trip(msg, seq, ts):
     header, decoded = codec.decode(codec.encode(msg, seq, ts, ts))
     assert (header.seq, header.ts_send_ns, header.ts_echo_ns, header.msg_type) == (seq, ts, ts, int(msg.TYPE))
@@ -216,3 +217,17 @@ def test_invalid_utf8_is_malformed():
 def test_string_longer_than_u16_cannot_be_encoded():
     with pytest.raises(ValueError, match="at most 65535"):
         codec.encode(m.Bye("x" * 70000), 1, 0)
+
+
+def test_sequence_numbers_beyond_signed_64_bits_are_refused():
+    header = struct.pack("<4sBBHQqq", b"NT8B", 1, 8, 0, 2**63, 0, 0)
+    with pytest.raises(ProtocolError) as info:
+        codec.decode([header, struct.pack("<Q", 1)])
+    assert info.value.code is ErrorCode.PROTOCOL_MALFORMED_BODY
+
+
+def test_times_that_overflow_int64_nanoseconds_are_refused():
+    body = struct.pack("<HBdqddqq", 0, 0, 1.0, 1, 1.0, 1.25, 2**62, 1)
+    with pytest.raises(ProtocolError) as info:
+        codec.decode_body(MsgType.TICK, body)
+    assert info.value.code is ErrorCode.PROTOCOL_MALFORMED_BODY and "ts_exchange_ns" in info.value.text

@@ -1,0 +1,296 @@
+"""The recording schema: every table the sidecar writes, as SQLAlchemy Core ``Table`` objects.
+
+Conventions
+-----------
+* Times are int64 nanoseconds since the Unix epoch (UTC) in ``BigInteger`` columns named ``*_ns``:
+  one integer type on SQLite and PostgreSQL, no time-zone ambiguity, no precision loss.
+* Prices and money are ``Double`` (IEEE 754 double on both back ends).
+* Text identifiers are ``String`` (unbounded VARCHAR); free text and JSON documents are ``Text``.
+  JSON columns hold text the caller has already serialised, so the writer does no JSON work.
+* Surrogate ``id`` columns autoincrement; they are INTEGER on SQLite so that they alias the rowid
+  (a BIGINT primary key there would not autoincrement) and BIGINT (``BIGSERIAL``) on PostgreSQL.
+
+Nullability and NaN
+-------------------
+A column is NOT NULL unless its value can legitimately be absent: NT8 does not always send it
+(``exchange``, ``nt8_order_id`` before NT8 assigns one, ``commission``), it does not apply
+(``bid``/``ask`` on a last-trade tick, ``limit_price`` of a market order, ``avg_price`` when flat),
+or it arrives later (``sessions.ended_ns``). The inputs use NaN for a missing price, so the writer
+stores NaN as NULL in every ``Double`` column. In a NOT NULL column that makes the row fail its
+constraint and land in ``storage_rejects`` instead of silently storing NaN; SQLite does the same
+by itself (it binds NaN as NULL), so both back ends agree.
+
+Changing this module means writing a new Alembic migration in ``migrations/versions``;
+``tests/unit/test_storage_schema.py`` fails while the two disagree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeEngine
+
+# Deterministic constraint names, so later migrations can refer to them on both back ends.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def id_type() -> TypeEngine[int]:
+    """Type of the surrogate ``id`` primary keys: BIGINT, but INTEGER on SQLite (rowid alias)."""
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _id() -> Column[int]:
+    return Column("id", id_type(), primary_key=True, autoincrement=True)
+
+
+def _ns(name: str, nullable: bool = False) -> Column[int]:
+    return Column(name, BigInteger, nullable=nullable)
+
+
+def _price(name: str, nullable: bool = False) -> Column[float]:
+    return Column(name, Double, nullable=nullable)
+
+
+def _text(name: str, nullable: bool = False) -> Column[str]:
+    return Column(name, String, nullable=nullable)
+
+
+def _session_id() -> Column[int]:
+    return Column("session_id", BigInteger, nullable=False)
+
+
+def _seq(nullable: bool = False) -> Column[int]:
+    # The bridge's message sequence number within the session, for ordering and gap analysis.
+    return Column("seq", BigInteger, nullable=nullable)
+
+
+instruments = Table(
+    "instruments",
+    metadata,
+    Column("name", String, primary_key=True),  # NT8's full name, e.g. "ES 06-18"
+    _text("root"),
+    _price("tick_size"),
+    _price("point_value"),
+    _text("currency", nullable=True),
+    _text("exchange", nullable=True),
+    _ns("first_seen_ns"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    # Chosen by the sidecar, not by the database: rows arrive from the hot path with it set.
+    Column("session_id", BigInteger, primary_key=True, autoincrement=False),
+    _text("instance_id"),
+    _text("account", nullable=True),
+    _text("peer", nullable=True),
+    Column("protocol_version", Integer, nullable=False),
+    _ns("started_ns"),
+    _ns("ended_ns", nullable=True),
+    _text("end_reason", nullable=True),
+    _ns("clock_offset_ns", nullable=True),
+)
+
+ticks = Table(
+    "ticks",
+    metadata,
+    _id(),
+    _session_id(),
+    _seq(),
+    _text("instrument"),
+    Column("kind", SmallInteger, nullable=False),  # 0 last, 1 bid, 2 ask
+    _price("price"),
+    Column("size", BigInteger, nullable=False),
+    _price("bid", nullable=True),
+    _price("ask", nullable=True),
+    _ns("ts_exchange_ns"),
+    _ns("ts_receive_ns"),
+    _ns("ts_sidecar_ns"),
+    Index("ix_ticks_session_id_instrument_ts_exchange_ns", "session_id", "instrument", "ts_exchange_ns"),
+)
+
+bars = Table(
+    "bars",
+    metadata,
+    _id(),
+    _session_id(),
+    _text("instrument"),
+    Column("period_s", Integer, nullable=False),
+    _ns("ts_open_ns"),
+    _ns("ts_close_ns"),
+    _price("open"),
+    _price("high"),
+    _price("low"),
+    _price("close"),
+    Column("volume", BigInteger, nullable=False),
+    Column("tick_count", Integer, nullable=True),  # NT8-built bars do not always carry it
+    _text("source"),  # 'ticks' (built here) or 'nt8' (received)
+)
+
+quality_events = Table(
+    "quality_events",
+    metadata,
+    _id(),
+    _session_id(),
+    _seq(nullable=True),  # events raised by the sidecar itself have no message seq
+    _text("instrument", nullable=True),
+    _text("reason"),
+    Column("detail", Text, nullable=True),
+    _ns("ts_event_ns"),
+    _ns("ts_sidecar_ns"),
+    Column("payload", Text, nullable=True),  # JSON
+    Index("ix_quality_events_session_id_reason", "session_id", "reason"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", String, primary_key=True),
+    _session_id(),
+    _text("instrument"),
+    _text("strategy"),
+    _ns("ts_event_ns"),
+    _ns("ts_sidecar_ns"),
+    _text("outcome"),
+    Column("rationale", Text, nullable=True),
+    Column("inputs", Text, nullable=True),  # JSON
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("client_order_id", String, primary_key=True),
+    _session_id(),
+    _text("decision_id", nullable=True),  # NULL for orders not born from a recorded decision
+    _text("instrument"),
+    _text("side"),
+    Column("quantity", Integer, nullable=False),
+    _text("entry_type"),
+    _price("entry_price", nullable=True),  # NULL for market entries
+    _price("stop_price", nullable=True),
+    _price("target_price", nullable=True),
+    _text("time_in_force"),
+    _text("algorithm_id", nullable=True),
+    _ns("ts_created_ns"),
+)
+
+order_updates = Table(
+    "order_updates",
+    metadata,
+    _id(),
+    _session_id(),
+    _seq(),
+    _text("client_order_id"),
+    _text("role"),  # entry, stop, target
+    _text("nt8_order_id", nullable=True),  # unknown until NT8 accepts the order
+    _text("state"),
+    Column("quantity", Integer, nullable=False),
+    Column("filled", Integer, nullable=False),
+    _price("limit_price", nullable=True),
+    _price("stop_price", nullable=True),
+    _price("avg_fill_price", nullable=True),
+    _ns("ts_event_ns"),
+    Column("error_code", Integer, nullable=True),
+    Column("comment", Text, nullable=True),
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    _id(),
+    _session_id(),
+    _seq(),
+    _text("execution_id"),
+    _text("client_order_id", nullable=True),  # NULL for fills of orders placed outside the bridge
+    _text("role", nullable=True),
+    _text("nt8_order_id", nullable=True),
+    _text("instrument"),
+    _text("side"),
+    _price("price"),
+    Column("quantity", Integer, nullable=False),
+    _price("commission", nullable=True),
+    _ns("ts_event_ns"),
+    # NT8 replays executions after a reconnect; this makes the replay idempotent.
+    UniqueConstraint("session_id", "execution_id"),
+)
+
+positions = Table(
+    "positions",
+    metadata,
+    _id(),
+    _session_id(),
+    _seq(),
+    _text("instrument"),
+    _text("market_position"),
+    Column("quantity", Integer, nullable=False),
+    _price("avg_price", nullable=True),  # meaningless when flat
+    _ns("ts_event_ns"),
+)
+
+account_values = Table(
+    "account_values",
+    metadata,
+    _id(),
+    _session_id(),
+    _seq(),
+    _text("account"),
+    # NT8 reports each account item separately, so any of them can be missing from a snapshot.
+    _price("cash_value", nullable=True),
+    _price("realized_pnl", nullable=True),
+    _price("unrealized_pnl", nullable=True),
+    _price("buying_power", nullable=True),
+    _ns("ts_event_ns"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    _id(),
+    Column("session_id", BigInteger, nullable=True),  # NULL for events outside a session
+    _ns("ts_sidecar_ns"),
+    _text("kind"),
+    _text("subject_id", nullable=True),
+    Column("payload", Text, nullable=True),  # JSON
+)
+
+storage_rejects = Table(
+    "storage_rejects",
+    metadata,
+    _id(),
+    _text("table_name"),
+    Column("error", Text, nullable=False),
+    Column("row_json", Text, nullable=False),
+    _ns("ts_ns"),
+)
+
+
+def _row_columns(table: Table) -> tuple[str, ...]:
+    # Autoincrement ids are assigned by the database, so the hot path never supplies them.
+    return tuple(c.name for c in table.columns if not (c.primary_key and c.autoincrement is True))
+
+
+COLUMNS: dict[str, tuple[str, ...]] = {name: _row_columns(t) for name, t in metadata.tables.items()}
+"""Per table, the order of the values in the row tuples handed to ``StorageWriter.write``."""
+
+IGNORE_DUPLICATES: frozenset[str] = frozenset({"instruments", "orders", "executions"})
+"""Tables whose rows may be re-sent (instrument announcements, order re-submission after a
+reconnect, NT8's execution replay): a row whose key already exists is skipped, not rejected."""

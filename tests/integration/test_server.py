@@ -1,0 +1,309 @@
+"""The sidecar server over real ZeroMQ sockets: sessions, heartbeats, and every kind of bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import struct
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+
+import pytest
+import zmq
+
+from bridge.config import Config, ServerConfig
+from bridge.nt8client.client import ClientError, Nt8Client
+from bridge.protocol import codec
+from bridge.protocol import messages as m
+from bridge.protocol.messages import ErrorCode, MsgType
+from bridge.server import SidecarServer
+from bridge.sidecar import make_strategy_factory, master_for
+from bridge.storage.queries import session_counts
+from bridge.storage.writer import StorageWriter
+
+ES = m.InstrumentDecl("ES 06-18", 0.25, 50.0)
+T0 = int(datetime(2018, 5, 8, 14, 30, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
+
+
+class RunningSidecar:
+    def __init__(self, config: Config, db_url: str) -> None:
+        self.db_url = db_url
+        self.writer = StorageWriter(db_url, batch_rows=500)
+        self.writer.start()
+        self.server = SidecarServer(config, self.writer, master_for(config), make_strategy_factory(config))
+        self.endpoint = self.server.bind("tcp://127.0.0.1:*")
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.request_stop()
+        self.thread.join(10)
+        self.writer.close()
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path):
+    started: list[RunningSidecar] = []
+
+    def start(**server_overrides) -> RunningSidecar:
+        config = Config(server=dataclasses.replace(ServerConfig(), **server_overrides))
+        s = RunningSidecar(config, f"sqlite:///{tmp_path}/sidecar-{len(started)}.sqlite")
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.thread.is_alive():
+            s.stop()
+
+
+@pytest.fixture
+def sidecar(sidecar_factory) -> RunningSidecar:
+    return sidecar_factory()
+
+
+class RawPeer:
+    """A DEALER that sends arbitrary frames: what a broken or hostile NT8 could send."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv(self, timeout_ms: int = 5000) -> m.Message:
+        assert self.sock.poll(timeout_ms), "no reply from the sidecar"
+        return codec.decode(self.sock.recv_multipart())[1]
+
+    def recv_error(self) -> m.Error:
+        while True:
+            msg = self.recv()
+            if isinstance(msg, m.Error):
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def tick(price: float, ts: int = T0, size: int = 1) -> m.Tick:
+    return m.Tick(0, 0, price, size, float("nan"), float("nan"), ts, ts)
+
+
+def hello(instance: str = "test", lockstep: bool = True, instruments=(ES,)) -> m.Hello:
+    return m.Hello(instance, "Sim101", 1 if lockstep else 0, 1000, time.time_ns(), "test", list(instruments))
+
+
+def test_hello_is_welcomed_and_the_session_is_stored(sidecar):
+    with Nt8Client(sidecar.endpoint, instance_id="chart-1", account="Sim101", instruments=[ES]) as c:
+        welcome = c.connect()
+        assert welcome.heartbeat_ms == 1000 and welcome.max_message_bytes == 65536
+        assert c.step(tick(2670.0)) == []
+    sidecar.stop()
+    counts = session_counts(sidecar.db_url, welcome.session_id)
+    assert counts.ticks == 1
+    assert counts.end_reason == "BYE"
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([b"short"], ErrorCode.PROTOCOL_BAD_FRAME_COUNT),
+    ([b"x" * 10, b""], ErrorCode.PROTOCOL_TRUNCATED),
+    ([b"XXXX" + bytes(28), b""], ErrorCode.PROTOCOL_BAD_MAGIC),
+    ([struct.pack("<4sBBHQqq", b"NT8B", 9, 2, 0, 1, 0, 0), b""], ErrorCode.PROTOCOL_UNSUPPORTED_VERSION),
+    ([struct.pack("<4sBBHQqq", b"NT8B", 1, 77, 0, 1, 0, 0), b""], ErrorCode.PROTOCOL_UNKNOWN_TYPE),
+    ([struct.pack("<4sBBHQqq", b"NT8B", 1, 2, 0, 1, 0, 0), b"\x00" * 10], ErrorCode.PROTOCOL_TRUNCATED),
+    (codec.encode(m.Welcome(1, "x", 1, 1, 1, 1), 1, 0), ErrorCode.PROTOCOL_WRONG_DIRECTION),
+    (codec.encode(tick(2670.0), 1, 0), ErrorCode.SESSION_NO_HELLO),
+    ([codec.encode(tick(1.0), 1, 0)[0], b"\x00" * 70_000], ErrorCode.PROTOCOL_OVERSIZE),
+])
+def test_bad_frames_are_answered_counted_and_survived(sidecar, frames, code):
+    peer = RawPeer(sidecar.endpoint)
+    peer.send(frames)
+    err = peer.recv_error()
+    assert err.code == code
+    assert sidecar.server.stats.errors_sent[code.name] == 1
+    peer.close()
+    # the server still serves
+    with Nt8Client(sidecar.endpoint, instance_id="after", account="a", instruments=[ES]) as c:
+        c.connect()
+        assert c.step(tick(2670.0)) == []
+
+
+def test_oversize_error_names_the_offending_sequence_number(sidecar):
+    peer = RawPeer(sidecar.endpoint)
+    header, _ = codec.encode(tick(1.0), 42, 0)
+    peer.send([header, b"\x00" * 70_000])
+    err = peer.recv_error()
+    assert (err.code, err.offending_seq, err.offending_type) == (ErrorCode.PROTOCOL_OVERSIZE, 42, MsgType.TICK)
+
+
+def test_nan_price_is_refused_with_error_and_stored_as_a_quality_event(sidecar):
+    with Nt8Client(sidecar.endpoint, instance_id="nan", account="a", instruments=[ES]) as c:
+        welcome = c.connect()
+        replies = c.step(tick(float("nan")))
+        assert [type(r) for r in replies] == [m.Error]
+        assert replies[0].code == ErrorCode.QUALITY_NONFINITE_PRICE
+        assert replies[0].offending_seq == c.seq and replies[0].offending_type == MsgType.TICK
+        assert c.step(tick(2670.0)) == []
+    sidecar.stop()
+    counts = session_counts(sidecar.db_url, welcome.session_id)
+    assert counts.ticks == 1
+    assert counts.quality_events_by_reason == {"QUALITY_NONFINITE_PRICE": 1}
+
+
+def test_duplicate_sequence_numbers_are_refused(sidecar):
+    peer = RawPeer(sidecar.endpoint)
+    peer.send(codec.encode(hello(lockstep=False), 1, time.time_ns()))
+    assert isinstance(peer.recv(), m.Welcome)
+    peer.send(codec.encode(tick(2670.0), 2, time.time_ns()))
+    peer.send(codec.encode(tick(2670.25), 2, time.time_ns()))
+    err = peer.recv_error()
+    assert (err.code, err.offending_seq) == (ErrorCode.SESSION_DUPLICATE_SEQ, 2)
+    peer.close()
+
+
+def test_a_gap_in_sequence_numbers_is_counted_and_the_message_processed(sidecar):
+    with Nt8Client(sidecar.endpoint, instance_id="gap", account="a", instruments=[ES]) as c:
+        c.connect()
+        c.seq += 5  # five messages lost on the way
+        assert c.step(tick(2670.0)) == []
+    assert sidecar.server.stats.seq_gaps == 1
+
+
+def test_unknown_instruments_are_refused(sidecar):
+    with pytest.raises(ClientError, match="XYZ"):
+        with Nt8Client(sidecar.endpoint, instance_id="u", account="a",
+                       instruments=[m.InstrumentDecl("XYZ 06-18", 0.25, 50.0)]) as c:
+            c.connect()
+    with Nt8Client(sidecar.endpoint, instance_id="u2", account="a", instruments=[ES]) as c:
+        c.connect()
+        replies = c.step(m.Tick(3, 0, 2670.0, 1, float("nan"), float("nan"), T0, T0))
+        assert [r.code for r in replies] == [ErrorCode.SESSION_UNKNOWN_INSTRUMENT]
+
+
+@pytest.mark.parametrize("decl, match", [
+    (m.InstrumentDecl("ES 06-18", 0.0, 50.0), "finite and positive"),
+    (m.InstrumentDecl("ES 06-18", 0.25, float("nan")), "finite and positive"),
+    (m.InstrumentDecl("ES 06-18", 1e300, 50.0), "instrument master"),
+    (m.InstrumentDecl("ES 06-18", 0.25, 5.0), "instrument master"),  # a micro's point value on ES
+])
+def test_hello_with_impossible_or_disagreeing_instrument_facts_is_refused(sidecar, decl, match):
+    with pytest.raises(ClientError, match=match):
+        with Nt8Client(sidecar.endpoint, instance_id="bad", account="a", instruments=[decl]) as c:
+            c.connect()
+
+
+def test_sidecar_sends_heartbeats_and_marks_a_silent_session_lost(sidecar_factory):
+    s = sidecar_factory(heartbeat_ms=100, heartbeat_timeout_ms=400)
+    peer = RawPeer(s.endpoint)
+    peer.send(codec.encode(hello(lockstep=False), 1, time.time_ns()))
+    welcome = peer.recv()
+    assert isinstance(welcome, m.Welcome)
+    assert isinstance(peer.recv(2000), m.Heartbeat)  # the sidecar's own heartbeat while idle
+    deadline = time.monotonic() + 5
+    while s.server.stats.sessions_lost == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert s.server.stats.sessions_lost == 1
+    assert s.server.sessions == {}
+    s.stop()
+    assert session_counts(s.db_url, welcome.session_id).end_reason == "LOST"
+    peer.close()
+
+
+def test_a_second_hello_from_the_same_instance_replaces_the_old_session(sidecar):
+    a = Nt8Client(sidecar.endpoint, instance_id="same", account="a", instruments=[ES])
+    first = a.connect()
+    b = Nt8Client(sidecar.endpoint, instance_id="same", account="a", instruments=[ES])
+    second = b.connect()
+    assert second.session_id != first.session_id
+    assert len(sidecar.server.sessions) == 1
+    a.close(reason=None)
+    b.close()
+    sidecar.stop()
+    assert session_counts(sidecar.db_url, first.session_id).end_reason == "REPLACED"
+
+
+def test_metrics_endpoint_reports_counters(tmp_path):
+    from bridge.metrics import serve_metrics
+    s = RunningSidecar(Config(), f"sqlite:///{tmp_path}/m.sqlite")
+    port = serve_metrics(s.server, s.writer, "127.0.0.1", 0)
+    with Nt8Client(s.endpoint, instance_id="metrics", account="a", instruments=[ES]) as c:
+        c.connect()
+        c.step(tick(2670.0))
+        c.step(tick(float("nan")))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    s.stop()
+    assert 'nt8bridge_quality_events_total{reason="QUALITY_NONFINITE_PRICE"} 1.0' in text
+    assert "nt8bridge_ticks_accepted_total 1.0" in text
+    assert 'nt8bridge_stage_latency_microseconds_count{stage="quality"}' in text
+
+
+def _random_frames(rng: random.Random, valid: list[list[bytes]]) -> list[bytes]:
+    """A random message: noise, a good header with a random body, or a valid message mutated."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return [rng.randbytes(rng.randrange(0, 80)) for _ in range(rng.randrange(1, 4))]
+    if kind == 1:
+        header = struct.pack("<4sBBHQqq", b"NT8B", 1, rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 21, 99]), 0,
+                             rng.randrange(2**64), rng.randrange(-2**63, 2**63), 0)
+        return [header, rng.randbytes(rng.randrange(0, 120))]
+    frames = [bytearray(f) for f in rng.choice(valid)]
+    if kind == 2:  # flip bytes
+        for _ in range(rng.randrange(1, 4)):
+            f = frames[rng.randrange(len(frames))]
+            if f:
+                f[rng.randrange(len(f))] = rng.randrange(256)
+    elif kind == 3:  # truncate
+        f = frames[rng.randrange(len(frames))]
+        del f[rng.randrange(len(f) + 1):]
+    return [bytes(f) for f in frames]
+
+
+@pytest.mark.slow
+def test_100k_random_frames_never_stop_the_server_from_serving_a_good_client(sidecar):
+    rng = random.Random(20261124)
+    valid = [codec.encode(msg, rng.randrange(1, 1000), time.time_ns()) for msg in (
+        hello(lockstep=False), hello(lockstep=True), tick(2670.0), tick(float("nan")),
+        m.Bar(0, 60, 1.0, 2.0, 0.5, 1.5, 10, T0), m.Heartbeat(3), m.Bye("x"),
+        m.Position(0, 1, 1, 2670.0, T0), m.Account("a", 1.0, 2.0, 3.0, 4.0, T0),
+        m.Execution("x", "B1", 1, "n", 0, 1, 2670.0, 1, 2.0, T0),
+        m.OrderUpdate("B1", 1, "n", 0, 4, 0, 1, 1, 0, 1.0, 2.0, 3.0, T0, 0, ""))]
+    garbage = [RawPeer(sidecar.endpoint) for _ in range(4)]
+    good = Nt8Client(sidecar.endpoint, instance_id="good", account="a", instruments=[ES])
+    good.connect()
+    sent = 0
+    price = 2670.0
+    for round_ in range(100):
+        for _ in range(1000):
+            garbage[rng.randrange(len(garbage))].send(_random_frames(rng, valid))
+            sent += 1
+        price += 0.25 if round_ % 2 else -0.25
+        # the good client keeps getting exactly its acknowledgement, nothing else
+        assert good.step(tick(price, T0 + round_ * 1_000_000)) == []
+    deadline = time.monotonic() + 300  # a bound on waiting for the backlog, not a speed requirement
+    while sidecar.server.stats.messages_in < sent + 101 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sidecar.thread.is_alive()
+    assert sidecar.server.stats.messages_in >= sent + 101
+    assert sidecar.server.stats.internal_errors == 0, "a random frame hit a bug instead of a clean refusal"
+    assert sum(sidecar.server.stats.errors_sent.values()) > 50_000
+    assert good.errors == []
+    good.close()
+    for p in garbage:
+        p.close()
+
+
+def test_a_flood_of_bad_frames_is_counted_in_full_but_logged_in_moderation(sidecar, caplog):
+    peer = RawPeer(sidecar.endpoint)
+    with caplog.at_level("WARNING", logger="nt8bridge.server"):
+        for _ in range(500):
+            peer.send([b"garbage"])
+        for _ in range(500):
+            peer.recv_error()
+    assert sidecar.server.stats.errors_sent["PROTOCOL_BAD_FRAME_COUNT"] == 500
+    refusals = [r for r in caplog.records if "refused message" in r.getMessage()]
+    assert 1 <= len(refusals) <= 20
+    peer.close()
