@@ -68,7 +68,8 @@ class QualityConfig:
                                    "this)", min=0.001, max=86_400.0)
     jump_confirm_ticks: int = _opt(3, "this many consecutive trades at a new level make it the new "
                                    "reference (a real gap, not a bad print)", min=1, max=1000)
-    check_session_hours: bool = _opt(True, "refuse ticks outside the instrument's trading hours")
+    check_session_hours: bool = _opt(True, "refuse ticks outside the instrument's trading hours (off: hours "
+                                     "are ignored everywhere, risk and stale-feed watchdog included)")
     reject_locked_quotes: bool = _opt(False, "refuse bid/ask updates with bid == ask (crossed ones are "
                                       "always refused)")
     stale_after_s: float = _opt(30.0, "no tick for this long while the market is open is a stale feed",

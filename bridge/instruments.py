@@ -89,11 +89,6 @@ class TradingHours:
         if len(set(self.weekdays)) != len(self.weekdays):
             raise ValueError(f"weekdays has duplicates: {self.weekdays!r}")
 
-    @property
-    def spans_midnight(self) -> bool:
-        """True when the session opens on the calendar day before the one it closes on."""
-        return self.open > self.close
-
     def is_open_local(self, local: dt.datetime) -> bool:
         """Whether the market is open at a local wall-clock time (naive or aware, read as local).
 

@@ -8,7 +8,6 @@ ignored. Issue 6's reconciliation compares this ledger with NT8's POSITION repor
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -55,10 +54,6 @@ class BracketRecord:
     entry_value: float = 0.0  # sum of price * quantity of entry fills
     exit_value: float = 0.0
     entry_done: bool = False  # the entry will fill no more (filled, or cancelled after a part fill)
-
-    @property
-    def avg_entry(self) -> float:
-        return self.entry_value / self.entry_filled if self.entry_filled else math.nan
 
     def to_message(self) -> SubmitBracket:
         return SubmitBracket(self.client_order_id, self.instrument_id, int(self.side), self.quantity,

@@ -89,8 +89,9 @@ class QualityGate:
         self._gates[instrument_id] = _InstrumentGate(spec, tick_size, self.config.jump_halflife_ticks)
 
     def is_open(self, instrument_id: int, ts_ns: int) -> bool:
-        """Whether the instrument trades at ``ts_ns`` (event time), by its session clock."""
-        return self._gates[instrument_id].clock.is_open(ts_ns)
+        """Whether the instrument trades at ``ts_ns``, by its session clock; always True when
+        ``check_session_hours`` is off (the sidecar then ignores hours everywhere: gate, risk, watchdog)."""
+        return not self.config.check_session_hours or self._gates[instrument_id].clock.is_open(ts_ns)
 
     def minutes_to_close(self, instrument_id: int, ts_ns: int) -> float:
         """Minutes until the current session closes; 0 when it is closed. The open interval ends at

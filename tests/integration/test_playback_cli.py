@@ -163,3 +163,13 @@ def test_data_inspect_and_db_commands(tmp_path, shared_data):
     assert "is at revision" in nt8bridge("db", "upgrade", "--db", url).stdout
     out = nt8bridge("db", "backup", "--db", url, "--to", str(tmp_path / "copy.sqlite")).stdout
     assert "backup" in out and (tmp_path / "copy.sqlite").exists()
+
+
+@pytest.mark.shared_data
+def test_playback_against_a_running_sidecar(shared_data, tmp_path):
+    from bridge.sidecar import SidecarProcess
+    with SidecarProcess(f"sqlite:///{tmp_path}/ext.sqlite") as sidecar:
+        summary = playback_json("--data", str(shared_data / "nt8" / "ES 06-18.Last.txt.gz"),
+                                "--sidecar", sidecar.endpoint)
+    assert summary["ticks_read"] == 74_907 and summary["brackets"] > 0
+    assert "stored" not in summary  # another process owns that sidecar's storage

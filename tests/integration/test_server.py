@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 import zmq
 
-from bridge.config import Config, ServerConfig
+from bridge.config import Config, QualityConfig, ServerConfig
 from bridge.nt8client.client import ClientError, Nt8Client
 from bridge.protocol import codec
 from bridge.protocol import messages as m
@@ -47,8 +47,9 @@ class RunningSidecar:
 def sidecar_factory(tmp_path):
     started: list[RunningSidecar] = []
 
-    def start(**server_overrides) -> RunningSidecar:
-        config = Config(server=dataclasses.replace(ServerConfig(), **server_overrides))
+    def start(quality: dict | None = None, **server_overrides) -> RunningSidecar:
+        config = Config(server=dataclasses.replace(ServerConfig(), **server_overrides),
+                        quality=dataclasses.replace(QualityConfig(), **(quality or {})))
         s = RunningSidecar(config, f"sqlite:///{tmp_path}/sidecar-{len(started)}.sqlite")
         started.append(s)
         return s
@@ -307,3 +308,23 @@ def test_a_flood_of_bad_frames_is_counted_in_full_but_logged_in_moderation(sidec
     refusals = [r for r in caplog.records if "refused message" in r.getMessage()]
     assert 1 <= len(refusals) <= 20
     peer.close()
+
+
+def test_live_feed_that_stops_in_session_is_flagged_stale_by_the_watchdog(sidecar_factory):
+    # wall-clock watchdog, for live (non-lockstep) sessions; hours are switched off so that the test
+    # does not depend on CME being open at this wall-clock moment
+    s = sidecar_factory(quality={"stale_after_s": 0.3, "check_session_hours": False}, heartbeat_timeout_ms=60_000)
+    now = time.time_ns()
+    with Nt8Client(s.endpoint, instance_id="live", account="a", lockstep=False, instruments=[ES]) as c:
+        welcome = c.connect()
+        c.send(m.Tick(0, 0, 2670.0, 1, float("nan"), float("nan"), now, now))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            c.send(m.Heartbeat(0))  # alive, but no ticks
+            time.sleep(0.1)
+            session = next(iter(s.server.sessions.values()), None)
+            if session is not None and session.stale_flagged:
+                break
+        assert session is not None and session.stale_flagged == {0}
+    s.stop()
+    assert session_counts(s.db_url, welcome.session_id).quality_events_by_reason == {"QUALITY_STALE_FEED": 1}

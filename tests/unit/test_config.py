@@ -1,0 +1,50 @@
+"""Configuration: defaults, TOML, environment overrides and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.config import Config, ConfigError, build_config, load_config, to_toml
+
+
+def test_defaults_are_valid_and_round_trip_through_show():
+    config = build_config({}, env={})
+    assert config == Config()
+    import tomllib
+    assert build_config(tomllib.loads(to_toml(config)), env={}) == config
+
+
+def test_environment_overrides_the_file_and_is_type_checked(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nbind = "tcp://127.0.0.1:6000"\nheartbeat_ms = 500\n')
+    config = load_config(path, env={"NT8BRIDGE_SERVER__HEARTBEAT_MS": "750", "NT8BRIDGE_QUALITY__CHECK_SESSION_HOURS": "false"})
+    assert config.server.bind == "tcp://127.0.0.1:6000"
+    assert config.server.heartbeat_ms == 750
+    assert config.quality.check_session_hours is False
+    with pytest.raises(ConfigError, match="server.heartbeat_ms: expected int, got 'soon'"):
+        load_config(path, env={"NT8BRIDGE_SERVER__HEARTBEAT_MS": "soon"})
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(ConfigError) as info:
+        build_config({"server": {"heartbeat_ms": 1, "nope": 2}, "strategy": {"name": "martingale"},
+                      "quality": {"jump_sigma": "high"}, "extra": {}}, env={})
+    text = str(info.value)
+    for expected in ("server.heartbeat_ms: must be >= 50", "server.nope: unknown key", "strategy.name: 'martingale' "
+                     "is not one of breakout, none", "quality.jump_sigma: expected float", "extra: unknown section"):
+        assert expected in text
+
+
+def test_an_int_is_accepted_where_a_float_is_expected_but_a_bool_is_not_an_int():
+    assert build_config({"quality": {"jump_sigma": 10}}, env={}).quality.jump_sigma == 10.0
+    with pytest.raises(ConfigError, match="sizing.quantity: expected int"):
+        build_config({"sizing": {"quantity": True}}, env={})
+
+
+def test_missing_or_broken_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken, env={})
