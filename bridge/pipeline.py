@@ -35,7 +35,7 @@ from bridge.protocol.messages import (
     Tick,
 )
 from bridge.quality import QualityGate, QualityReason, QualityVerdict
-from bridge.recorder import Recorder
+from bridge.recorder import Recorder, finite_or_none
 from bridge.risk import BasicRiskEngine, OrderIntent, RiskInputs
 from bridge.sizing import FixedQuantitySizer
 from bridge.timing import StageTimings
@@ -177,7 +177,8 @@ class DecisionPipeline:
         self.decisions += 1
         record_inputs: dict[str, Any] = {
             "features": snapshot.values, "signal": {"side": signal.side.name, "entry_type": signal.entry_type.name,
-                                                    "entry_price": signal.entry_price, "stop": signal.stop_price,
+                                                    "entry_price": finite_or_none(signal.entry_price),
+                                                    "stop": signal.stop_price,
                                                     "target": signal.target_price,
                                                     "confidence": signal.confidence},
             "sizing": {"quantity": sizing.quantity, "rationale": sizing.rationale},
