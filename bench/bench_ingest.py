@@ -273,7 +273,8 @@ def _wait_session_ended(db_file: str, session_id: int, timeout_s: float) -> floa
                        "lost the BYE")
 
 
-def sidecar_ingest(ticks: TickColumns, strategy: str, workdir: Path, ctx: zmq.Context) -> dict[str, Any]:
+def sidecar_ingest(ticks: TickColumns, strategy: str, workdir: Path, ctx: zmq.Context,
+                   batch: int = 1) -> dict[str, Any]:
     config_path = workdir / "sidecar.toml"
     config_path.write_text(f'[strategy]\nname = "{strategy}"\n', encoding="utf-8")
     db_url = f"sqlite:///{workdir / 'ingest.sqlite'}"
@@ -299,12 +300,21 @@ def sidecar_ingest(ticks: TickColumns, strategy: str, workdir: Path, ctx: zmq.Co
         nan = math.nan
         last = int(TickKind.LAST)
         i = 0
+        pending: list[Tick] = []
         t0 = time.perf_counter()
         for ts, price, size in zip(ticks.ts, ticks.price, ticks.size):
-            send(Tick(0, last, price, size, nan, nan, ts, ts))
+            if batch == 1:
+                send(Tick(0, last, price, size, nan, nan, ts, ts))
+            else:  # TICKS messages of `batch` ticks, as a live client batches a burst
+                pending.append(Tick(0, last, price, size, nan, nan, ts, ts))
+                if len(pending) == batch:
+                    client.send_ticks(pending)
+                    pending = []
             i += 1
             if i % DRAIN_EVERY == 0:
                 drain()
+        if pending:
+            client.send_ticks(pending)
         t_sent = time.perf_counter()
         send(Bye("benchmark finished"))
         t_done = _wait_session_ended(_db_path(db_url), session_id, timeout_s=600.0)
@@ -326,7 +336,7 @@ def sidecar_ingest(ticks: TickColumns, strategy: str, workdir: Path, ctx: zmq.Co
     warnings = [line for line in log_text.splitlines() if " WARNING " in line or " ERROR " in line]
     processing_s = (last_ns - first_ns) / NS if first_ns is not None and last_ns > first_ns else math.nan
     return {
-        "strategy": strategy, "session_id": session_id, "ticks_sent": n, "ticks_stored": counts.ticks,
+        "strategy": strategy, "batch": batch, "session_id": session_id, "ticks_sent": n, "ticks_stored": counts.ticks,
         "ticks_refused_by_gate": refused, "ticks_lost": n - counts.ticks - refused,
         "quality_events_by_reason": counts.quality_events_by_reason, "bars": counts.bars,
         "brackets_received": brackets, "errors_received": errors, "session_end": counts.end_reason,
@@ -352,11 +362,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="the sidecar's strategy (default breakout, as in production)")
     p.add_argument("--source", default="file", choices=("file", "synthetic"), help="real ticks or a random walk")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"NT8 tick file (default {DEFAULT_DATA})")
+    p.add_argument("--batch", type=int, default=1, help="ticks per message: 1 sends TICK messages, more sends "
+                   "TICKS messages of that many ticks (default 1)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (database, sidecar log)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = p.parse_args(argv)
     if args.ticks < 1:
         p.error("--ticks must be positive")
+    if not 1 <= args.batch <= 1000:
+        p.error("--batch must be 1..1000 (a TICKS message holds at most what fits in 64 KiB)")
     if args.source == "file" and not args.data.exists():
         print(f"{args.data} is missing: using synthetic ticks", file=sys.stderr)
         args.source = "synthetic"
@@ -370,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             base_before = bare_stream(ctx, len(ticks))
             client_only = client_into_counter(ctx, ticks)
             encode = encode_only(ticks)
-            sidecar = sidecar_ingest(ticks, args.strategy, workdir, ctx)
+            sidecar = sidecar_ingest(ticks, args.strategy, workdir, ctx, args.batch)
             base_after = bare_stream(ctx, len(ticks))
         finally:
             ctx.term()
@@ -386,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             ("client alone: Tick + encode, no socket", encode)]
     for label, r in rows:
         print(f"{label:{w}s} {r['msg_per_s']:12,.0f} {r['msg_per_s'] / base:11.3f}x {r['wall_s']:8.2f}")
+    via = "TICK messages" if args.batch == 1 else f"TICKS messages of {args.batch}"
+    print(f"sidecar fed with {via}:")
     print(f"{'sidecar: first send -> last row committed':{w}s} {rate:12,.0f} {rate / base:11.3f}x "
           f"{sidecar['wall_s']:8.2f}")
     print(f"{'  sidecar alone: first -> last tick processed':{w}s} {sidecar['sidecar_ticks_per_s']:12,.0f} "
@@ -410,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     meets = rate >= GOAL_TICKS_PER_S and sidecar["ticks_lost"] == 0
     print(f"\ngoal {GOAL_TICKS_PER_S:,} ticks/s with zero loss: {rate:,.0f} ticks/s, {sidecar['ticks_lost']} lost -> "
           f"{'meets' if meets else 'DOES NOT meet'} the goal")
-    client_ceiling = client_only["msg_per_s"]
+    # with batches the client's own ceiling is its send rate in the batched run, not the single-send one
+    client_ceiling = client_only["msg_per_s"] if args.batch == 1 else len(ticks) / sidecar["client_send_s"]
     side = ("the client (its send rate alone is within 20% of the sidecar's)" if rate > 0.8 * client_ceiling
             else "the sidecar (the client alone sends %.1fx faster)" % (client_ceiling / rate))
     print(f"bottleneck: {side}")

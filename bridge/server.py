@@ -220,6 +220,8 @@ class SidecarServer:
                 raise _unknown_instrument(iid, header)
             replies = p.on_tick(seq, msg)
             session.last_tick_wall[iid] = session.last_heard
+        elif t == MsgType.TICKS:
+            replies = self._tick_batch(session, seq, msg.ticks)
         elif t == MsgType.HEARTBEAT:
             pass
         elif t == MsgType.BAR:
@@ -248,6 +250,24 @@ class SidecarServer:
             self._send(session, reply, header.ts_send_ns)
         if session.hello.lockstep:
             self._send(session, Heartbeat(seq), header.ts_send_ns)
+
+    def _tick_batch(self, session: Session, seq: int, ticks: list) -> list[Message]:
+        """Each tick of a TICKS message on its own; a refusal names the tick's index in the batch."""
+        p = session.pipeline
+        replies: list[Message] = []
+        n = len(ticks)
+        for i, tick in enumerate(ticks):
+            iid = tick.instrument_id
+            if iid not in p.instruments:
+                replies.append(Error(int(ErrorCode.SESSION_UNKNOWN_INSTRUMENT), seq, int(MsgType.TICKS),
+                                     f"tick {i} of {n}: instrument_id {iid} was not declared in HELLO"))
+                continue
+            for reply in p.on_tick(seq, tick):
+                if type(reply) is Error:
+                    reply = Error(reply.code, seq, int(MsgType.TICKS), f"tick {i} of {n}: {reply.text}")
+                replies.append(reply)
+            session.last_tick_wall[iid] = session.last_heard
+        return replies
 
     def _hello(self, rid: bytes, header: codec.Header, hello: Hello) -> None:
         old = self.sessions.get(rid)

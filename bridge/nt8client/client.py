@@ -20,6 +20,8 @@ from bridge.protocol.messages import (
     HelloFlags,
     InstrumentDecl,
     Message,
+    Tick,
+    TickBatch,
     Welcome,
 )
 
@@ -58,6 +60,10 @@ class Nt8Client:
         self.seq += 1
         self.sock.send_multipart(codec.encode(msg, self.seq, time.time_ns()), copy=True)
         return self.seq
+
+    def send_ticks(self, ticks: list[Tick]) -> int:
+        """Several ticks in one TICKS message (a live burst); returns its seq."""
+        return self.send(TickBatch(ticks))
 
     def recv(self, timeout_ms: int) -> Message | None:
         """One decoded message, or None when nothing arrived in time."""

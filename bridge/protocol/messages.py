@@ -31,6 +31,7 @@ class MsgType(IntEnum):
     ACCOUNT = 7
     HEARTBEAT = 8  # both directions
     BYE = 9
+    TICKS = 10
     # sidecar -> NT8
     WELCOME = 16
     BRACKET = 17
@@ -42,7 +43,7 @@ class MsgType(IntEnum):
 
 FROM_NT8 = frozenset(
     {MsgType.HELLO, MsgType.TICK, MsgType.BAR, MsgType.ORDER_UPDATE, MsgType.EXECUTION,
-     MsgType.POSITION, MsgType.ACCOUNT, MsgType.HEARTBEAT, MsgType.BYE}
+     MsgType.POSITION, MsgType.ACCOUNT, MsgType.HEARTBEAT, MsgType.BYE, MsgType.TICKS}
 )
 FROM_SIDECAR = frozenset(
     {MsgType.WELCOME, MsgType.BRACKET, MsgType.CANCEL, MsgType.CHANGE, MsgType.FLATTEN,
@@ -207,6 +208,19 @@ class Tick:
 
 
 @dataclass(slots=True)
+class TickBatch:
+    """TICKS: several ticks in one message, in the order NT8 raised them.
+
+    A live feed delivers market data in bursts; one message per burst saves the per-message cost
+    (about 4 us to receive a message in Python), which is what bounds ingest. Each tick is judged on
+    its own; a refused one is answered with an ERROR naming its index, the others go on.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.TICKS
+    ticks: list[Tick] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Bar:
     TYPE: ClassVar[MsgType] = MsgType.BAR
     instrument_id: int
@@ -365,12 +379,12 @@ class Error:
 
 
 Message = (
-    Hello | Tick | Bar | OrderUpdate | Execution | Position | Account | Heartbeat | Bye | Welcome
+    Hello | Tick | TickBatch | Bar | OrderUpdate | Execution | Position | Account | Heartbeat | Bye | Welcome
     | SubmitBracket | CancelOrder | ChangeOrder | Flatten | Error
 )
 
 MESSAGE_CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
-    for cls in (Hello, Tick, Bar, OrderUpdate, Execution, Position, Account, Heartbeat, Bye,
+    for cls in (Hello, Tick, TickBatch, Bar, OrderUpdate, Execution, Position, Account, Heartbeat, Bye,
                 Welcome, SubmitBracket, CancelOrder, ChangeOrder, Flatten, Error)
 }

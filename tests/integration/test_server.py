@@ -328,3 +328,19 @@ def test_live_feed_that_stops_in_session_is_flagged_stale_by_the_watchdog(sideca
         assert session is not None and session.stale_flagged == {0}
     s.stop()
     assert session_counts(s.db_url, welcome.session_id).quality_events_by_reason == {"QUALITY_STALE_FEED": 1}
+
+
+def test_a_tick_batch_is_judged_tick_by_tick(sidecar):
+    with Nt8Client(sidecar.endpoint, instance_id="batch", account="a", instruments=[ES]) as c:
+        welcome = c.connect()
+        batch = [tick(2670.0, T0), tick(float("nan"), T0 + 1), tick(2670.25, T0 + 2),
+                 m.Tick(7, 0, 2670.0, 1, float("nan"), float("nan"), T0 + 3, T0 + 3), tick(2670.5, T0 + 4)]
+        c.send_ticks(batch)
+        replies = c.wait_ack(c.seq)
+        assert [(r.code, r.offending_type) for r in replies] == [
+            (ErrorCode.QUALITY_NONFINITE_PRICE, MsgType.TICKS), (ErrorCode.SESSION_UNKNOWN_INSTRUMENT, MsgType.TICKS)]
+        assert replies[0].text.startswith("tick 1 of 5:") and replies[1].text.startswith("tick 3 of 5:")
+    sidecar.stop()
+    counts = session_counts(sidecar.db_url, welcome.session_id)
+    assert counts.ticks == 3
+    assert counts.quality_events_by_reason == {"QUALITY_NONFINITE_PRICE": 1}

@@ -30,6 +30,8 @@ def _message_from_vector(vector: dict) -> m.Message:
     for k, v in vector["fields"].items():
         if k == "instruments":
             v = [m.InstrumentDecl(**d) for d in v]
+        elif k == "ticks":
+            v = [m.Tick(**{f: _from_json(x) for f, x in d.items()}) for d in v]
         fields[k] = _from_json(v)
     return cls(**fields)
 
@@ -40,7 +42,10 @@ def _same(a: m.Message, b: m.Message) -> bool:
         return False
     for f in dataclasses.fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, float) and math.isnan(x):
+        if f.name == "ticks":
+            if len(x) != len(y) or not all(_same(p, q) for p, q in zip(x, y)):
+                return False
+        elif isinstance(x, float) and math.isnan(x):
             if not (isinstance(y, float) and math.isnan(y)):
                 return False
         elif x != y:
@@ -92,6 +97,15 @@ _FIELD_STRATEGIES = {
     "decls": st.lists(st.builds(m.InstrumentDecl, st.text(max_size=12), st.floats(), st.floats()),
                       max_size=4),
 }
+
+
+def _tick_strategy():
+    kwargs = {name: st.sampled_from([int(e) for e in enum]) if enum else _FIELD_STRATEGIES[kind]
+              for name, kind, enum in codec.LAYOUTS[MsgType.TICK]}
+    return st.builds(m.Tick, **kwargs)
+
+
+_FIELD_STRATEGIES["ticks"] = st.lists(_tick_strategy(), max_size=5)
 
 
 def _message_strategy(msg_type: MsgType):
@@ -175,7 +189,7 @@ def test_wrong_version_is_rejected_with_its_sequence_number():
     assert info.value.seq == 3
 
 
-@pytest.mark.parametrize("msg_type", [0, 10, 15, 22, 255])
+@pytest.mark.parametrize("msg_type", [0, 11, 15, 22, 255])
 def test_unknown_message_type_is_rejected(msg_type):
     header, body = _tick_frames()
     bad = header[:5] + bytes([msg_type]) + header[6:]

@@ -71,6 +71,16 @@ def vectors() -> list[dict]:
         {"instrument_id": 1, "kind": 1, "price": 9100.5, "size": 12, "bid": "NaN", "ask": "NaN",
          "ts_exchange_ns": EPOCH_T * 100, "ts_receive_ns": EPOCH_T * 100}))
     out.append(vec(
+        "ticks", "TICKS: a burst of two trades of instrument 0 in one message (count, then TICK bodies)",
+        10, 11, struct.pack("<H", 2)
+        + struct.pack("<HBdqddqq", 0, 0, 2670.25, 2, 2670.0, 2670.25, EPOCH_T + 1, EPOCH_T + 2)
+        + struct.pack("<HBdqddqq", 0, 0, 2670.5, 1, NAN, NAN, EPOCH_T + 3, EPOCH_T + 4),
+        {"ticks": [
+            {"instrument_id": 0, "kind": 0, "price": 2670.25, "size": 2, "bid": 2670.0, "ask": 2670.25,
+             "ts_exchange_ns": (EPOCH_T + 1) * 100, "ts_receive_ns": (EPOCH_T + 2) * 100},
+            {"instrument_id": 0, "kind": 0, "price": 2670.5, "size": 1, "bid": "NaN", "ask": "NaN",
+             "ts_exchange_ns": (EPOCH_T + 3) * 100, "ts_receive_ns": (EPOCH_T + 4) * 100}]}))
+    out.append(vec(
         "bar", "BAR: a 60 s bar of instrument 0 closing at EPOCH", 3, 4,
         struct.pack("<HIddddqq", 0, 60, 2670.0, 2671.5, 2669.75, 2671.0, 1234, EPOCH_T),
         {"instrument_id": 0, "period_s": 60, "open": 2670.0, "high": 2671.5, "low": 2669.75,
