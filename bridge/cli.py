@@ -54,6 +54,8 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
     from bridge.sidecar import SidecarProcess, master_for
     from bridge.storage.queries import session_counts
 
+    if args.window < 1:
+        raise UserError("--window must be at least 1")
     if args.engine != "python":
         raise UserError(f"engine {args.engine!r} is not available yet; use --engine python "
                         "(the NT8 simulator engine arrives with the NinjaScript work)")
@@ -79,7 +81,7 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
         with Progress(TextColumn("[bold]playback"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} ticks"),
                       TimeRemainingColumn(), console=console, transient=True, disable=args.quiet) as progress:
             task = progress.add_task("playback", total=len(stream))
-            result = run_playback(stream, endpoint, config, master,
+            result = run_playback(stream, endpoint, config, master, window=args.window,
                                   progress=lambda n: progress.update(task, completed=n))
     except BaseException:
         if proc is not None:
@@ -94,7 +96,7 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
         "realized_pnl": result.realized_pnl, "commission": result.commission,
         "net_pnl": round(sum(result.realized_pnl.values()) - result.commission, 2),
         "final_position": result.final_position, "refused_commands": result.refused_commands,
-        "digest": result.digest, "elapsed_s": round(result.elapsed_s, 3),
+        "digest": result.digest, "window": args.window, "elapsed_s": round(result.elapsed_s, 3),
         "events_per_s": round((result.ticks_read + result.bars_read) / result.elapsed_s) if result.elapsed_s else None,
     }
     if proc is not None:
@@ -234,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     def playback_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--window", type=int, default=256, help="ticks sent together while no order is live "
+                        "(1: exact lockstep throughout; the digest depends on it; default 256)")
         sp.add_argument("--json", action="store_true", help="print the summary as JSON")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
         db_option(sp)
