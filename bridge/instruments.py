@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -227,24 +227,22 @@ class SessionClock:
             # Offsets change at most a couple of times a year and the interval is at most ~2
             # weeks, so equal offsets at both ends mean no switch in between.
             return limit
-        # Bisect on whole seconds for the switch (zoneinfo transitions fall on whole seconds).
+        # Bisect on whole seconds for the switch (zoneinfo transitions fall on whole seconds):
+        # forward, the first second with another offset; backward, the first with this one.
         if forward:
-            lo, hi = sec, far_sec  # offset(lo) == off, offset(hi) != off
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if _offset_ns(mid, zone) == off:
-                    lo = mid
-                else:
-                    hi = mid
-            return hi * _NS_PER_SECOND
-        lo, hi = far_sec, sec  # offset(lo) != off, offset(hi) == off
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _offset_ns(mid, zone) == off:
-                hi = mid
-            else:
-                lo = mid
-        return hi * _NS_PER_SECOND
+            return _first_true(sec, far_sec, lambda x: _offset_ns(x, zone) != off) * _NS_PER_SECOND
+        return _first_true(far_sec, sec, lambda x: _offset_ns(x, zone) == off) * _NS_PER_SECOND
+
+
+def _first_true(lo: int, hi: int, pred: Callable[[int], bool]) -> int:
+    """Smallest x in (lo, hi] with pred(x), for pred False at lo, True at hi, and monotone between."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 # ----------------------------------------------------------------------------------------------
