@@ -198,6 +198,7 @@ class SidecarServer:
             log.exception("internal error on message seq %s from %r; the session goes on", seq, rid)
             self._send_error(rid, session, ErrorCode.INTERNAL_ERROR, seq, header.msg_type if header else 0,
                              "the sidecar failed on this message; see its log")
+            self._ack_refused(session, seq)
 
     def _dispatch(self, session: Session, header: codec.Header, msg: Message) -> None:
         session.last_heard = time.monotonic()
@@ -403,9 +404,12 @@ class SidecarServer:
     def _refuse(self, rid: bytes, session: Session | None, exc: ProtocolError) -> None:
         self._log_refusal(rid, exc)
         self._send_error(rid, session, exc.code, exc.seq, exc.msg_type, exc.text)
-        if session is not None and session.hello.lockstep and exc.seq:
-            # a lockstep peer waits for the acknowledgement of every seq, refused ones included
-            session.last_seq_in = max(session.last_seq_in, exc.seq)
+        self._ack_refused(session, exc.seq)
+
+    def _ack_refused(self, session: Session | None, seq: int) -> None:
+        """A lockstep peer waits for the acknowledgement of every seq, refused ones included."""
+        if session is not None and session.hello.lockstep and seq and self.sessions.get(session.routing_id) is session:
+            session.last_seq_in = max(session.last_seq_in, seq)
             self._send(session, Heartbeat(session.last_seq_in))
 
     def _log_refusal(self, rid: bytes, exc: ProtocolError) -> None:

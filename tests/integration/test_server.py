@@ -344,3 +344,14 @@ def test_a_tick_batch_is_judged_tick_by_tick(sidecar):
     counts = session_counts(sidecar.db_url, welcome.session_id)
     assert counts.ticks == 3
     assert counts.quality_events_by_reason == {"QUALITY_NONFINITE_PRICE": 1}
+
+
+def test_a_failure_inside_the_sidecar_is_answered_and_acknowledged(sidecar, monkeypatch):
+    with Nt8Client(sidecar.endpoint, instance_id="boom", account="a", instruments=[ES], timeout_s=5) as c:
+        c.connect()
+        pipeline = next(iter(sidecar.server.sessions.values())).pipeline
+        monkeypatch.setattr(pipeline, "on_position", lambda seq, msg: 1 / 0)
+        replies = c.step(m.Position(0, 1, 1, 2670.0, T0))  # a lockstep client must not hang
+        assert [r.code for r in replies] == [ErrorCode.INTERNAL_ERROR]
+        assert c.step(tick(2670.0)) == []  # and the session goes on
+    assert sidecar.server.stats.internal_errors == 1
