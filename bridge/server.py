@@ -48,6 +48,13 @@ HARD_MAX_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE: beyond this libzmq drops the
 _LOG_BURST = 20
 _LOG_WINDOW_S = 10.0
 _DRAIN_BURST = 512  # messages handled before the timers get a look in
+# Message types as plain ints for the dispatch: comparing with an IntEnum member costs 245 ns
+# against 39 ns for an int, several times per message.
+_HELLO, _TICK, _TICKS, _HEARTBEAT, _BAR = (int(MsgType.HELLO), int(MsgType.TICK), int(MsgType.TICKS),
+                                           int(MsgType.HEARTBEAT), int(MsgType.BAR))
+_ORDER_UPDATE, _EXECUTION, _POSITION, _ACCOUNT, _BYE = (int(MsgType.ORDER_UPDATE), int(MsgType.EXECUTION),
+                                                        int(MsgType.POSITION), int(MsgType.ACCOUNT), int(MsgType.BYE))
+_FROM_NT8 = frozenset(int(t) for t in FROM_NT8)
 
 
 @dataclass
@@ -180,11 +187,11 @@ class SidecarServer:
                                     f"message of {size} bytes; at most {self.config.server.max_message_bytes}",
                                     seq, msg_type)
             header, msg = codec.decode(body_frames)
-            if header.msg_type not in FROM_NT8:
+            if header.msg_type not in _FROM_NT8:
                 raise ProtocolError(ErrorCode.PROTOCOL_WRONG_DIRECTION,
                                     f"{MsgType(header.msg_type).name} is sent by the sidecar, not by NT8",
                                     header.seq, header.msg_type)
-            if header.msg_type == MsgType.HELLO:
+            if header.msg_type == _HELLO:
                 self._hello(rid, header, msg)
                 return
             if session is None:
@@ -215,33 +222,33 @@ class SidecarServer:
         p = session.pipeline
         t = header.msg_type
         replies: tuple | list = ()
-        if t == MsgType.TICK:
+        if t == _TICK:
             iid = msg.instrument_id
             if iid not in p.instruments:
                 raise _unknown_instrument(iid, header)
             replies = p.on_tick(seq, msg)
             session.last_tick_wall[iid] = session.last_heard
-        elif t == MsgType.TICKS:
+        elif t == _TICKS:
             replies = self._tick_batch(session, seq, msg.ticks)
-        elif t == MsgType.HEARTBEAT:
+        elif t == _HEARTBEAT:
             pass
-        elif t == MsgType.BAR:
+        elif t == _BAR:
             if msg.instrument_id not in p.instruments:
                 raise _unknown_instrument(msg.instrument_id, header)
             replies = p.on_bar(seq, msg)
-        elif t == MsgType.ORDER_UPDATE:
+        elif t == _ORDER_UPDATE:
             p.on_order_update(seq, msg)
-        elif t == MsgType.EXECUTION:
+        elif t == _EXECUTION:
             if msg.instrument_id not in p.instruments:
                 raise _unknown_instrument(msg.instrument_id, header)
             p.on_execution(seq, msg)
-        elif t == MsgType.POSITION:
+        elif t == _POSITION:
             if msg.instrument_id not in p.instruments:
                 raise _unknown_instrument(msg.instrument_id, header)
             p.on_position(seq, msg)
-        elif t == MsgType.ACCOUNT:
+        elif t == _ACCOUNT:
             p.on_account(seq, msg)
-        elif t == MsgType.BYE:
+        elif t == _BYE:
             log.info("session %s ended by NT8: %s", session.session_id, msg.reason)
             self._end_session(session, "BYE")
             return
