@@ -200,3 +200,25 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'recording.sqlite'}"
     return str(request.getfixturevalue("pg_clean_url"))
+
+
+@pytest.fixture(scope="session")
+def cs(tmp_path_factory):
+    """The shipped C# helpers (ninjascript/AddOns/Nt8Bridge), compiled with mcs and loaded into Mono
+    through pythonnet, once per test session (Mono can be hosted once per process)."""
+    import shutil
+
+    if shutil.which("mcs") is None:
+        pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
+    from bridge.ninjascript import CODEC_SOURCES, compile_library
+
+    dll = compile_library(CODEC_SOURCES, tmp_path_factory.mktemp("cs") / "Nt8Bridge.dll")
+    import pythonnet
+
+    pythonnet.load("mono")
+    import clr
+
+    clr.AddReference(str(dll))
+    import NinjaTrader.NinjaScript.AddOns.Nt8Bridge as nb
+
+    return nb

@@ -5,30 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 
-from bridge.ninjascript import CODEC_SOURCES, compile_library
 
 VECTORS = sorted((Path(__file__).parent.parent / "vectors").glob("*.json"))
-
-
-@pytest.fixture(scope="module")
-def cs(tmp_path_factory):
-    if shutil.which("mcs") is None:
-        pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
-    dll = compile_library(CODEC_SOURCES, tmp_path_factory.mktemp("cs") / "Nt8Bridge.Protocol.dll")
-    import pythonnet
-    try:
-        pythonnet.load("mono")
-    except RuntimeError:
-        pass  # already loaded in this process by another test module
-    import clr
-    clr.AddReference(str(dll))
-    import NinjaTrader.NinjaScript.AddOns.Nt8Bridge as nb
-    return nb
 
 
 def _plain(value):
