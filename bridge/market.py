@@ -81,10 +81,6 @@ class InstrumentState:
     last_ts_ns: int = 0  # event time of the last accepted tick of any kind
     bars: deque[BarData] | None = None
 
-    @property
-    def mid(self) -> float:
-        return (self.bid + self.ask) / 2.0
-
 
 class MarketState:
     """All instruments of one session."""

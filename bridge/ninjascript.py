@@ -13,8 +13,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 NINJASCRIPT = REPO / "ninjascript"
-# the protocol codec and the ZMTP 3.1 DEALER: the shipped NinjaScript helpers built so far
-CODEC_SOURCES = (NINJASCRIPT / "AddOns" / "Nt8Bridge" / "Protocol.cs", NINJASCRIPT / "AddOns" / "Nt8Bridge" / "Zmtp.cs")
+# what ships to NT8 so far: the protocol codec and the ZMTP 3.1 DEALER
+ADDON_SOURCES = (NINJASCRIPT / "AddOns" / "Nt8Bridge" / "Protocol.cs", NINJASCRIPT / "AddOns" / "Nt8Bridge" / "Zmtp.cs")
 
 
 class BuildError(RuntimeError):

@@ -97,9 +97,6 @@ class Recorder:
     def set_instruments(self, names: dict[int, str]) -> None:
         self._names = dict(names)
 
-    def name(self, instrument_id: int) -> str:
-        return self._names[instrument_id]
-
     def session_started(self, instance_id: str, account: str, peer: str, version: int, started_ns: int,
                         clock_offset_ns: int) -> None:
         self.sink.write("sessions", (self.session_id, instance_id, account, peer, version, started_ns,

@@ -210,9 +210,9 @@ def cs(tmp_path_factory):
 
     if shutil.which("mcs") is None:
         pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
-    from bridge.ninjascript import CODEC_SOURCES, compile_library
+    from bridge.ninjascript import ADDON_SOURCES, compile_library
 
-    dll = compile_library(CODEC_SOURCES, tmp_path_factory.mktemp("cs") / "Nt8Bridge.dll")
+    dll = compile_library(ADDON_SOURCES, tmp_path_factory.mktemp("cs") / "Nt8Bridge.dll")
     import pythonnet
 
     pythonnet.load("mono")

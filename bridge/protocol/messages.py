@@ -71,10 +71,6 @@ class Side(IntEnum):
     def sign(self) -> int:
         return 1 if self is Side.BUY else -1
 
-    @property
-    def opposite(self) -> Side:
-        return Side.SELL if self is Side.BUY else Side.BUY
-
 
 class EntryType(IntEnum):
     MARKET = 1
@@ -114,10 +110,6 @@ class OrderState(IntEnum):
     PART_FILLED = 11
     FILLED = 12
     UNKNOWN = 13
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (OrderState.CANCELLED, OrderState.REJECTED, OrderState.FILLED)
 
 
 class OrderType(IntEnum):

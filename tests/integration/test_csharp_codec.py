@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.dotnet import net_frames
+
 
 VECTORS = sorted((Path(__file__).parent.parent / "vectors").glob("*.json"))
 
@@ -29,19 +31,12 @@ def _plain(value):
 
 
 def _frames(vector: dict):
-    from System import Array, Byte
-    h = bytes.fromhex(vector["header_hex"])
-    b = bytes.fromhex(vector["body_hex"])
-    frames = Array.CreateInstance(Array[Byte], 2)
-    frames[0] = Array[Byte](list(h))
-    frames[1] = Array[Byte](list(b))
-    return frames
+    return net_frames([bytes.fromhex(vector["header_hex"]), bytes.fromhex(vector["body_hex"])])
 
 
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
 def test_csharp_decodes_every_golden_vector_to_its_fields(cs, path):
     vector = json.loads(path.read_text())
-    from System import Array, Byte  # noqa: F401
     msg, header = cs.Codec.Decode(_frames(vector), None)
     assert int(header.Type) == vector["type"]
     assert int(header.Seq) == vector["header"]["seq"]
@@ -78,10 +73,6 @@ def test_csharp_writes_a_dotnet_nan_as_the_canonical_quiet_nan(cs):
 def test_csharp_refuses_bad_frames_with_the_protocol_codes(cs, mutate, code):
     vector = json.loads((Path(__file__).parent.parent / "vectors" / "01_tick_last.json").read_text())
     h, b = mutate(bytes.fromhex(vector["header_hex"]), bytes.fromhex(vector["body_hex"]))
-    from System import Array, Byte
-    frames = Array.CreateInstance(Array[Byte], 2)
-    frames[0] = Array[Byte](list(h))
-    frames[1] = Array[Byte](list(b))
     with pytest.raises(Exception) as info:
-        cs.Codec.Decode(frames, None)
+        cs.Codec.Decode(net_frames([h, b]), None)
     assert int(info.value.Code) == code

@@ -11,16 +11,9 @@ import zmq
 from bridge.protocol import codec
 from bridge.protocol import messages as m
 from bridge.sidecar import SidecarProcess
+from tests.integration.dotnet import net_frames
 
 ES = m.InstrumentDecl("ES 06-18", 0.25, 50.0)
-
-
-def _net_frames(frames: list[bytes]):
-    from System import Array, Byte
-    out = Array.CreateInstance(Array[Byte], len(frames))
-    for i, f in enumerate(frames):
-        out[i] = Array[Byte](list(f))
-    return out
 
 
 @pytest.fixture
@@ -64,7 +57,7 @@ def test_long_frames_cross_both_ways(cs, router):
     dealer = cs.ZmtpDealer()
     dealer.Connect(endpoint, 5000)
     big = bytes(range(256)) * 40  # 10,240 bytes: the 8-byte size form
-    dealer.Send(_net_frames([b"x", big]))
+    dealer.Send(net_frames([b"x", big]))
     rid, a, b = sock.recv_multipart()
     assert (a, b) == (b"x", big)
     sock.send_multipart([rid, big, b"y"])
@@ -82,7 +75,7 @@ def test_libzmq_heartbeats_are_answered_and_the_connection_lives(cs):
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     dealer = cs.ZmtpDealer()
     dealer.Connect(f"tcp://127.0.0.1:{port}", 5000)
-    dealer.Send(_net_frames([b"hi"]))
+    dealer.Send(net_frames([b"hi"]))
     rid, _ = sock.recv_multipart()
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
@@ -99,7 +92,7 @@ def test_an_oversize_frame_from_the_peer_is_refused_without_crashing(cs, router)
     dealer = cs.ZmtpDealer()
     dealer.MaxFrameBytes = 1000
     dealer.Connect(endpoint, 5000)
-    dealer.Send(_net_frames([b"hi"]))
+    dealer.Send(net_frames([b"hi"]))
     rid, _ = sock.recv_multipart()
     sock.send_multipart([rid, b"z" * 5000])
     with pytest.raises(Exception, match="limit 1000"):

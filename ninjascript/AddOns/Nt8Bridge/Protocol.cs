@@ -104,13 +104,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			catch (ArgumentException) { throw new ProtocolException(ErrorCode.ProtocolMalformedBody, "string is not valid UTF-8"); }
 		}
 
-		public byte Enum(byte max, string name)
-		{
-			byte v = U8();
-			if (v > max)
-				throw new ProtocolException(ErrorCode.ProtocolMalformedBody, name + " = " + v + " is out of range");
-			return v;
-		}
+		public byte Enum(byte max, string name) { return EnumRange(0, max, name); }
 
 		public byte EnumRange(byte min, byte max, string name)
 		{
