@@ -62,7 +62,7 @@ class QualityVerdict:
 class _InstrumentGate:
     """Per-instrument state of the gate; only accepted ticks move it."""
 
-    __slots__ = ("spec", "tick_size", "max_size", "clock", "last_price", "last_ts", "last_trade_ts",
+    __slots__ = ("spec", "tick_size", "max_size", "clock", "last_price", "last_ts", "last_bar_ts", "last_trade_ts",
                  "var", "alpha", "pending_price", "pending_count")
 
     def __init__(self, spec: InstrumentSpec, tick_size: float, halflife: int) -> None:
@@ -72,6 +72,9 @@ class _InstrumentGate:
         self.clock = SessionClock(spec.hours)
         self.last_price = math.nan
         self.last_ts = -(2**63)
+        # NT8 sends a bar when the first tick of the next one arrives, after that tick: bars keep
+        # a time order of their own
+        self.last_bar_ts = -(2**63)
         self.last_trade_ts = 0
         self.var = (2.0 * tick_size) ** 2  # prior: moves of about two ticks
         self.alpha = 1.0 - 0.5 ** (1.0 / halflife)
@@ -202,11 +205,12 @@ class QualityGate:
             return self._verdict(reason, True, f"price off the {g.tick_size} grid in {prices}")
         if bar.volume < 0:
             return self._verdict(reason, True, f"volume {bar.volume}")
-        if bar.ts_close_ns < g.last_ts:
+        if bar.ts_close_ns <= g.last_bar_ts:
             return self._verdict(QualityReason.TIME_BACKWARDS, True,
-                                 f"bar ends {(g.last_ts - bar.ts_close_ns) / 1e9:.0f} s before the previous one")
+                                 f"bar ends {(g.last_bar_ts - bar.ts_close_ns) / 1e9:.0f} s before the previous bar's end"
+                                 if bar.ts_close_ns < g.last_bar_ts else "bar ends at the same time as the previous bar")
         # a bar is stamped at its end: the instant just before the stamp must be in session
         if self.config.check_session_hours and not g.clock.is_open(bar.ts_close_ns - 1):
             return self._verdict(QualityReason.OUTSIDE_SESSION, True, f"{g.spec.root} is closed at this time")
-        g.last_ts = bar.ts_close_ns
+        g.last_bar_ts = bar.ts_close_ns
         return None

@@ -44,3 +44,15 @@ def session_counts(url: str, session_id: int) -> SessionCounts:
                                  end_reason)
     finally:
         engine.dispose()
+
+
+def sessions_of_instance(url: str, instance_id: str) -> list[int]:
+    """The session ids a NinjaScript instance opened, oldest first (one per (re)connection)."""
+    engine = create_engine_for(url)
+    s = metadata.tables["sessions"]
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(s.c.session_id).where(s.c.instance_id == instance_id)
+                                     .order_by(s.c.started_ns)).scalars())
+    finally:
+        engine.dispose()

@@ -231,3 +231,12 @@ def test_the_vendors_suspicious_spy_prints_are_all_refused(shared_data):
         assert (ts, float(row["price"]), int(row["size"])) in refused_keys, row.to_dict()
     # and the gate refuses little else: the real false-positive rate is reported by bench/quality_report.py
     assert len(refused) < 0.0005 * len(stream)
+
+
+def test_a_bar_sent_after_the_tick_that_closed_it_is_in_order_but_a_repeated_bar_is_not():
+    # NT8 (Calculate.OnEachTick) learns that a bar closed from the first tick of the next one and
+    # sends the bar after that tick: bars are ordered among themselves, not against ticks.
+    g = gate()
+    assert g.check_tick(Tick(0, 0, 2670.0, 1, math.nan, math.nan, T0 + S // 2, T0 + S // 2)) is None
+    assert g.check_bar(Bar(0, 60, 2670.0, 2671.0, 2669.0, 2670.5, 10, T0)) is None
+    assert reason(g.check_bar(Bar(0, 60, 2670.0, 2671.0, 2669.0, 2670.5, 10, T0))) is QualityReason.TIME_BACKWARDS

@@ -4,31 +4,62 @@ using System.Collections.Generic;
 using System.IO;
 using System.Net.Sockets;
 using System.Text;
+using System.Threading;
 #endregion
 
 // A ZMTP 3.1 DEALER over one TCP connection (rfc.zeromq.org/spec/37, NULL mechanism), so that the
 // NinjaScript needs no third-party DLL (NetMQ drags half of .NET Standard into bin\Custom).
 // This is the wire layer only: one connection, blocking reads, PING answered with PONG. Reconnect
-// with backoff and the bounded send queue that never blocks NT8's threads sit above it (next step).
+// with backoff and the bounded send queue that never blocks NT8's threads sit above it (Link.cs).
+// NetworkStream has no buffer of its own, so frames are assembled in a write buffer and read
+// through a read buffer: one system call per message (or per batch) instead of one per field.
 namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 {
 	public sealed class ZmtpException : Exception
 	{
+		/// <summary>True when the peer broke the ZMTP framing (oversize or malformed frame), false when the
+		/// connection merely failed or closed: the first is a protocol error worth counting, the second is not.</summary>
+		public readonly bool IsProtocolViolation;
+
 		public ZmtpException(string message) : base(message) { }
+
+		public ZmtpException(string message, bool protocolViolation) : base(message) { IsProtocolViolation = protocolViolation; }
 	}
 
 	public sealed class ZmtpDealer : IDisposable
 	{
-		private const byte FlagMore = 1, FlagLong = 2, FlagCommand = 4;
+		private const byte FlagMore = 1, FlagLong = 2, FlagCommand = 4, FlagsReserved = 0xF8;
 		private const int GreetingSize = 64;
+		private const int BufferSize = 64 * 1024;
 		private readonly object sendLock = new object();
 		private TcpClient tcp;
 		private NetworkStream stream;
+		private readonly byte[] wbuf = new byte[BufferSize];
+		private int wlen;
+		private readonly byte[] rbuf = new byte[BufferSize];
+		private int rpos, rlen;
+		private long lastActivity;
 
 		/// <summary>Largest frame accepted from the peer; a larger one closes the connection (garbage or hostile).</summary>
 		public long MaxFrameBytes = 1 << 20;
+		/// <summary>Read timeout once connected (Timeout.Infinite by default): a peer that stops in the middle
+		/// of a frame would otherwise block the reading thread for good.</summary>
+		public int ReadTimeoutMs = Timeout.Infinite;
+		/// <summary>Write timeout once connected; 0 keeps the connect timeout. A peer that takes nothing for this
+		/// long fails the send instead of blocking the writing thread.</summary>
+		public int WriteTimeoutMs;
 		public string PeerSocketType { get; private set; }
 		public long PingsAnswered { get; private set; }
+
+		/// <summary>Stopwatch timestamp of the last frame read (commands such as PING and PONG included), or of
+		/// the connection: what a liveness check compares with, since any frame proves the peer alive.</summary>
+		public long LastActivity { get { return Volatile.Read(ref lastActivity); } }
+
+		/// <summary>Milliseconds since LastActivity.</summary>
+		public double IdleMs
+		{
+			get { return (System.Diagnostics.Stopwatch.GetTimestamp() - LastActivity) * 1000.0 / System.Diagnostics.Stopwatch.Frequency; }
+		}
 
 		/// <summary>Connect to "tcp://host:port", exchange greetings and READY; throws ZmtpException on failure.</summary>
 		public void Connect(string endpoint, int timeoutMs)
@@ -37,15 +68,29 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			int colon = hostPort.LastIndexOf(':');
 			if (colon < 0)
 				throw new ZmtpException("endpoint '" + endpoint + "' is not tcp://host:port");
+			int port;
+			if (!int.TryParse(hostPort.Substring(colon + 1), out port))
+				throw new ZmtpException("endpoint '" + endpoint + "' has no port number");
 			tcp = new TcpClient { NoDelay = true };
-			IAsyncResult ar = tcp.BeginConnect(hostPort.Substring(0, colon), int.Parse(hostPort.Substring(colon + 1)), null, null);
-			if (!ar.AsyncWaitHandle.WaitOne(timeoutMs))
+			try
 			{
-				tcp.Close();
-				throw new ZmtpException("no connection to " + endpoint + " within " + timeoutMs + " ms");
+				Handshake(endpoint, hostPort.Substring(0, colon), port, timeoutMs);
 			}
+			catch
+			{
+				Dispose();  // a failed attempt must not leak its socket: a link retries for hours
+				throw;
+			}
+		}
+
+		private void Handshake(string endpoint, string host, int port, int timeoutMs)
+		{
+			IAsyncResult ar = tcp.BeginConnect(host, port, null, null);
+			if (!ar.AsyncWaitHandle.WaitOne(timeoutMs))
+				throw new ZmtpException("no connection to " + endpoint + " within " + timeoutMs + " ms");
 			tcp.EndConnect(ar);
 			stream = tcp.GetStream();
+			Touch();
 			stream.ReadTimeout = timeoutMs;
 			stream.WriteTimeout = timeoutMs;
 			byte[] greeting = new byte[GreetingSize];
@@ -55,6 +100,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			greeting[11] = 1;
 			Encoding.ASCII.GetBytes("NULL", 0, 4, greeting, 12);
 			stream.Write(greeting, 0, GreetingSize);  // as-server (byte 32) and filler stay 0
+			stream.Flush();
 			byte[] peer = ReadExactly(GreetingSize);
 			if (peer[0] != 0xFF || peer[9] != 0x7F)
 				throw new ZmtpException("the peer is not a ZeroMQ socket (bad greeting signature)");
@@ -71,7 +117,9 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			PeerSocketType = props.TryGetValue("Socket-Type", out type) ? type : "";
 			if (PeerSocketType != "ROUTER" && PeerSocketType != "DEALER")
 				throw new ZmtpException("a DEALER cannot talk to a " + PeerSocketType + " socket");
-			stream.ReadTimeout = System.Threading.Timeout.Infinite;
+			stream.ReadTimeout = ReadTimeoutMs;
+			if (WriteTimeoutMs != 0)
+				stream.WriteTimeout = WriteTimeoutMs;
 		}
 
 		/// <summary>Send one message of several frames; safe from any thread.</summary>
@@ -79,10 +127,32 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		{
 			lock (sendLock)
 			{
-				for (int i = 0; i < frames.Length; i++)
-					WriteFrame(frames[i], i < frames.Length - 1 ? FlagMore : (byte)0);
-				stream.Flush();
+				NetworkStream s = Stream();
+				PutMessage(s, frames);
+				FlushWrites(s);
 			}
+		}
+
+		/// <summary>Send several messages in as few writes as possible; safe from any thread. On an exception
+		/// an unknown prefix of them has been written.</summary>
+		public void SendMany(IList<byte[][]> messages)
+		{
+			lock (sendLock)
+			{
+				NetworkStream s = Stream();
+				foreach (byte[][] frames in messages)
+					PutMessage(s, frames);
+				FlushWrites(s);
+			}
+		}
+
+		/// <summary>Half-close: the peer reads everything sent so far, then end-of-stream. Closing a socket that
+		/// still has unread input resets the connection instead, and the peer may lose the last message (BYE).</summary>
+		public void ShutdownSend()
+		{
+			TcpClient t = tcp;
+			if (t != null)
+				t.Client.Shutdown(SocketShutdown.Send);
 		}
 
 		/// <summary>The next message, or null when none starts within timeoutMs. Answers PING; skips other commands.</summary>
@@ -94,7 +164,11 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			while (true)
 			{
 				long leftUs = (deadline - System.Diagnostics.Stopwatch.GetTimestamp()) * 1000000 / System.Diagnostics.Stopwatch.Frequency;
-				if (parts.Count == 0 && !tcp.Client.Poll((int)Math.Max(0, leftUs), SelectMode.SelectRead))
+				TcpClient t = tcp;
+				if (t == null)
+					throw new ZmtpException("the connection is closed");
+				// bytes already in the read buffer are not seen by Poll
+				if (parts.Count == 0 && rpos == rlen && !t.Client.Poll((int)Math.Min(int.MaxValue, Math.Max(0, leftUs)), SelectMode.SelectRead))
 					return null;
 				byte flags;
 				byte[] body = ReadFrame(out flags);
@@ -139,33 +213,66 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			Buffer.BlockCopy(data, 0, body, 1 + name.Length, data.Length);
 			lock (sendLock)
 			{
-				WriteFrame(body, FlagCommand);
-				stream.Flush();
+				NetworkStream s = Stream();
+				PutFrame(s, body, FlagCommand);
+				FlushWrites(s);
 			}
 		}
 
-		private void WriteFrame(byte[] body, byte flags)
+		private NetworkStream Stream()
 		{
+			NetworkStream s = stream;
+			if (s == null || tcp == null)
+				throw new ZmtpException("the connection is closed");
+			return s;
+		}
+
+		private void PutMessage(NetworkStream s, byte[][] frames)
+		{
+			for (int i = 0; i < frames.Length; i++)
+				PutFrame(s, frames[i], i < frames.Length - 1 ? FlagMore : (byte)0);
+		}
+
+		// Appends one frame to the write buffer (under sendLock); a body too large for it goes straight out.
+		private void PutFrame(NetworkStream s, byte[] body, byte flags)
+		{
+			if (wlen + 9 + body.Length > BufferSize)
+				FlushWrites(s);
 			if (body.Length > 255)
 			{
-				byte[] head = new byte[9];
-				head[0] = (byte)(flags | FlagLong);
+				wbuf[wlen++] = (byte)(flags | FlagLong);
 				long n = body.Length;
-				for (int i = 0; i < 8; i++)
-					head[8 - i] = (byte)(n >> (8 * i));  // network byte order
-				stream.Write(head, 0, 9);
+				for (int i = 7; i >= 0; i--)
+					wbuf[wlen++] = (byte)(n >> (8 * i));  // network byte order
 			}
 			else
 			{
-				stream.WriteByte(flags);
-				stream.WriteByte((byte)body.Length);
+				wbuf[wlen++] = flags;
+				wbuf[wlen++] = (byte)body.Length;
 			}
-			stream.Write(body, 0, body.Length);
+			if (wlen + body.Length > BufferSize)
+			{
+				FlushWrites(s);
+				s.Write(body, 0, body.Length);
+				return;
+			}
+			Buffer.BlockCopy(body, 0, wbuf, wlen, body.Length);
+			wlen += body.Length;
+		}
+
+		private void FlushWrites(NetworkStream s)
+		{
+			int n = wlen;
+			wlen = 0;  // a failed write leaves the connection unusable anyway: never resend half a buffer
+			if (n > 0)
+				s.Write(wbuf, 0, n);
 		}
 
 		private byte[] ReadFrame(out byte flags)
 		{
 			flags = ReadExactly(1)[0];
+			if ((flags & FlagsReserved) != 0)
+				throw Broken("the peer sent a frame with reserved flag bits set (0x" + flags.ToString("X2") + "): not ZMTP");
 			long size;
 			if ((flags & FlagLong) != 0)
 			{
@@ -179,31 +286,61 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				size = ReadExactly(1)[0];
 			}
 			if (size < 0 || size > MaxFrameBytes)
-			{
-				Dispose();
-				throw new ZmtpException("the peer sent a frame of " + size + " bytes (limit " + MaxFrameBytes + "); connection closed");
-			}
-			return ReadExactly((int)size);
+				throw Broken("the peer sent a frame of " + size + " bytes (limit " + MaxFrameBytes + "); connection closed");
+			byte[] body = ReadExactly((int)size);
+			Touch();
+			return body;
 		}
+
+		// The peer broke the framing: nothing after this point can be trusted, so the connection is closed.
+		private ZmtpException Broken(string text)
+		{
+			Dispose();
+			return new ZmtpException(text, true);
+		}
+
+		private void Touch() { Volatile.Write(ref lastActivity, System.Diagnostics.Stopwatch.GetTimestamp()); }
 
 		private byte[] ReadExactly(int n)
 		{
+			NetworkStream s = stream;
+			if (s == null)
+				throw new ZmtpException("the connection is closed");
 			byte[] buf = new byte[n];
 			int got = 0;
 			while (got < n)
 			{
-				int r = stream.Read(buf, got, n - got);
-				if (r <= 0)
-					throw new ZmtpException("the peer closed the connection");
-				got += r;
+				if (rpos == rlen)
+				{
+					if (n - got >= BufferSize)
+					{
+						// a large body goes straight into its array
+						int d = s.Read(buf, got, n - got);
+						if (d <= 0)
+							throw new ZmtpException("the peer closed the connection");
+						got += d;
+						continue;
+					}
+					rpos = 0;
+					rlen = s.Read(rbuf, 0, BufferSize);
+					if (rlen <= 0)
+					{
+						rlen = 0;
+						throw new ZmtpException("the peer closed the connection");
+					}
+				}
+				int take = Math.Min(n - got, rlen - rpos);
+				Buffer.BlockCopy(rbuf, rpos, buf, got, take);
+				rpos += take;
+				got += take;
 			}
 			return buf;
 		}
 
-		private static string CommandName(byte[] body)
+		private string CommandName(byte[] body)
 		{
 			if (body.Length == 0 || body[0] + 1 > body.Length)
-				throw new ZmtpException("malformed command frame");
+				throw Broken("malformed command frame");
 			return Encoding.ASCII.GetString(body, 1, body[0]);
 		}
 
@@ -242,11 +379,12 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			return props;
 		}
 
+		/// <summary>Close the connection; safe from any thread, and a read blocked on another thread then fails.</summary>
 		public void Dispose()
 		{
-			if (tcp != null)
-				tcp.Close();
-			tcp = null;
+			TcpClient t = Interlocked.Exchange(ref tcp, null);
+			if (t != null)
+				t.Close();
 		}
 	}
 }

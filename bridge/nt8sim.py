@@ -1,0 +1,195 @@
+"""Playback with the NT8 simulator: the real NinjaScript strategy, compiled with mcs, run under Mono.
+
+pythonnet hosts the .NET runtime in this process (Mono on Linux, .NET Framework on Windows),
+loads the two assemblies of ``bridge.ninjascript.build`` and hands the engine its files and
+settings; the playback loop then runs entirely inside .NET (data, lifecycle, fills, the strategy's
+ZeroMQ link to the sidecar) and Python reads the report at the end, plus a progress count every
+65,536 events. Nothing crosses the language boundary per tick.
+
+Modes:
+- lockstep (default): the strategy's link waits for the sidecar's acknowledgement after every
+  message, orders act synchronously (NT8's Playback101). The same data gives the same orders and
+  fills, run after run (``digest``).
+- free-running: no waiting; orders take ``latency_ms`` of event time to reach the exchange, and
+  the sidecar's answers arrive when they arrive. Faster, closer to live, not repeatable.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bridge.config import Config
+from bridge.data.nt8files import instrument_from_filename
+from bridge.instruments import InstrumentMaster
+from bridge.ninjascript import Build, build
+
+STRATEGY_TYPE = "NinjaTrader.NinjaScript.Strategies.Nt8BridgeStrategy"
+_TICKS_PER_NS = 100
+_UNIX_EPOCH_TICKS = 621355968000000000
+
+_runtime_lock = threading.Lock()
+_loaded: dict[str, Any] = {}
+
+
+class Nt8SimError(RuntimeError):
+    """The simulated playback could not run; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Live-broker misbehaviour injected by the simulator (see ninjascript/Simulator/Engine/SimExchange.cs)."""
+
+    seed: int = 1
+    reject_rate: float = 0.0
+    drop_order_update_rate: float = 0.0
+    execution_first_rate: float = 0.0
+
+
+@dataclass
+class Nt8SimResult:
+    instruments: list[str]
+    instance_id: str
+    events: int
+    trades: int
+    bars: int
+    market_data_events: int
+    bar_updates: int
+    custom_events: int
+    elapsed_s: float
+    orders: list[dict[str, Any]]
+    fills: list[dict[str, Any]]
+    realized_pnl: dict[str, float]
+    commission: float
+    final_position: dict[str, int]
+    digest: str
+    strategy_error: str | None
+    chart_text: list[str]
+    prints: list[str]
+    counters: dict[str, int] = field(default_factory=dict)
+    lockstep: bool = True
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def brackets(self) -> int:
+        return sum(1 for o in self.orders if o["name"].endswith(":E"))
+
+
+def load_runtime(assemblies: Build | None = None) -> dict[str, Any]:
+    """Start .NET in this process (once) and load the simulator and the NinjaScript assemblies."""
+    with _runtime_lock:
+        if _loaded:
+            return _loaded
+        assemblies = assemblies or build()
+        import pythonnet
+
+        try:
+            pythonnet.load("mono" if not _is_windows() else "netfx")
+        except RuntimeError as exc:
+            if "already" not in str(exc).lower():
+                raise Nt8SimError(f"cannot start the .NET runtime: {exc} (Linux: apt-get install mono-devel)") from exc
+        import clr
+
+        from System.Reflection import Assembly  # type: ignore[import-not-found]
+
+        sim = Assembly.LoadFrom(str(assemblies.simulator))
+        script = Assembly.LoadFrom(str(assemblies.ninjascript))
+        clr.AddReference(str(assemblies.simulator))
+        clr.AddReference(str(assemblies.ninjascript))
+        _loaded.update(simulator=sim, ninjascript=script, build=assemblies)
+        return _loaded
+
+
+def _is_windows() -> bool:
+    import os
+    return os.name == "nt"
+
+
+def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: InstrumentMaster, *,
+               instrument: str | None = None, lockstep: bool = True, latency_ms: int = 0,
+               parameters: dict[str, Any] | None = None, faults: FaultSpec | None = None,
+               timezone: str = "UTC", instance_id: str | None = None, max_events: int | None = None,
+               progress: Callable[[int], None] | None = None) -> Nt8SimResult:
+    """Play ``files`` through the compiled strategy against the sidecar at ``endpoint``."""
+    if lockstep and latency_ms:
+        raise Nt8SimError("order latency is a free-running setting; lockstep orders act at once like Playback101")
+    rt = load_runtime()
+    from Nt8Bridge.Simulator import PlaybackEngine, PlaybackOptions  # type: ignore[import-not-found]
+    from System import Action, Int64  # type: ignore[import-not-found]
+
+    options = PlaybackOptions()
+    options.StrategyTypeName = STRATEGY_TYPE
+    options.TimeZoneId = timezone
+    fill = config.fill_model
+    options.Fill.SlippageTicks = fill.slippage_ticks
+    options.Fill.CommissionPerContract = fill.commission_per_contract
+    options.Fill.FillLimitOnTouch = fill.fill_limit_on_touch
+    options.Fill.OrderLatencyMs = latency_ms
+    if max_events is not None:
+        options.MaxEvents = max_events
+    f = faults or FaultSpec()
+    options.Faults.Seed, options.Faults.RejectRate = f.seed, f.reject_rate
+    options.Faults.DropOrderUpdateRate, options.Faults.ExecutionFirstRate = f.drop_order_update_rate, f.execution_first_rate
+    engine = PlaybackEngine(options)
+
+    names: list[str] = []
+    for path in files:
+        name = instrument if (instrument and len(files) == 1) else instrument_from_filename(path)
+        if name is None:
+            raise Nt8SimError(f"cannot tell the instrument of {path.name}: name it like 'ES 06-18.Last.txt' or pass --instrument")
+        try:
+            spec = master.resolve(name)
+        except ValueError as exc:
+            raise Nt8SimError(str(exc)) from None
+        if name not in names:
+            names.append(name)
+            engine.AddInstrument(name, spec.tick_size, spec.point_value)
+        try:
+            engine.AddFile(str(path), names.index(name))
+        except Exception as exc:  # FeedException: the message names the file and line
+            raise Nt8SimError(str(getattr(exc, "Message", exc))) from None
+    instance_id = instance_id or f"nt8sim-{uuid.uuid4().hex[:12]}"
+    params: dict[str, Any] = {"SidecarEndpoint": endpoint, "InstanceName": instance_id, "Lockstep": lockstep,
+                              "ExtraInstruments": ",".join(names[1:])}
+    params.update(parameters or {})
+    for key, value in params.items():
+        engine.SetParameter(key, str(value).lower() if isinstance(value, bool) else str(value))
+    if progress is not None:
+        engine.Progress = Action[Int64](lambda n: progress(int(n)))
+    try:
+        report = engine.Run(rt["ninjascript"])
+    except Exception as exc:
+        raise Nt8SimError(str(getattr(exc, "Message", exc))) from None
+    return _result(report, names, instance_id)
+
+
+def _result(report: Any, names: list[str], instance_id: str) -> Nt8SimResult:
+    orders = [{"ordinal": o.Ordinal, "order_id": o.OrderId, "name": o.Name, "instrument": names[o.Instrument],
+               "action": o.Action, "type": o.Type, "quantity": o.Quantity, "filled": o.Filled,
+               "limit_price": o.LimitPrice, "stop_price": o.StopPrice, "oco": o.Oco, "state": o.State,
+               "avg_fill_price": o.AverageFillPrice, "submitted_at_event": o.SubmittedAtEvent}
+              for o in report.OrderArray()]
+    fills = [{"execution_id": x.ExecutionId, "order_id": x.OrderId, "order_name": x.OrderName,
+              "instrument": names[x.Instrument], "action": x.Action, "price": x.Price, "quantity": x.Quantity,
+              "ts_ns": (x.TimeUtcTicks - _UNIX_EPOCH_TICKS) * _TICKS_PER_NS, "event_index": x.EventIndex,
+              "position_after": x.PositionAfter, "commission": x.Commission}
+             for x in report.FillArray()]
+    counters = {"orders_rejected": report.OrdersRejected, "changes_refused": report.ChangesRefused,
+                "order_updates_dropped": report.OrderUpdatesDropped, "executions_first": report.ExecutionsFirst,
+                "prints_dropped": report.PrintsDropped}
+    return Nt8SimResult(
+        instruments=names, instance_id=instance_id, events=report.Events, trades=report.Trades, bars=report.Bars,
+        market_data_events=report.MarketDataEvents, bar_updates=report.BarUpdates, custom_events=report.CustomEvents,
+        elapsed_s=report.ElapsedSeconds, orders=orders, fills=fills,
+        realized_pnl={names[i]: round(report.Realized[i], 2) for i in range(len(names))},
+        commission=round(sum(report.Commission[i] for i in range(len(names))), 2),
+        final_position={names[i]: int(report.FinalPosition[i]) for i in range(len(names))},
+        digest=report.Digest, strategy_error=report.StrategyError, chart_text=list(report.ChartTextArray()),
+        prints=list(report.PrintArray()), counters=counters, lockstep=report.Lockstep,
+    )

@@ -1,0 +1,1078 @@
+#region Using declarations
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Threading;
+#endregion
+
+// The NinjaScript side of a session with the sidecar (docs/protocol.md, "The NinjaScript link"):
+// HELLO/WELCOME, heartbeats, reconnect with backoff, and a send queue that never blocks NT8's threads.
+//
+// Threaded mode (live and market replay): Post only enqueues. One writer thread dials, sends HELLO,
+// drains the queue in batches and sends HEARTBEAT (plus a ZMTP PING) after HeartbeatMs of silence; one
+// reader thread receives, dispatches to the listener and watches liveness. Policies:
+// - The queue holds SendQueueCapacity messages; a Post beyond that is dropped and counted (Dropped):
+//   blocking OnMarketData until the network recovers would freeze NT8.
+// - While disconnected, messages stay queued. When a session is (re)established, queued market data
+//   (TICK, TICKS, BAR) is discarded and counted (DroppedStale): a strategy must never act on quotes
+//   from before the outage. Order, execution, position and account events are kept and sent after
+//   WELCOME, in order, with new sequence numbers (seq restarts at 1 on every connection).
+// - Delivery is at most once: a batch that was being written when the connection broke may or may
+//   not have arrived, and is not resent (a duplicate ORDER_UPDATE would be stored twice).
+// - The peer is lost when nothing at all (any frame, ZMTP PONG included) arrived for HeartbeatTimeoutMs,
+//   when the socket fails, or when the framing is broken; OnLinkDown fires once per lost session, and
+//   the link redials after BackoffInitialMs, doubling up to BackoffMaxMs while attempts fail.
+// - A message that is well framed but cannot be decoded is counted (ProtocolErrors) and logged (at most
+//   20 lines per 10 s), and the connection is kept: one bad message is no reason to drop a session.
+//
+// Lockstep mode (simulated playback): no threads. Post sends inline and receives on the calling thread,
+// dispatching every reply, until the sidecar's HEARTBEAT acknowledges that message; runs are then
+// deterministic. A listener may Post again from inside a callback: each Post waits for its own ack, and
+// the highest ack seen is kept per connection so that an outer Post whose ack a nested one consumed
+// returns at once.
+namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
+{
+	public enum LinkState { Idle, Connecting, Connected, Down, Stopped }
+
+	public interface ILinkListener
+	{
+		/// <summary>A session has started. Threaded mode: called on the link's reader thread. Lockstep mode:
+		/// on the thread that called Start or Post.</summary>
+		void OnWelcome(Welcome welcome);
+
+		/// <summary>BRACKET, CANCEL, CHANGE, FLATTEN or ERROR from the sidecar (never HEARTBEAT or WELCOME).</summary>
+		void OnCommand(Header header, Message message);
+
+		/// <summary>Once per lost session (heartbeat timeout, socket closed, bad framing); not on Stop.</summary>
+		void OnLinkDown(string reason);
+	}
+
+	public sealed class LinkOptions
+	{
+		public string Endpoint = "tcp://127.0.0.1:5555";
+		public int HeartbeatMs = 1000;
+		public int HeartbeatTimeoutMs = 5000;
+		public int ConnectTimeoutMs = 2000;
+		public int BackoffInitialMs = 100;
+		public int BackoffMaxMs = 5000;
+		public int SendQueueCapacity = 65536;
+		public long MaxFrameBytes = 1 << 20;
+		public bool Lockstep;                 // playback only: Post sends inline and waits for the sidecar's ack
+		public int LockstepTimeoutMs = 10000;
+		public Action<string> Log;            // may be null; the strategy passes NT8's Print
+
+		internal LinkOptions Copy() { return (LinkOptions)MemberwiseClone(); }
+	}
+
+	/// <summary>The link cannot do what was asked; the message says what to do about it.</summary>
+	public sealed class LinkException : Exception
+	{
+		public LinkException(string message) : base(message) { }
+
+		public LinkException(string message, Exception inner) : base(message, inner) { }
+	}
+
+	public sealed class BridgeLink : IDisposable
+	{
+		private const uint HelloFlagLockstep = 1;
+		private const ushort SessionNoHello = 200;  // ErrorCode SESSION_NO_HELLO: the sidecar has no session for us
+		private const int ReceiveSliceMs = 100;      // the reader and writer look at liveness at least this often
+		private const int BatchMessages = 512;       // messages written per socket write when the queue is long
+		private const int LogBurst = 20;             // rate-limited log: lines per window
+		private const long LogWindowMs = 10000;
+		private const int ByeDrainMs = 1000;         // after BYE, how long to wait for the sidecar to close
+
+		private readonly LinkOptions options;  // a copy: the caller's object may change while threads read it
+		private readonly Func<Hello> helloFactory;
+		private readonly ILinkListener listener;
+		private readonly object lifecycleLock = new object();
+		private readonly object stateLock = new object();
+		private readonly ManualResetEvent stopEvent = new ManualResetEvent(false);
+		private volatile bool started, stopping;
+		private volatile string byeReason = "stopped";
+		private int state;  // LinkState
+
+		// threaded mode: the queue and the writer's batch taken from it
+		private readonly object queueLock = new object();
+		private Queue<Message> queue = new Queue<Message>();
+		private int queued;
+		private bool writerWaiting, queueFullLogged;
+		private readonly List<Message> carry = new List<Message>();  // writer thread only
+		private readonly object connLock = new object();
+		private Connection current;
+		private bool readerExit;
+		private Thread writer, reader;
+		private int sessions;
+
+		// lockstep mode
+		private readonly object lockstepGate = new object();
+		private Connection ls;
+		private long nextLockstepDial;
+		private int lockstepBackoffMs;
+
+		private readonly object logLock = new object();
+		private long logWindowStart;
+		private int logLines, logSuppressed;
+
+		private long sent, received, dropped, droppedStale, reconnects, linkDowns, protocolErrors, errorsReceived;
+		private long sessionId;
+		private double lastRoundTripMs;
+		private volatile string lastError;
+
+		/// <summary>One TCP connection and the session on it; a new one for every (re)connection.</summary>
+		private sealed class Connection
+		{
+			public readonly ZmtpDealer Dealer;
+			public ulong NextSeq = 1;   // one sender at a time: the writer thread, or the thread that Posts in lockstep
+			public long LastSend;       // Stopwatch timestamp, same owner as NextSeq
+			public long LastPing;       // Stopwatch timestamp of the last ZMTP PING, writer thread only
+			public long LastSeqIn;      // echoed as HEARTBEAT.ack_seq; written by the reader
+			public ulong HighestAck;    // lockstep: highest HEARTBEAT.ack_seq seen
+			public uint PeerTimeoutMs;  // the sidecar's heartbeat timeout, from WELCOME
+			public volatile bool Welcomed;
+			public int Down, Reported;
+			public volatile string DownReason;
+			public readonly ManualResetEventSlim ReaderDone = new ManualResetEventSlim(false);
+
+			public Connection(ZmtpDealer dealer)
+			{
+				Dealer = dealer;
+				LastSend = LastPing = Stopwatch.GetTimestamp();
+			}
+
+			public bool Alive { get { return Volatile.Read(ref Down) == 0; } }
+		}
+
+		public BridgeLink(LinkOptions options, Func<Hello> helloFactory, ILinkListener listener)
+		{
+			if (options == null)
+				throw new ArgumentNullException(nameof(options));
+			if (helloFactory == null)
+				throw new ArgumentNullException(nameof(helloFactory));
+			if (listener == null)
+				throw new ArgumentNullException(nameof(listener));
+			if (string.IsNullOrEmpty(options.Endpoint))
+				throw new ArgumentException("LinkOptions.Endpoint is empty; the sidecar listens on tcp://127.0.0.1:5555 by default");
+			if (options.HeartbeatMs <= 0 || options.HeartbeatTimeoutMs <= options.HeartbeatMs)
+				throw new ArgumentException("LinkOptions: HeartbeatTimeoutMs (" + options.HeartbeatTimeoutMs + ") must exceed HeartbeatMs ("
+					+ options.HeartbeatMs + "), which must be positive");
+			if (options.ConnectTimeoutMs <= 0 || options.LockstepTimeoutMs <= 0)
+				throw new ArgumentException("LinkOptions: ConnectTimeoutMs and LockstepTimeoutMs must be positive");
+			if (options.BackoffInitialMs <= 0 || options.BackoffMaxMs < options.BackoffInitialMs)
+				throw new ArgumentException("LinkOptions: BackoffInitialMs must be positive and BackoffMaxMs at least as large");
+			if (options.SendQueueCapacity <= 0 || options.MaxFrameBytes <= 0)
+				throw new ArgumentException("LinkOptions: SendQueueCapacity and MaxFrameBytes must be positive");
+			this.options = options.Copy();
+			this.helloFactory = helloFactory;
+			this.listener = listener;
+			lockstepBackoffMs = options.BackoffInitialMs;
+			logWindowStart = Stopwatch.GetTimestamp();
+		}
+
+		public LinkState State { get { return (LinkState)Volatile.Read(ref state); } }
+		public bool IsConnected { get { return State == LinkState.Connected; } }
+		public ulong SessionId { get { return (ulong)Interlocked.Read(ref sessionId); } }
+
+		/// <summary>Now minus TsEcho of the latest reply that carried one (WELCOME, acks, commands), in ms.</summary>
+		public double LastRoundTripMs { get { return Volatile.Read(ref lastRoundTripMs); } }
+		public string LastError { get { return lastError; } }
+
+		/// <summary>Messages written to the socket: HELLO, HEARTBEAT and BYE included.</summary>
+		public long Sent { get { return Interlocked.Read(ref sent); } }
+		/// <summary>Well-formed messages received from the sidecar, heartbeats included.</summary>
+		public long Received { get { return Interlocked.Read(ref received); } }
+		/// <summary>Posts refused: queue full, link stopped or not started, a type NT8 does not send, not encodable,
+		/// or (lockstep) no connection.</summary>
+		public long Dropped { get { return Interlocked.Read(ref dropped); } }
+		/// <summary>Queued TICK, TICKS and BAR messages discarded when a session started: quotes from before it.</summary>
+		public long DroppedStale { get { return Interlocked.Read(ref droppedStale); } }
+		/// <summary>Sessions established after the first one.</summary>
+		public long Reconnects { get { return Interlocked.Read(ref reconnects); } }
+		/// <summary>Lost sessions, as reported to OnLinkDown.</summary>
+		public long LinkDowns { get { return Interlocked.Read(ref linkDowns); } }
+		/// <summary>Broken ZMTP framing, oversize frames, and messages that could not be decoded.</summary>
+		public long ProtocolErrors { get { return Interlocked.Read(ref protocolErrors); } }
+		public long ErrorsReceived { get { return Interlocked.Read(ref errorsReceived); } }
+		/// <summary>Messages waiting in the send queue (threaded mode).</summary>
+		public int Queued { get { return Volatile.Read(ref queued); } }
+
+		/// <summary>Threaded: starts the IO threads and returns at once. Lockstep: connects and exchanges
+		/// HELLO/WELCOME on this thread, and throws LinkException when that fails.</summary>
+		public void Start()
+		{
+			lock (lifecycleLock)
+			{
+				if (stopping)
+					throw new InvalidOperationException("this link was stopped; create a new BridgeLink to connect again");
+				if (started)
+					return;
+				started = true;
+			}
+			if (options.Lockstep)
+			{
+				lock (lockstepGate)
+				{
+					string why;
+					if (LockstepDial(out why))
+						return;
+					started = false;
+					throw new LinkException("Cannot open a lockstep session with the sidecar at " + options.Endpoint + ": " + why
+						+ ". Start the sidecar (nt8bridge serve --bind " + options.Endpoint + ") or correct the endpoint, then start again.");
+				}
+			}
+			SetState(LinkState.Connecting);
+			reader = new Thread(ReaderLoop) { IsBackground = true, Name = "Nt8Bridge link reader" };
+			writer = new Thread(WriterLoop) { IsBackground = true, Name = "Nt8Bridge link writer" };
+			reader.Start();
+			writer.Start();
+		}
+
+		/// <summary>Threaded: enqueue and return at once; false when dropped (counted). Lockstep: send, then
+		/// dispatch replies until the sidecar acknowledges; false when it cannot be sent or is not acknowledged.</summary>
+		public bool Post(Message message)
+		{
+			if (message == null || !Postable(message.Type))
+			{
+				Interlocked.Increment(ref dropped);
+				LogLimited("Post refused a " + (message == null ? "null" : message.Type.ToString())
+					+ " message: the link sends HELLO and BYE itself, and only NT8's messages can be posted");
+				return false;
+			}
+			if (options.Lockstep)
+				return PostLockstep(message);
+			if (stopping)
+			{
+				Interlocked.Increment(ref dropped);
+				return false;
+			}
+			bool accepted = false, logFull = false;
+			lock (queueLock)
+			{
+				if (queue.Count < options.SendQueueCapacity)
+				{
+					queue.Enqueue(message);
+					Volatile.Write(ref queued, queue.Count);
+					accepted = true;
+					if (writerWaiting)
+						Monitor.Pulse(queueLock);
+				}
+				else
+				{
+					logFull = !queueFullLogged;  // one line per episode, not one per dropped tick
+					queueFullLogged = true;
+				}
+			}
+			if (!accepted)
+			{
+				Interlocked.Increment(ref dropped);
+				if (logFull)
+					LogLimited("the send queue is full (" + options.SendQueueCapacity + " messages): new messages are dropped until it drains");
+			}
+			return accepted;
+		}
+
+		/// <summary>Sends BYE when connected, stops and joins the threads. Idempotent.</summary>
+		public void Stop(string byeReason)
+		{
+			lock (lifecycleLock)
+			{
+				if (stopping)
+					return;
+				this.byeReason = string.IsNullOrEmpty(byeReason) ? "stopped" : byeReason;
+				stopping = true;
+				stopEvent.Set();
+			}
+			if (options.Lockstep)
+				StopLockstep();
+			else
+				StopThreads();
+			lock (stateLock)
+				Volatile.Write(ref state, (int)LinkState.Stopped);
+			Log("stopped (" + this.byeReason + "): " + Sent + " sent, " + Received + " received, " + Dropped + " dropped, "
+				+ DroppedStale + " stale dropped, " + LinkDowns + " link downs, " + ProtocolErrors + " protocol errors");
+		}
+
+		public void Dispose() { Stop("disposed"); }
+
+		// ------------------------------------------------------------------ threaded mode: writer
+
+		private void WriterLoop()
+		{
+			int backoff = options.BackoffInitialMs;
+			while (!stopping)
+			{
+				Connection conn = null;
+				try
+				{
+					conn = Dial();
+					if (conn != null)
+						Serve(conn);
+				}
+				catch (Exception e)
+				{
+					// a bug, not a network failure (those are handled where they happen): keep the link alive
+					lastError = "the link's writer failed: " + e.Message;
+					LogLimited(lastError + "\n" + e);
+				}
+				if (conn != null)
+				{
+					MarkDown(conn, stopping ? "stopped" : "the link's writer failed");
+					ReturnCarry();
+					// the reader reports OnLinkDown for this session before the next one starts
+					while (!conn.ReaderDone.Wait(ReceiveSliceMs) && !stopping) { }
+					if (conn.Welcomed)
+						backoff = options.BackoffInitialMs;
+				}
+				if (stopping)
+					break;
+				SetState(LinkState.Down);
+				if (stopEvent.WaitOne(backoff))
+					break;
+				backoff = (int)Math.Min((long)backoff * 2, options.BackoffMaxMs);
+			}
+		}
+
+		private Connection Dial()
+		{
+			SetState(LinkState.Connecting);
+			Hello hello;
+			ZmtpDealer dealer;
+			try
+			{
+				hello = MakeHello();
+				dealer = Connect();
+			}
+			catch (Exception e)
+			{
+				lastError = e.Message;
+				LogLimited(e.Message);
+				return null;
+			}
+			Connection conn = new Connection(dealer);
+			lock (connLock)
+			{
+				current = conn;
+				Monitor.PulseAll(connLock);
+			}
+			byte[][] frames = Encode(conn, hello);
+			if (frames == null)
+				MarkDown(conn, "HELLO could not be encoded");
+			else
+				Transmit(conn, frames);
+			return conn;
+		}
+
+		// Until the connection is down or the link stops: wait for WELCOME, then drain the queue and heartbeat.
+		private void Serve(Connection conn)
+		{
+			List<byte[][]> batch = new List<byte[][]>(BatchMessages);
+			while (true)
+			{
+				bool stop;
+				lock (queueLock)
+				{
+					while (true)
+					{
+						stop = stopping;
+						if (stop || !conn.Alive || (conn.Welcomed && queue.Count > 0))
+							break;
+						long waitMs = conn.Welcomed ? Math.Min(HeartbeatDueInMs(conn), PingDueInMs(conn)) : ReceiveSliceMs;
+						if (waitMs <= 0 || conn.Dealer.IdleMs > options.HeartbeatTimeoutMs)
+							break;
+						writerWaiting = true;
+						Monitor.Wait(queueLock, (int)Math.Min(waitMs, ReceiveSliceMs));
+						writerWaiting = false;
+					}
+					if (conn.Alive && conn.Welcomed && queue.Count > 0)
+					{
+						carry.AddRange(queue);
+						queue.Clear();
+						Volatile.Write(ref queued, 0);
+						queueFullLogged = false;
+					}
+				}
+				if (!conn.Alive)
+					return;
+				if (conn.Dealer.IdleMs > options.HeartbeatTimeoutMs)
+				{
+					MarkDown(conn, Silence());
+					return;
+				}
+				if (carry.Count > 0 && !WriteCarry(conn, batch))
+					return;
+				if (stop)
+				{
+					Goodbye(conn);
+					return;
+				}
+				if (conn.Welcomed && HeartbeatDueInMs(conn) <= 0)
+					SendHeartbeat(conn);
+				if (conn.Welcomed && conn.Alive && PingDueInMs(conn) <= 0)
+					SendPing(conn);
+			}
+		}
+
+		// HEARTBEAT only after HeartbeatMs without sending anything: the messages themselves prove we are alive
+		private long HeartbeatDueInMs(Connection conn) { return options.HeartbeatMs - MsSince(conn.LastSend); }
+
+		// PING every HeartbeatMs, busy or not: libzmq answers PONG from its IO thread even while the sidecar's
+		// loop is busy with our flood, so the link does not mistake a busy peer for a dead one
+		private long PingDueInMs(Connection conn) { return options.HeartbeatMs - MsSince(conn.LastPing); }
+
+		// Write the batch taken from the queue; false (and the connection down) when the socket failed.
+		private bool WriteCarry(Connection conn, List<byte[][]> batch)
+		{
+			int done = 0, chunkEnd = 0;
+			try
+			{
+				while (done < carry.Count)
+				{
+					chunkEnd = Math.Min(carry.Count, done + BatchMessages);
+					batch.Clear();
+					for (int i = done; i < chunkEnd; i++)
+					{
+						byte[][] frames = Encode(conn, carry[i]);
+						if (frames != null)
+							batch.Add(frames);
+					}
+					conn.Dealer.SendMany(batch);
+					Interlocked.Add(ref sent, batch.Count);
+					conn.LastSend = Stopwatch.GetTimestamp();
+					done = chunkEnd;
+				}
+				carry.Clear();
+				return true;
+			}
+			catch (Exception e)
+			{
+				// at most once: the chunk being written may or may not have arrived, so it is not resent
+				carry.RemoveRange(0, chunkEnd);
+				if (chunkEnd > done)
+					LogLimited((chunkEnd - done) + " messages were being written when the connection failed; they are not resent "
+						+ "(they may or may not have arrived)");
+				MarkDown(conn, "sending to the sidecar failed: " + e.Message);
+				return false;
+			}
+		}
+
+		private void SendHeartbeat(Connection conn)
+		{
+			byte[][] frames = Encode(conn, new Heartbeat { AckSeq = (ulong)Interlocked.Read(ref conn.LastSeqIn) });
+			if (frames != null)
+				Transmit(conn, frames);
+		}
+
+		private void SendPing(Connection conn)
+		{
+			conn.LastPing = Stopwatch.GetTimestamp();
+			try
+			{
+				conn.Dealer.Ping((ushort)Math.Min(ushort.MaxValue, options.HeartbeatTimeoutMs / 100), new byte[0]);
+			}
+			catch (Exception e)
+			{
+				MarkDown(conn, "sending to the sidecar failed: " + e.Message);
+			}
+		}
+
+		private void Goodbye(Connection conn)
+		{
+			if (conn.Alive && conn.Welcomed)
+			{
+				byte[][] frames = Encode(conn, new Bye { Reason = byeReason });
+				if (frames != null && Transmit(conn, frames))
+				{
+					try
+					{
+						// half-close and let the sidecar close first: closing with unread input would reset the
+						// connection, and the sidecar could lose the BYE (the session would end as LOST)
+						conn.Dealer.ShutdownSend();
+						conn.ReaderDone.Wait(Math.Min(ByeDrainMs, options.HeartbeatTimeoutMs));
+					}
+					catch (Exception) { }
+				}
+			}
+			MarkDown(conn, "stopped");
+		}
+
+		private void ReturnCarry()
+		{
+			lock (queueLock)
+			{
+				if (carry.Count == 0)
+					return;
+				Queue<Message> q = new Queue<Message>(carry.Count + queue.Count);
+				foreach (Message m in carry)
+					q.Enqueue(m);
+				foreach (Message m in queue)
+					q.Enqueue(m);
+				queue = q;
+				Volatile.Write(ref queued, q.Count);
+				carry.Clear();
+			}
+		}
+
+		private void StopThreads()
+		{
+			lock (queueLock)
+				Monitor.PulseAll(queueLock);
+			int joinMs = options.ConnectTimeoutMs + options.HeartbeatTimeoutMs + ByeDrainMs;
+			if (writer != null && writer != Thread.CurrentThread && !writer.Join(joinMs))
+				Log("the writer thread did not stop within " + joinMs + " ms");
+			Connection conn;
+			lock (connLock)
+			{
+				readerExit = true;
+				conn = current;
+				Monitor.PulseAll(connLock);
+			}
+			if (conn != null)
+				MarkDown(conn, "stopped");
+			if (reader != null && reader != Thread.CurrentThread && !reader.Join(joinMs))
+				Log("the reader thread did not stop within " + joinMs + " ms");
+			int unsent;
+			lock (queueLock)
+			{
+				unsent = queue.Count;
+				queue.Clear();
+				Volatile.Write(ref queued, 0);
+			}
+			if (unsent > 0)
+			{
+				Interlocked.Add(ref dropped, unsent);
+				Log(unsent + " queued messages were never sent (no session when the link stopped)");
+			}
+		}
+
+		// ------------------------------------------------------------------ threaded mode: reader
+
+		private void ReaderLoop()
+		{
+			Connection last = null;
+			while (true)
+			{
+				Connection conn;
+				lock (connLock)
+				{
+					while (!readerExit && (current == null || current == last))
+						Monitor.Wait(connLock);
+					if (readerExit)
+						return;
+					conn = current;
+				}
+				last = conn;
+				try
+				{
+					Read(conn);
+				}
+				catch (Exception e)
+				{
+					MarkDown(conn, "the link's reader failed: " + e.Message);
+					LogLimited(e.ToString());
+				}
+				finally
+				{
+					ReportDown(conn);
+					conn.ReaderDone.Set();
+				}
+			}
+		}
+
+		private void Read(Connection conn)
+		{
+			while (conn.Alive)
+			{
+				byte[][] frames;
+				if (!Receive(conn, ReceiveSliceMs, out frames))
+					return;
+				if (frames != null)
+					Handle(conn, frames);
+				if (conn.Dealer.IdleMs > options.HeartbeatTimeoutMs)
+				{
+					MarkDown(conn, Silence());
+					return;
+				}
+			}
+		}
+
+		// ------------------------------------------------------------------ lockstep mode
+
+		// Connect and exchange HELLO/WELCOME on this thread (under lockstepGate).
+		private bool LockstepDial(out string why)
+		{
+			SetState(LinkState.Connecting);
+			Hello hello;
+			ZmtpDealer dealer;
+			try
+			{
+				hello = MakeHello();
+				dealer = Connect();
+			}
+			catch (Exception e)
+			{
+				why = e.Message;
+				lastError = why;
+				SetState(LinkState.Down);
+				return false;
+			}
+			Connection conn = new Connection(dealer);
+			ls = conn;
+			byte[][] frames = Encode(conn, hello);
+			if (frames == null)
+				MarkDown(conn, "HELLO could not be encoded");
+			else if (Transmit(conn, frames))
+			{
+				long deadline = Deadline(options.LockstepTimeoutMs);
+				while (conn.Alive && !conn.Welcomed)
+				{
+					int left = MsUntil(deadline);
+					if (left <= 0)
+					{
+						MarkDown(conn, "no WELCOME from the sidecar within " + options.LockstepTimeoutMs + " ms");
+						break;
+					}
+					byte[][] reply;
+					if (!Receive(conn, left, out reply))
+						break;
+					if (reply != null)
+						Handle(conn, reply);
+				}
+			}
+			if (conn.Alive && conn.Welcomed)
+			{
+				lockstepBackoffMs = options.BackoffInitialMs;
+				why = null;
+				return true;
+			}
+			why = conn.DownReason ?? "the connection was lost during the handshake";
+			ReportDown(conn);  // only when a callback inside the handshake already saw WELCOME
+			return false;
+		}
+
+		private bool PostLockstep(Message message)
+		{
+			lock (lockstepGate)  // Monitor is re-entrant: a listener callback may Post again on this thread
+			{
+				if (stopping || !started)
+				{
+					Interlocked.Increment(ref dropped);
+					if (!stopping)
+						LogLimited("Post before Start: the " + message.Type + " message was dropped");
+					return false;
+				}
+				Connection conn = ls;
+				if (conn != null && conn.Alive && conn.Welcomed && conn.PeerTimeoutMs > 0 && MsSince(conn.LastSend) >= conn.PeerTimeoutMs)
+				{
+					// nothing was sent for longer than the sidecar waits: it has ended the session as LOST
+					MarkDown(conn, "nothing was sent for " + MsSince(conn.LastSend) + " ms, longer than the sidecar's heartbeat timeout ("
+						+ conn.PeerTimeoutMs + " ms): it has ended the session");
+					ReportDown(conn);
+				}
+				if (conn == null || !conn.Alive)
+				{
+					string why;
+					if (Stopwatch.GetTimestamp() < nextLockstepDial)
+					{
+						Interlocked.Increment(ref dropped);
+						return false;
+					}
+					if (!LockstepDial(out why))
+					{
+						nextLockstepDial = Deadline(lockstepBackoffMs);
+						lockstepBackoffMs = (int)Math.Min((long)lockstepBackoffMs * 2, options.BackoffMaxMs);
+						LogLimited("cannot reconnect to the sidecar: " + why);
+						Interlocked.Increment(ref dropped);
+						return false;
+					}
+					conn = ls;
+				}
+				if (!conn.Welcomed)
+				{
+					// posted from a callback during the handshake: there is no session to send it in yet
+					Interlocked.Increment(ref dropped);
+					return false;
+				}
+				byte[][] frames = Encode(conn, message);
+				if (frames == null)
+					return false;
+				ulong seq = conn.NextSeq - 1;
+				if (!Transmit(conn, frames))
+				{
+					Interlocked.Increment(ref dropped);
+					ReportDown(conn);
+					return false;
+				}
+				long deadline = Deadline(options.LockstepTimeoutMs);
+				while (conn.HighestAck < seq)
+				{
+					if (!conn.Alive)
+					{
+						ReportDown(conn);  // a nested Post, a callback or a refusal ended this session
+						return false;
+					}
+					int left = MsUntil(deadline);
+					if (left <= 0)
+					{
+						MarkDown(conn, "no acknowledgement of message " + seq + " (" + message.Type + ") within "
+							+ options.LockstepTimeoutMs + " ms");
+						ReportDown(conn);
+						return false;
+					}
+					byte[][] reply;
+					if (!Receive(conn, left, out reply))
+					{
+						ReportDown(conn);
+						return false;
+					}
+					if (reply != null)
+						Handle(conn, reply);
+				}
+				return true;
+			}
+		}
+
+		private void StopLockstep()
+		{
+			bool entered = false;
+			try
+			{
+				// a Post blocked on another thread holds the gate; then the socket is closed under it instead
+				Monitor.TryEnter(lockstepGate, ByeDrainMs, ref entered);
+				Connection conn = ls;
+				if (conn == null)
+					return;
+				if (entered && conn.Alive && conn.Welcomed)
+				{
+					byte[][] frames = Encode(conn, new Bye { Reason = byeReason });
+					if (frames != null && Transmit(conn, frames))
+					{
+						try
+						{
+							conn.Dealer.ShutdownSend();  // see Goodbye: let the sidecar read BYE and close first
+							long deadline = Deadline(ByeDrainMs);
+							while (MsUntil(deadline) > 0 && conn.Dealer.Receive(MsUntil(deadline)) != null) { }
+						}
+						catch (Exception) { }
+					}
+				}
+				MarkDown(conn, "stopped");
+			}
+			finally
+			{
+				if (entered)
+					Monitor.Exit(lockstepGate);
+			}
+		}
+
+		// ------------------------------------------------------------------ both modes
+
+		private Hello MakeHello()
+		{
+			Hello hello;
+			try
+			{
+				hello = helloFactory();
+			}
+			catch (Exception e)
+			{
+				throw new LinkException("the HELLO factory failed: " + e.Message, e);
+			}
+			if (hello == null)
+				throw new LinkException("the HELLO factory returned null");
+			// the mode is the link's to say: a lockstep flag in threaded mode would make the sidecar ack everything
+			hello.Flags = options.Lockstep ? hello.Flags | HelloFlagLockstep : hello.Flags & ~HelloFlagLockstep;
+			return hello;
+		}
+
+		private ZmtpDealer Connect()
+		{
+			ZmtpDealer dealer = new ZmtpDealer
+			{
+				MaxFrameBytes = options.MaxFrameBytes,
+				// a peer stuck in the middle of a frame, or not reading, is as lost as a silent one
+				ReadTimeoutMs = options.HeartbeatTimeoutMs,
+				WriteTimeoutMs = options.HeartbeatTimeoutMs,
+			};
+			try
+			{
+				dealer.Connect(options.Endpoint, options.ConnectTimeoutMs);
+			}
+			catch (Exception e)
+			{
+				dealer.Dispose();
+				throw new LinkException("cannot connect to the sidecar at " + options.Endpoint + ": " + e.Message, e);
+			}
+			return dealer;
+		}
+
+		// The frames of a message with the connection's next seq, or null (dropped, counted) when it cannot be encoded.
+		private byte[][] Encode(Connection conn, Message message)
+		{
+			try
+			{
+				byte[][] frames = Codec.Encode(message, conn.NextSeq, WireTime.Now());
+				conn.NextSeq++;
+				return frames;
+			}
+			catch (Exception e)
+			{
+				Interlocked.Increment(ref dropped);
+				LogLimited("a " + message.Type + " message could not be encoded and was dropped: " + e.Message);
+				return null;
+			}
+		}
+
+		private bool Transmit(Connection conn, byte[][] frames)
+		{
+			try
+			{
+				conn.Dealer.Send(frames);
+			}
+			catch (Exception e)
+			{
+				MarkDown(conn, "sending to the sidecar failed: " + e.Message);
+				return false;
+			}
+			Interlocked.Increment(ref sent);
+			conn.LastSend = Stopwatch.GetTimestamp();
+			return true;
+		}
+
+		// Receive one message or nothing within timeoutMs; false (and the connection down) when it failed.
+		private bool Receive(Connection conn, int timeoutMs, out byte[][] frames)
+		{
+			frames = null;
+			try
+			{
+				frames = conn.Dealer.Receive(timeoutMs);
+				return true;
+			}
+			catch (ZmtpException e) when (e.IsProtocolViolation)
+			{
+				Interlocked.Increment(ref protocolErrors);
+				MarkDown(conn, "the sidecar broke the ZMTP framing: " + e.Message);
+			}
+			catch (Exception e)
+			{
+				MarkDown(conn, "connection to the sidecar lost: " + e.Message);
+			}
+			return false;
+		}
+
+		private void Handle(Connection conn, byte[][] frames)
+		{
+			Header header;
+			Message message;
+			try
+			{
+				message = Codec.Decode(frames, out header);
+			}
+			catch (ProtocolException e)
+			{
+				Interlocked.Increment(ref protocolErrors);
+				LogLimited("ignored a message from the sidecar that cannot be decoded: " + e.Message);
+				return;
+			}
+			if (!FromSidecar(header.Type))
+			{
+				Interlocked.Increment(ref protocolErrors);
+				LogLimited("ignored a " + header.Type + " message from the sidecar: only NT8 sends those");
+				return;
+			}
+			Interlocked.Increment(ref received);
+			Interlocked.Exchange(ref conn.LastSeqIn, (long)header.Seq);  // the codec keeps seq below 2^63
+			if (header.TsEcho != 0)
+				Volatile.Write(ref lastRoundTripMs, (WireTime.Now() - header.TsEcho) / (double)TimeSpan.TicksPerMillisecond);
+			switch (header.Type)
+			{
+				case MsgType.Heartbeat:
+					ulong ack = ((Heartbeat)message).AckSeq;
+					if (ack > conn.HighestAck)
+						conn.HighestAck = ack;
+					return;
+				case MsgType.Welcome:
+					Welcomed(conn, (Welcome)message);
+					return;
+				case MsgType.Error:
+					Interlocked.Increment(ref errorsReceived);
+					Error error = (Error)message;
+					Notify(() => listener.OnCommand(header, message), "OnCommand");
+					if (!conn.Welcomed)
+						MarkDown(conn, "the sidecar refused HELLO: " + error.Text);
+					else if (error.Code == SessionNoHello)
+						MarkDown(conn, "the sidecar has no session for this connection any more: " + error.Text);
+					return;
+				default:
+					Notify(() => listener.OnCommand(header, message), "OnCommand");
+					return;
+			}
+		}
+
+		private void Welcomed(Connection conn, Welcome welcome)
+		{
+			if (conn.Welcomed)
+			{
+				Interlocked.Increment(ref protocolErrors);
+				LogLimited("ignored a second WELCOME on one connection");
+				return;
+			}
+			Interlocked.Exchange(ref sessionId, (long)welcome.SessionId);
+			conn.PeerTimeoutMs = welcome.HeartbeatTimeoutMs;
+			if (conn.HighestAck < 1)
+				conn.HighestAck = 1;  // HELLO was seq 1, and this is its answer
+			int stale = 0;
+			lock (queueLock)
+			{
+				// before the session: quotes queued while disconnected are stale; order events are kept
+				if (queue.Count > 0)
+				{
+					Queue<Message> keep = new Queue<Message>(queue.Count);
+					foreach (Message m in queue)
+						if (!IsMarketData(m.Type))
+							keep.Enqueue(m);
+					stale = queue.Count - keep.Count;
+					queue = keep;
+					Volatile.Write(ref queued, keep.Count);
+				}
+				conn.Welcomed = true;
+				Monitor.PulseAll(queueLock);
+			}
+			if (stale > 0)
+				Interlocked.Add(ref droppedStale, stale);
+			bool again = Interlocked.Increment(ref sessions) > 1;
+			if (again)
+				Interlocked.Increment(ref reconnects);
+			lock (stateLock)
+				if (conn.Alive && State != LinkState.Stopped)
+					Volatile.Write(ref state, (int)LinkState.Connected);
+			Log((again ? "reconnected" : "connected") + " to the sidecar at " + options.Endpoint + ": session " + welcome.SessionId
+				+ ", sidecar " + welcome.SidecarVersion + (options.Lockstep ? ", lockstep" : "")
+				+ (stale > 0 ? "; " + stale + " queued market data messages from before the session were discarded" : ""));
+			Notify(() => listener.OnWelcome(welcome), "OnWelcome");
+		}
+
+		// Close the connection once; the first reason sticks. True for the call that closed it.
+		private bool MarkDown(Connection conn, string reason)
+		{
+			if (Interlocked.CompareExchange(ref conn.Down, 1, 0) != 0)
+				return false;
+			conn.DownReason = reason;
+			try
+			{
+				conn.Dealer.Dispose();
+			}
+			catch (Exception) { }
+			if (!stopping)
+			{
+				lastError = reason;
+				SetState(LinkState.Down);
+				if (conn.Welcomed)
+					Log("link down: " + reason);
+				else
+					LogLimited("connection attempt failed: " + reason);
+			}
+			lock (queueLock)
+				Monitor.PulseAll(queueLock);  // wake the writer
+			return true;
+		}
+
+		// OnLinkDown once per lost session; not for an attempt that never had a session, not on Stop.
+		private void ReportDown(Connection conn)
+		{
+			if (!conn.Welcomed || stopping || conn.Alive || Interlocked.Exchange(ref conn.Reported, 1) != 0)
+				return;
+			Interlocked.Increment(ref linkDowns);
+			string reason = conn.DownReason;
+			Notify(() => listener.OnLinkDown(reason), "OnLinkDown");
+		}
+
+		private void Notify(Action call, string what)
+		{
+			try
+			{
+				call();
+			}
+			catch (Exception e)
+			{
+				// the strategy's bug must not kill the link's thread (or, in lockstep, leave an ack unread)
+				LogLimited("the listener's " + what + " threw " + e.GetType().Name + ": " + e.Message);
+			}
+		}
+
+		private string Silence()
+		{
+			return "nothing heard from the sidecar for more than " + options.HeartbeatTimeoutMs + " ms";
+		}
+
+		private void SetState(LinkState s)
+		{
+			lock (stateLock)
+				if (State != LinkState.Stopped)
+					Volatile.Write(ref state, (int)s);
+		}
+
+		private static bool IsMarketData(MsgType t) { return t == MsgType.Tick || t == MsgType.Ticks || t == MsgType.Bar; }
+
+		private static bool Postable(MsgType t)
+		{
+			return t == MsgType.Tick || t == MsgType.Ticks || t == MsgType.Bar || t == MsgType.OrderUpdate || t == MsgType.Execution
+				|| t == MsgType.Position || t == MsgType.Account || t == MsgType.Heartbeat;
+		}
+
+		private static bool FromSidecar(MsgType t)
+		{
+			return t == MsgType.Welcome || t == MsgType.Heartbeat || t == MsgType.Bracket || t == MsgType.Cancel || t == MsgType.Change
+				|| t == MsgType.Flatten || t == MsgType.Error;
+		}
+
+		private static long MsSince(long timestamp) { return (Stopwatch.GetTimestamp() - timestamp) * 1000 / Stopwatch.Frequency; }
+
+		private static long Deadline(int ms) { return Stopwatch.GetTimestamp() + ms * Stopwatch.Frequency / 1000; }
+
+		private static int MsUntil(long deadline)
+		{
+			long ms = (deadline - Stopwatch.GetTimestamp()) * 1000 / Stopwatch.Frequency;
+			return (int)Math.Max(0, Math.Min(int.MaxValue, ms));
+		}
+
+		private void Log(string line)
+		{
+			Action<string> log = options.Log;
+			if (log == null)
+				return;
+			try
+			{
+				log("Nt8Bridge link: " + line);
+			}
+			catch (Exception) { }
+		}
+
+		// At most LogBurst lines per LogWindowMs, then one line that says how many were left out.
+		private void LogLimited(string line)
+		{
+			string summary = null;
+			bool emit;
+			lock (logLock)
+			{
+				long now = Stopwatch.GetTimestamp();
+				if ((now - logWindowStart) * 1000 / Stopwatch.Frequency > LogWindowMs)
+				{
+					if (logSuppressed > 0)
+						summary = logSuppressed + " more lines in the last " + LogWindowMs / 1000 + " s were not logged (all were counted)";
+					logWindowStart = now;
+					logLines = 0;
+					logSuppressed = 0;
+				}
+				emit = logLines < LogBurst;
+				if (emit)
+					logLines++;
+				else
+					logSuppressed++;
+			}
+			if (summary != null)
+				Log(summary);
+			if (emit)
+				Log(line);
+		}
+	}
+}
