@@ -48,29 +48,16 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 # --- playback and demo --------------------------------------------------------------------------
 
 def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from bridge.playback import PlaybackError, load_stream, run_playback
     from bridge.sidecar import SidecarProcess, master_for
-    from bridge.storage.queries import session_counts
 
     if args.window < 1:
         raise UserError("--window must be at least 1")
-    if args.engine != "python":
-        raise UserError(f"engine {args.engine!r} is not available yet; use --engine python "
-                        "(the NT8 simulator engine arrives with the NinjaScript work)")
-    console = _console()
-    try:
-        with console.status("reading data files"):
-            stream = load_stream(files, args.instrument)
-    except (PlaybackError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+    if args.latency_ms and not args.free_running:
+        raise UserError("--latency-ms is a free-running setting: add --free-running (lockstep orders act at once)")
+    if args.engine == "python" and args.free_running:
+        raise UserError("--free-running needs --engine nt8sim (the Python engine always runs in lockstep)")
     master = master_for(config)
-    for name in stream.names:
-        try:
-            master.resolve(name)
-        except ValueError as exc:
-            raise UserError(f"{exc} (or name the instrument with --instrument)") from None
+    console = _console()
     db = _db_url(args, config)
     proc = None
     endpoint = args.sidecar
@@ -78,18 +65,48 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
         proc = SidecarProcess(db, Path(args.config) if args.config else None)
         endpoint = proc.start()
     try:
-        with Progress(TextColumn("[bold]playback"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} ticks"),
-                      TimeRemainingColumn(), console=console, transient=True, disable=args.quiet) as progress:
-            task = progress.add_task("playback", total=len(stream))
-            result = run_playback(stream, endpoint, config, master, window=args.window,
-                                  progress=lambda n: progress.update(task, completed=n))
+        if args.engine == "nt8sim":
+            summary, session_ids = _playback_nt8sim(files, args, config, master, endpoint, console)
+        else:
+            summary, session_ids = _playback_python(files, args, config, master, endpoint, console)
     except BaseException:
         if proc is not None:
             proc.stop()
             console.print(f"[red]the playback failed; the sidecar's log is {proc.log_path}:\n{proc.tail()}")
         raise
+    if proc is not None:
+        code = proc.stop()
+        if code != 0:
+            raise RuntimeError(f"the sidecar exited with code {code}; its log: {proc.log_path}\n{proc.tail()}")
+        summary.update(_stored(db, session_ids, summary))
+    return summary
+
+
+def _progress(console: Any, total: int, quiet: bool, unit: str) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn("[bold]playback"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} " + unit),
+                    TimeRemainingColumn(), console=console, transient=True, disable=quiet)
+
+
+def _playback_python(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
+                     console: Any) -> tuple[dict[str, Any], list[int]]:
+    from bridge.playback import PlaybackError, load_stream, run_playback
+    try:
+        with console.status("reading data files"):
+            stream = load_stream(files, args.instrument)
+    except (PlaybackError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    for name in stream.names:
+        try:
+            master.resolve(name)
+        except ValueError as exc:
+            raise UserError(f"{exc} (or name the instrument with --instrument)") from None
+    with _progress(console, len(stream), args.quiet, "ticks") as progress:
+        task = progress.add_task("playback", total=len(stream))
+        result = run_playback(stream, endpoint, config, master, window=args.window,
+                              progress=lambda n: progress.update(task, completed=n))
     summary: dict[str, Any] = {
-        "engine": args.engine, "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
+        "engine": "python", "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
         "ticks_read": result.ticks_read, "ticks_rejected": result.ticks_rejected,
         "ticks_rejected_by_reason": result.rejected_by_reason, "bars_read": result.bars_read,
         "bars_rejected_by_reason": result.bars_rejected_by_reason, "brackets": result.brackets, "fills": result.fills,
@@ -99,20 +116,73 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
         "digest": result.digest, "window": args.window, "elapsed_s": round(result.elapsed_s, 3),
         "events_per_s": round((result.ticks_read + result.bars_read) / result.elapsed_s) if result.elapsed_s else None,
     }
-    if proc is not None:
-        code = proc.stop()
-        if code != 0:
-            raise RuntimeError(f"the sidecar exited with code {code}; its log: {proc.log_path}\n{proc.tail()}")
-        counts = session_counts(db, result.session_id)
-        summary["stored"] = {
-            "ticks": counts.ticks, "quality_events_by_reason": counts.quality_events_by_reason, "bars": counts.bars,
-            "decisions": counts.decisions, "orders": counts.orders, "order_updates": counts.order_updates,
-            "executions": counts.executions, "audit_records": counts.audit_records, "session_end": counts.end_reason,
-        }
-        summary["decisions"] = counts.decisions
-        summary["ticks_reconciled"] = counts.ticks == result.ticks_read - result.ticks_rejected
-        summary["database"] = db
-    return summary
+    return summary, [result.session_id]
+
+
+def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
+                     console: Any) -> tuple[dict[str, Any], list[int]]:
+    from bridge.ninjascript import BuildError, build
+    from bridge.nt8sim import Nt8SimError, run_nt8sim
+
+    try:
+        with console.status("compiling the NinjaScript and the NT8 simulator (mcs)"):
+            build()
+    except BuildError as exc:
+        raise UserError(str(exc)) from None
+    with _progress(console, 0, args.quiet, "events") as progress:
+        task = progress.add_task("playback", total=0)
+        try:
+            result = run_nt8sim(files, endpoint, config, master, instrument=args.instrument,
+                                lockstep=not args.free_running, latency_ms=args.latency_ms, timezone=args.timezone,
+                                progress=lambda n, total: progress.update(task, completed=n, total=total))
+        except Nt8SimError as exc:
+            raise UserError(str(exc)) from None
+    if result.strategy_error:
+        raise UserError(f"the NinjaScript strategy stopped with an error (as NT8 would disable it):\n{result.strategy_error}")
+    from collections import Counter
+    summary: dict[str, Any] = {
+        "engine": "nt8sim", "mode": "lockstep" if result.lockstep else f"free-running, {args.latency_ms} ms order latency",
+        "files": [str(f) for f in files], "instruments": result.instruments, "instance_id": result.instance_id,
+        "ticks_read": result.trades, "bars_read": result.bars, "market_data_events": result.market_data_events,
+        "brackets": result.brackets, "orders": len(result.orders),
+        "orders_by_state": dict(sorted(Counter(o["state"] for o in result.orders).items())),
+        "fills": len(result.fills), "realized_pnl": result.realized_pnl, "commission": result.commission,
+        "net_pnl": round(sum(result.realized_pnl.values()) - result.commission, 2),
+        "final_position": result.final_position, "digest": result.digest, "chart": result.chart_text,
+        "simulator": result.counters, "elapsed_s": round(result.elapsed_s, 3),
+        "events_per_s": round(result.events_per_s) if result.elapsed_s else None,
+        "fill_ids": [f["execution_id"] for f in result.fills],
+    }
+    from bridge.storage.queries import sessions_of_instance
+    return summary, sessions_of_instance(_db_url(args, config), result.instance_id) if args.sidecar is None else []
+
+
+def _stored(db: str, session_ids: list[int], summary: dict[str, Any]) -> dict[str, Any]:
+    """What the sidecar stored for these sessions, and whether it adds up with what was played."""
+    from bridge.storage.queries import execution_ids, session_counts
+    totals: dict[str, Any] = {}
+    end_reasons = []
+    for sid in session_ids:
+        c = session_counts(db, sid)
+        end_reasons.append(c.end_reason)
+        for key in ("ticks", "bars", "decisions", "orders", "order_updates", "executions", "audit_records"):
+            totals[key] = totals.get(key, 0) + getattr(c, key)
+        for reason, n in c.quality_events_by_reason.items():
+            q = totals.setdefault("quality_events_by_reason", {})
+            q[reason] = q.get(reason, 0) + n
+    totals.setdefault("quality_events_by_reason", {})
+    totals["session_end"] = end_reasons[-1] if end_reasons else None
+    out: dict[str, Any] = {"stored": totals, "decisions": totals.get("decisions", 0), "database": db,
+                           "session_ids": session_ids}
+    if summary["engine"] == "python":
+        out["session_id"] = summary["session_id"]
+        out["ticks_reconciled"] = totals.get("ticks", 0) == summary["ticks_read"] - summary["ticks_rejected"]
+    else:
+        stored_ids = execution_ids(db, session_ids)
+        fill_ids = summary.pop("fill_ids")
+        out["fills_matched"] = sorted(fill_ids) == sorted(stored_ids)
+        out["ticks_sent"] = summary["market_data_events"]
+    return out
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -121,21 +191,31 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"playback of {', '.join(summary['instruments'])}", show_header=False)
-    rows = [("ticks read", f"{summary['ticks_read']:,}"), ("ticks refused", f"{summary['ticks_rejected']:,}")]
-    rows += [(f"  {k}", f"{v:,}") for k, v in summary["ticks_rejected_by_reason"].items()]
+    table = Table(title=f"playback of {', '.join(summary['instruments'])} ({summary['engine']})", show_header=False)
+    rows = [("ticks read", f"{summary['ticks_read']:,}")]
+    if "ticks_rejected" in summary:
+        rows.append(("ticks refused", f"{summary['ticks_rejected']:,}"))
+    rows += [(f"  {k}", f"{v:,}") for k, v in summary.get("ticks_rejected_by_reason", {}).items()]
     if summary["bars_read"]:
         rows.append(("bars read", f"{summary['bars_read']:,}"))
-        rows += [(f"  refused: {k}", f"{v:,}") for k, v in summary["bars_rejected_by_reason"].items()]
+        rows += [(f"  refused: {k}", f"{v:,}") for k, v in summary.get("bars_rejected_by_reason", {}).items()]
     if "stored" in summary:
-        rows.append(("ticks stored", f"{summary['stored']['ticks']:,}"
-                     + ("  (= read - refused)" if summary["ticks_reconciled"] else "  [red](MISMATCH)")))
+        line = f"{summary['stored']['ticks']:,}"
+        if "ticks_reconciled" in summary:
+            line += "  (= read - refused)" if summary["ticks_reconciled"] else "  [red](MISMATCH)"
+        rows.append(("ticks stored", line))
         rows.append(("decisions", f"{summary['decisions']:,}"))
+    if "fills_matched" in summary:
+        rows.append(("fills stored", "every fill matched by a stored execution" if summary["fills_matched"]
+                     else "[red]fills and stored executions differ"))
+    if "mode" in summary:
+        rows.append(("mode", summary["mode"]))
     rows += [("brackets", f"{summary['brackets']:,}"), ("fills", f"{summary['fills']:,}"),
              ("realized P&L", ", ".join(f"{k} {v:,.2f}" for k, v in summary["realized_pnl"].items()) or "0"),
              ("commission", f"{summary['commission']:,.2f}"), ("net P&L", f"{summary['net_pnl']:,.2f}"),
              ("throughput", f"{summary['events_per_s']:,} events/s ({summary['elapsed_s']} s)"),
              ("digest", summary["digest"][:16] + "...")]
+    rows += [("chart", text) for text in summary.get("chart", [])]
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
@@ -169,6 +249,25 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     args.sidecar = None
     args.engine = "python"
     _print_summary(_playback(files, args, config), args.json)
+    return 0
+
+
+# --- ninjascript --------------------------------------------------------------------------------
+
+def cmd_ninjascript(args: argparse.Namespace, config: Config) -> int:
+    from bridge.ninjascript import BuildError, build, export_zip, shipped_sources
+    if args.ns_command == "build":
+        try:
+            with _console().status("compiling with mcs (C# 7.2, .NET Framework 4.8 API)"):
+                result = build(Path(args.out) if args.out else None, force=args.force)
+        except BuildError as exc:
+            raise UserError(str(exc)) from None
+        print(f"simulator:   {result.simulator}\nninjascript: {result.ninjascript}")
+        return 0
+    out = Path(args.to)
+    export_zip(out)
+    print(f"{out}: Info.xml and {len(shipped_sources())} source files; in NT8: Tools > Import > NinjaScript Add-On, "
+          "then enable 'Nt8Bridge' on a chart (Strategies)")
     return 0
 
 
@@ -248,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--instrument", help="instrument name when a single file's name does not say it (e.g. 'ES 06-18')")
     s.add_argument("--engine", default="python", choices=["python", "nt8sim"], help="who plays NT8 (default python)")
     s.add_argument("--sidecar", metavar="ENDPOINT", help="use a running sidecar instead of starting one")
+    s.add_argument("--free-running", action="store_true", help="nt8sim: do not wait for the sidecar after each event "
+                   "(faster, closer to live, not repeatable)")
+    s.add_argument("--latency-ms", type=int, default=0, help="nt8sim free-running: order latency in event time (default 0)")
+    s.add_argument("--timezone", default="UTC", help="nt8sim: NT8's display time zone (Tools > Options > General), "
+                   "e.g. America/Chicago; the wire always carries UTC")
     playback_options(s)
     s.set_defaults(func=cmd_playback)
 
@@ -259,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for the generated NT8 files (default: a temporary folder)")
     playback_options(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("ninjascript", help="build the NinjaScript and the NT8 simulator, or export the NT8 import zip")
+    nsub = s.add_subparsers(dest="ns_command", required=True)
+    d = nsub.add_parser("build", help="compile with Mono's mcs (C# 7.2, .NET Framework 4.8 API)")
+    d.add_argument("--out", help="build folder (default: the user's cache, ~/.cache/nt8bridge/build)")
+    d.add_argument("--force", action="store_true", help="compile even when a build of the same sources exists")
+    d.set_defaults(func=cmd_ninjascript)
+    d = nsub.add_parser("export", help="write the zip NT8 imports (Tools > Import > NinjaScript Add-On)")
+    d.add_argument("--to", default="nt8bridge-ninjascript.zip", help="zip file to write (default nt8bridge-ninjascript.zip)")
+    d.set_defaults(func=cmd_ninjascript)
 
     s = sub.add_parser("data", help="look at NT8 data files")
     dsub = s.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")

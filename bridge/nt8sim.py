@@ -71,6 +71,7 @@ class Nt8SimResult:
     prints: list[str]
     counters: dict[str, int] = field(default_factory=dict)
     lockstep: bool = True
+    event_micros: Any = None  # numpy float32 array, wall time per event (``timings=True``)
 
     @property
     def events_per_s(self) -> float:
@@ -115,8 +116,12 @@ def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: Instrum
                instrument: str | None = None, lockstep: bool = True, latency_ms: int = 0,
                parameters: dict[str, Any] | None = None, faults: FaultSpec | None = None,
                timezone: str = "UTC", instance_id: str | None = None, max_events: int | None = None,
-               progress: Callable[[int], None] | None = None) -> Nt8SimResult:
-    """Play ``files`` through the compiled strategy against the sidecar at ``endpoint``."""
+               progress: Callable[[int, int], None] | None = None, progress_every: int = 1 << 16,
+               timings: bool = False) -> Nt8SimResult:
+    """Play ``files`` through the compiled strategy against the sidecar at ``endpoint``.
+
+    ``progress(done, total)`` is called every ``progress_every`` events, from the engine's thread.
+    """
     if lockstep and latency_ms:
         raise Nt8SimError("order latency is a free-running setting; lockstep orders act at once like Playback101")
     rt = load_runtime()
@@ -161,12 +166,34 @@ def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: Instrum
     for key, value in params.items():
         engine.SetParameter(key, str(value).lower() if isinstance(value, bool) else str(value))
     if progress is not None:
-        engine.Progress = Action[Int64](lambda n: progress(int(n)))
+        total = int(engine.EventCount)
+        engine.ProgressEvery = progress_every
+        engine.Progress = Action[Int64](lambda n: progress(int(n), total))
     try:
         report = engine.Run(rt["ninjascript"])
     except Exception as exc:
         raise Nt8SimError(str(getattr(exc, "Message", exc))) from None
-    return _result(report, names, instance_id)
+    result = _result(report, names, instance_id)
+    if timings:
+        result.event_micros = _numpy_copy(report.EventMicrosArray())
+    return result
+
+
+def _numpy_copy(net_array: Any) -> Any:
+    """A .NET float[] as a numpy array, copied in one block (no per-element crossing)."""
+    import ctypes
+
+    import numpy as np
+    from System.Runtime.InteropServices import GCHandle, GCHandleType  # type: ignore[import-not-found]
+
+    out = np.empty(len(net_array), dtype=np.float32)
+    if len(out):
+        handle = GCHandle.Alloc(net_array, GCHandleType.Pinned)
+        try:
+            ctypes.memmove(out.ctypes.data, handle.AddrOfPinnedObject().ToInt64(), out.nbytes)
+        finally:
+            handle.Free()
+    return out
 
 
 def _result(report: Any, names: list[str], instance_id: str) -> Nt8SimResult:

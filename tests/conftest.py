@@ -203,22 +203,23 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def cs(tmp_path_factory):
-    """The shipped C# helpers (ninjascript/AddOns/Nt8Bridge), compiled with mcs and loaded into Mono
-    through pythonnet, once per test session (Mono can be hosted once per process)."""
+def nt8(tmp_path_factory):
+    """The NinjaScript and the NT8 simulator, compiled with mcs and loaded into Mono through
+    pythonnet, once per test session (Mono can be hosted once per process): the runtime dict of
+    ``bridge.nt8sim.load_runtime``."""
     import shutil
 
     if shutil.which("mcs") is None:
         pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
-    from bridge.ninjascript import ADDON_SOURCES, compile_library
+    from bridge.ninjascript import build
+    from bridge.nt8sim import load_runtime
 
-    dll = compile_library(ADDON_SOURCES, tmp_path_factory.mktemp("cs") / "Nt8Bridge.dll")
-    import pythonnet
+    return load_runtime(build(tmp_path_factory.mktemp("nt8build")))
 
-    pythonnet.load("mono")
-    import clr
 
-    clr.AddReference(str(dll))
+@pytest.fixture(scope="session")
+def cs(nt8):
+    """The shipped C# helpers (namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge) as a Python module."""
     import NinjaTrader.NinjaScript.AddOns.Nt8Bridge as nb
 
     return nb

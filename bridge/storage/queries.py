@@ -56,3 +56,16 @@ def sessions_of_instance(url: str, instance_id: str) -> list[int]:
                                      .order_by(s.c.started_ns)).scalars())
     finally:
         engine.dispose()
+
+
+def execution_ids(url: str, session_ids: list[int]) -> list[str]:
+    """NT8 execution ids stored for these sessions (one row per EXECUTION message)."""
+    if not session_ids:
+        return []
+    engine = create_engine_for(url)
+    e = metadata.tables["executions"]
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(e.c.execution_id).where(e.c.session_id.in_(session_ids))).scalars())
+    finally:
+        engine.dispose()

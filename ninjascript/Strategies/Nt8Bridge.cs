@@ -561,7 +561,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 			Wire.LinkOptions options = new Wire.LinkOptions
 			{
 				Endpoint = SidecarEndpoint, HeartbeatMs = HeartbeatMs, HeartbeatTimeoutMs = HeartbeatTimeoutMs, SendQueueCapacity = SendQueueCapacity,
-				Lockstep = Lockstep, Log = text => Print(text),
+				Lockstep = Lockstep, LockstepTimeoutMs = HeartbeatTimeoutMs, Log = text => Print(text),
 			};
 			link = new Wire.BridgeLink(options, MakeHello, this);
 			try

@@ -139,16 +139,16 @@ namespace Nt8Bridge.Simulator
 		{
 			if (path == null)
 				throw new ArgumentNullException(nameof(path));
+			if (Directory.Exists(path))
+				throw new FeedException(path, 0, path + ": is a folder, not a data file; pass the path of an NT8 export such as \"ES 12-23.Last.txt\".");
+			if (!File.Exists(path))
+				throw new FeedException(path, 0, path + ": the data file does not exist (the current folder is " + Environment.CurrentDirectory + "); check the path.");
 			byte[] gzip = null;
-			FileStream plain = null;
+			FileStream fs = null, plain = null;
 			long plainLength = 0;
 			try
 			{
-				if (Directory.Exists(path))
-					throw new FeedException(path, 0, path + ": is a folder, not a data file; pass the path of an NT8 export such as \"ES 12-23.Last.txt\".");
-				if (!File.Exists(path))
-					throw new FeedException(path, 0, path + ": the data file does not exist (the current folder is " + Environment.CurrentDirectory + "); check the path.");
-				var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan);
+				fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan);
 				// Decide by the magic number, not by the name: a renamed export must still load.
 				int b0 = fs.ReadByte(), b1 = fs.ReadByte();
 				if (b0 == 0x1f && b1 == 0x8b)
@@ -161,6 +161,7 @@ namespace Nt8Bridge.Simulator
 					while (got < gzip.Length && (r = fs.Read(gzip, got, gzip.Length - got)) > 0)
 						got += r;
 					fs.Dispose();
+					fs = null;
 					if (got != gzip.Length)
 						Array.Resize(ref gzip, got);
 				}
@@ -173,6 +174,8 @@ namespace Nt8Bridge.Simulator
 			}
 			catch (Exception e) when (e is IOException || e is UnauthorizedAccessException || e is NotSupportedException || e is ArgumentException || e is System.Security.SecurityException)
 			{
+				if (fs != null)
+					fs.Dispose();
 				throw new FeedException(path, 0, path + ": cannot open the data file (" + e.Message + "); check the path and that the file is readable.");
 			}
 
@@ -332,13 +335,36 @@ namespace Nt8Bridge.Simulator
 			var stamps = new StampDecoder(StampLengths[(int)layout]);
 			try
 			{
-				while (lines.Next())
+				while (true)
 				{
 					if (count == events.Length)
 						Array.Resize(ref events, checked(events.Length + events.Length / 2 + 16));
 					byte[] b = lines.Buffer;
-					if (ParseLine(b, lines.Start, lines.End, layout, stamps, ref events[count]))
+					long volume;
+					// Fast path, for the lines as NT8 writes them: parse straight from the buffer, and the
+					// line break is found where the volume's digits end, so no byte is looked at twice.
+					int p = lines.Pos, v;
+					if (p < lines.Safe && (v = ParseFields(b, p, lines.Safe, layout, stamps, ref events[count])) >= 0)
 					{
+						int lineBreak = PlainVolume(b, v, lines.Safe, out volume);
+						if (lineBreak >= 0)
+						{
+							lines.Accept(lineBreak);
+							events[count].Volume = volume;
+							events[count].Instrument = instrument;
+							count++;
+							continue;
+						}
+					}
+					// Anything else (blanks, "5.0" volumes, bad lines, the last line without a break):
+					// find the line first, then parse it within its bounds with the full rules.
+					if (!lines.Next())
+						break;
+					b = lines.Buffer;
+					if ((v = ParseFields(b, lines.Start, lines.End, layout, stamps, ref events[count])) >= 0
+						&& ParseVolume(b, v, lines.End, out volume))
+					{
+						events[count].Volume = volume;
 						events[count].Instrument = instrument;
 						count++;
 						continue;
@@ -377,44 +403,41 @@ namespace Nt8Bridge.Simulator
 			return events;
 		}
 
-		// One line into ev, field after field; false when anything is wrong (Describe then says what).
-		// A number stops at the first byte outside its grammar, and that byte must be the ';' of the
-		// next field (the line end after the volume), so a line with a ';' too many or too few fails
-		// here without counting them first. Kept free of allocations: it runs once per line.
-		static bool ParseLine(byte[] b, int start, int end, Layout layout, StampDecoder stamps, ref FeedEvent ev)
+		// The stamp and the price fields of a line into ev: the position where the volume starts, or
+		// -1 when anything is wrong (Describe then says what). A number stops at the first byte
+		// outside its grammar, and that byte must be the ';' of the next field, so a line with a ';'
+		// too few fails here without counting them first (one too many fails in the volume). Kept
+		// free of allocations: it runs once per line.
+		static int ParseFields(byte[] b, int start, int end, Layout layout, StampDecoder stamps, ref FeedEvent ev)
 		{
 			long time;
 			int p = stamps.DecodeField(b, start, end, out time);
 			if (p < 0)
-				return false;
+				return -1;
 			ev.Time = time;
 			double v1, v2, v3, v4;
-			long volume;
 			switch (layout)
 			{
 				case Layout.Tick:
-					if (!Field(b, ref p, end, out v1) || !ParseVolume(b, p, end, out volume))
-						return false;
+					if (!Field(b, ref p, end, out v1))
+						return -1;
 					ev.Price = v1;
 					ev.Bid = ev.Ask = ev.Open = ev.High = ev.Low = double.NaN;
-					ev.Volume = volume;
 					ev.IsBar = false;
-					return true;
+					return p;
 				case Layout.TickReplay:
-					if (!Field(b, ref p, end, out v1) || !Field(b, ref p, end, out v2) || !Field(b, ref p, end, out v3)
-						|| !ParseVolume(b, p, end, out volume))
-						return false;
+					if (!Field(b, ref p, end, out v1) || !Field(b, ref p, end, out v2) || !Field(b, ref p, end, out v3))
+						return -1;
 					ev.Price = v1;
 					ev.Bid = v2;
 					ev.Ask = v3;
 					ev.Open = ev.High = ev.Low = double.NaN;
-					ev.Volume = volume;
 					ev.IsBar = false;
-					return true;
+					return p;
 				default:  // Minute
 					if (!Field(b, ref p, end, out v1) || !Field(b, ref p, end, out v2) || !Field(b, ref p, end, out v3)
-						|| !Field(b, ref p, end, out v4) || !ParseVolume(b, p, end, out volume))
-						return false;
+						|| !Field(b, ref p, end, out v4))
+						return -1;
 					// No check of high >= low, of positive prices or of time order: the Python reader
 					// accepts them too, and both readers must give the same events.
 					ev.Open = v1;
@@ -422,10 +445,24 @@ namespace Nt8Bridge.Simulator
 					ev.Low = v3;
 					ev.Price = v4;
 					ev.Bid = ev.Ask = double.NaN;
-					ev.Volume = volume;
 					ev.IsBar = true;
-					return true;
+					return p;
 			}
+		}
+
+		// A volume as NT8 writes it, digits straight up to the line break: the position of that line
+		// break, or -1 for anything else (the full rules in ParseVolume then decide).
+		static int PlainVolume(byte[] b, int start, int limit, out long value)
+		{
+			long v = 0;
+			int i = start;
+			uint d;
+			for (; i < limit && (d = (uint)(b[i] - '0')) <= 9; i++)
+				v = v * 10 + d;
+			value = v;
+			if (i == start || i - start > 18 || i == limit || (b[i] != (byte)'\n' && b[i] != (byte)'\r'))
+				return -1;
+			return i;
 		}
 
 		// A number field that a ';' ends; p moves past that ';'.
@@ -471,10 +508,11 @@ namespace Nt8Bridge.Simulator
 			return "bad line";
 		}
 
-		// Python's bytes.strip() set minus the line breaks, which never reach a line here.
+		// Python's bytes.strip() set minus the line breaks, which end a line here ('\r' too: the fast
+		// path must stop at it).
 		static bool IsBlank(byte c)
 		{
-			return c == (byte)' ' || c == (byte)'\t' || c == 0x0b || c == 0x0c || c == (byte)'\r';
+			return c == (byte)' ' || c == (byte)'\t' || c == 0x0b || c == 0x0c;
 		}
 
 		static bool IsBlankLine(byte[] b, int start, int end)
@@ -680,32 +718,253 @@ namespace Nt8Bridge.Simulator
 			return true;
 		}
 
-		// Long mantissas and large exponents (never seen in exports): the framework's parser, on a
-		// canonical spelling ("1.e3" -> "1e3", ".5" -> "0.5") so that its own tastes do not matter.
+		// Long mantissas and large exponents (never seen in exports) take the exact route: the decimal
+		// is turned into a ratio of big integers and divided to 54 bits plus a remainder, then rounded
+		// half to even. The framework's double.Parse cannot be used: Mono's is off by one unit in the
+		// last place for inputs like "8.74512322515672e-09", where pandas (and so the Python reader) is
+		// exact. [start, end) is a number the grammar accepted; the caller applies the sign.
 		static bool ParseRare(byte[] b, int start, int end, out double value)
 		{
-			var sb = new StringBuilder(end - start + 2);
-			int i = start;
+			var num = new BigNat();
+			int i = start, digits = 0, exponent = 0;
+			bool sticky = false;
 			if (b[i] == (byte)'-' || b[i] == (byte)'+')
-				i++;  // the caller applies the sign
-			if (b[i] == (byte)'.')
-				sb.Append('0');
+				i++;
+			bool fraction = false;
 			for (; i < end; i++)
 			{
-				char c = (char)b[i];
-				if (c == '.' && (i + 1 == end || (uint)(b[i + 1] - '0') > 9))
+				byte c = b[i];
+				if (c == (byte)'.')
+				{
+					fraction = true;
 					continue;
-				sb.Append(c);
+				}
+				if (c == (byte)'e' || c == (byte)'E')
+					break;
+				uint d = (uint)(c - '0');
+				if (digits == 0 && d == 0)
+				{
+					if (fraction)
+						exponent--;
+					continue;
+				}
+				// 800 significant digits decide any rounding (a tie needs at most 767); the rest only
+				// matter as "something non-zero follows", kept as a final 1 one place further down.
+				if (digits < 800)
+				{
+					num.MulAdd(10, d);
+					digits++;
+					if (fraction)
+						exponent--;
+				}
+				else
+				{
+					sticky |= d != 0;
+					if (!fraction)
+						exponent++;
+				}
 			}
-			try
+			if (sticky)
 			{
-				value = double.Parse(sb.ToString(), NumberStyles.AllowDecimalPoint | NumberStyles.AllowExponent, CultureInfo.InvariantCulture);
+				num.MulAdd(10, 1);
+				exponent--;
+			}
+			if (i < end)  // the exponent, at most 6 digits kept (the grammar made sure there is one)
+			{
+				i++;
+				bool down = b[i] == (byte)'-';
+				if (b[i] == (byte)'-' || b[i] == (byte)'+')
+					i++;
+				int e = 0;
+				for (; i < end && e < 100000; i++)
+					e = e * 10 + (b[i] - '0');
+				exponent += down ? -e : e;
+			}
+			value = 0;
+			if (num.IsZero || exponent + digits < -330)  // below half the smallest subnormal
+				return true;
+			if (exponent + digits > 310)  // above double.MaxValue
+			{
+				value = double.PositiveInfinity;
 				return true;
 			}
-			catch (OverflowException)
+			var den = new BigNat();
+			den.MulAdd(1, 1);
+			for (int k = 0; k < -exponent; k++)
+				den.MulAdd(10, 0);
+			for (int k = 0; k < exponent; k++)
+				num.MulAdd(10, 0);
+			// value = num / den = q * 2^e2 with q in [2^53, 2^54): 53 bits, a rounding bit, and the
+			// remainder as sticky bit. Below the normal range the exponent is pinned and q has fewer bits.
+			int e2 = num.BitLength - den.BitLength - 54;
+			ulong q;
+			bool rest;
+			while (true)
 			{
-				value = double.PositiveInfinity;  // .NET Framework throws where .NET Core returns infinity
+				if (e2 < -1075)
+					e2 = -1075;
+				q = Divide(num, den, e2, out rest);
+				if (q >= 1UL << 54)
+					e2++;
+				else if (q < 1UL << 53 && e2 > -1075)
+					e2--;
+				else
+					break;
+			}
+			ulong mantissa = q >> 1;
+			if ((q & 1) != 0 && (rest || (mantissa & 1) != 0))
+				mantissa++;
+			int exp2 = e2 + 1;  // value = mantissa * 2^exp2
+			if (mantissa == 1UL << 53)
+			{
+				mantissa >>= 1;
+				exp2++;
+			}
+			if (mantissa < 1UL << 52)  // subnormal (exp2 is -1074 here)
+			{
+				value = BitConverter.Int64BitsToDouble((long)mantissa);
 				return true;
+			}
+			int biased = exp2 + 52 + 1023;
+			if (biased >= 2047)
+			{
+				value = double.PositiveInfinity;
+				return true;
+			}
+			value = BitConverter.Int64BitsToDouble(((long)biased << 52) | (long)(mantissa & ((1UL << 52) - 1)));
+			return true;
+		}
+
+		// floor(num / (den * 2^e2)) (num * 2^-e2 when e2 < 0), known to be below 2^55, by shift and
+		// subtract; rest: whether anything remained.
+		static ulong Divide(BigNat num, BigNat den, int e2, out bool rest)
+		{
+			BigNat r = num.Clone(), d = den.Clone();
+			if (e2 >= 0)
+				d.ShiftLeft(e2);
+			else
+				r.ShiftLeft(-e2);
+			ulong q = 0;
+			int top = r.BitLength - d.BitLength;
+			rest = true;
+			if (top > 56)
+				return ulong.MaxValue;  // too big: the caller raises e2
+			if (top >= 0)
+			{
+				d.ShiftLeft(top);
+				for (int bit = top; bit >= 0; bit--)
+				{
+					if (r.CompareTo(d) >= 0)
+					{
+						r.Subtract(d);
+						q |= 1UL << bit;
+					}
+					d.ShiftRight1();
+				}
+			}
+			rest = !r.IsZero;
+			return q;
+		}
+
+		// Just enough of a natural number in 32-bit limbs (least significant first) for ParseRare; the
+		// framework's BigInteger needs System.Numerics.dll, one more reference for a path real exports never take.
+		sealed class BigNat
+		{
+			uint[] limbs = new uint[8];
+			int used;
+
+			public bool IsZero { get { return used == 0; } }
+
+			public int BitLength
+			{
+				get
+				{
+					if (used == 0)
+						return 0;
+					int bits = 32 * (used - 1);
+					for (uint top = limbs[used - 1]; top != 0; top >>= 1)
+						bits++;
+					return bits;
+				}
+			}
+
+			public BigNat Clone()
+			{
+				return new BigNat { limbs = (uint[])limbs.Clone(), used = used };
+			}
+
+			// this = this * m + a
+			public void MulAdd(uint m, uint a)
+			{
+				ulong carry = a;
+				for (int k = 0; k < used; k++)
+				{
+					ulong t = (ulong)limbs[k] * m + carry;
+					limbs[k] = (uint)t;
+					carry = t >> 32;
+				}
+				if (carry != 0)
+					Push((uint)carry);
+			}
+
+			public void ShiftLeft(int bits)
+			{
+				if (used == 0 || bits == 0)
+					return;
+				int whole = bits / 32, part = bits % 32;
+				var next = new uint[used + whole + 1];
+				for (int k = 0; k < used; k++)
+				{
+					next[k + whole] |= limbs[k] << part;
+					if (part != 0)
+						next[k + whole + 1] = limbs[k] >> (32 - part);
+				}
+				limbs = next;
+				used = next.Length;
+				Trim();
+			}
+
+			public void ShiftRight1()
+			{
+				for (int k = 0; k < used; k++)
+					limbs[k] = (limbs[k] >> 1) | (k + 1 < used ? limbs[k + 1] << 31 : 0);
+				Trim();
+			}
+
+			public int CompareTo(BigNat other)
+			{
+				if (used != other.used)
+					return used < other.used ? -1 : 1;
+				for (int k = used - 1; k >= 0; k--)
+					if (limbs[k] != other.limbs[k])
+						return limbs[k] < other.limbs[k] ? -1 : 1;
+				return 0;
+			}
+
+			// this -= other, with this >= other
+			public void Subtract(BigNat other)
+			{
+				long borrow = 0;
+				for (int k = 0; k < used; k++)
+				{
+					long t = (long)limbs[k] - (k < other.used ? other.limbs[k] : 0) - borrow;
+					borrow = t < 0 ? 1 : 0;
+					limbs[k] = (uint)t;
+				}
+				Trim();
+			}
+
+			void Push(uint limb)
+			{
+				if (used == limbs.Length)
+					Array.Resize(ref limbs, limbs.Length * 2);
+				limbs[used++] = limb;
+			}
+
+			void Trim()
+			{
+				while (used > 0 && limbs[used - 1] == 0)
+					used--;
 			}
 		}
 
@@ -806,6 +1065,25 @@ namespace Nt8Bridge.Simulator
 			public long Number;     // of the current line, 1-based
 			public int Start, End;  // the current line is Buffer[Start, End), without its break
 
+			// [Pos, Safe) holds whole lines only: Safe is just past the last '\n' read so far (the end of
+			// the data at the end of the file), so a '\r' before it is never the first half of a "\r\n"
+			// that the next chunk completes. A file with '\r' line ends only has no safe part; its lines
+			// all go through Next.
+			public int Safe;
+
+			public int Pos { get { return pos; } }
+
+			// The line from Pos up to the line break at lineBreak was used by the caller.
+			public void Accept(int lineBreak)
+			{
+				Start = pos;
+				End = lineBreak;
+				Number++;
+				pos = lineBreak + 1;
+				if (buffer[lineBreak] == (byte)'\r' && pos < len && buffer[pos] == (byte)'\n')
+					pos++;
+			}
+
 			public LineReader(Stream source, int size)
 			{
 				this.source = source;
@@ -872,6 +1150,11 @@ namespace Nt8Bridge.Simulator
 					if (len >= 3 && buffer[0] == 0xef && buffer[1] == 0xbb && buffer[2] == 0xbf)
 						pos = 3;
 				}
+				int safe = len;
+				if (!eof)
+					while (safe > pos && buffer[safe - 1] != (byte)'\n')
+						safe--;
+				Safe = safe;
 			}
 
 			public void Dispose()

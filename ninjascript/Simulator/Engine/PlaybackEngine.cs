@@ -89,6 +89,18 @@ namespace Nt8Bridge.Simulator
 			feeds.Add(Feed.Read(path, instrument, instruments[instrument].FullName));
 		}
 
+		/// <summary>How many events the files added so far hold.</summary>
+		public long EventCount
+		{
+			get
+			{
+				long n = 0;
+				foreach (Feed f in feeds)
+					n += f.Events.LongLength;
+				return n;
+			}
+		}
+
 		/// <summary>A strategy parameter as NT8's UI would set it, by property name; the text is converted to the property's type.</summary>
 		public void SetParameter(string name, string value) { parameters[name] = value; }
 
@@ -161,6 +173,7 @@ namespace Nt8Bridge.Simulator
 			for (long k = 0; k < n && !stopped; k++)
 			{
 				FeedEvent e = events[k];
+				long started = Stopwatch.GetTimestamp();
 				report.Events++;
 				exchange.EventIndex = k;
 				exchange.Advance(e.Time);
@@ -169,6 +182,9 @@ namespace Nt8Bridge.Simulator
 					PlayBar(ref e);
 				else
 					PlayTrade(ref e);
+				// wall time of the whole event: in lockstep it holds the sidecar's round trips and
+				// whatever the strategy did with the answers (bench/bench_nt8sim.py reads it)
+				report.EventMicros.Add((float)((Stopwatch.GetTimestamp() - started) * 1e6 / Stopwatch.Frequency));
 				if (Progress != null && (k + 1) % ProgressEvery == 0)
 					Progress(k + 1);
 			}

@@ -35,6 +35,7 @@ namespace Nt8Bridge.Simulator
 		public readonly List<OrderRecord> Orders = new List<OrderRecord>();
 		public readonly List<FillRecord> Fills = new List<FillRecord>();
 		public readonly List<string> Prints = new List<string>();
+		public readonly List<float> EventMicros = new List<float>();   // per event, in event order
 		public readonly Dictionary<string, string> ChartText = new Dictionary<string, string>();
 		public double[] Realized, Commission;
 		public int[] FinalPosition;
@@ -56,6 +57,7 @@ namespace Nt8Bridge.Simulator
 		public OrderRecord[] OrderArray() { return Orders.ToArray(); }
 		public FillRecord[] FillArray() { return Fills.ToArray(); }
 		public string[] PrintArray() { return Prints.ToArray(); }
+		public float[] EventMicrosArray() { return EventMicros.ToArray(); }
 		public string[] ChartTextArray()
 		{
 			List<string> lines = new List<string>();
