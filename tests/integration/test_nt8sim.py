@@ -226,3 +226,26 @@ def test_sidecar_lost_mid_playback_applies_the_configured_behaviour(shared_data,
         assert not any(o["name"].endswith(":F") for o in result.orders)
         working = [o for o in result.orders if o["state"] == "Working"]
         assert {o["name"].rsplit(":", 1)[1][0] for o in working} <= {"S", "T"}
+
+
+def test_times_reach_the_wire_in_utc_whatever_nt8s_display_zone(shared_data, nt8, tmp_path):
+    """NT8 hands out times in the zone of Tools > Options > General; the strategy must convert."""
+    stored = {}
+    for zone in ("UTC", "America/Chicago"):
+        result, db = play([shared_data / ES_FILE], tmp_path, zone.replace("/", "-"), timezone=zone, max_events=3_000)
+        assert result.strategy_error is None
+        sid = sessions_of_instance(db, result.instance_id)[0]
+        engine = create_engine_for(db)
+        ticks, bars = metadata.tables["ticks"], metadata.tables["bars"]
+        with engine.connect() as conn:
+            stored[zone] = (
+                conn.execute(select(ticks.c.ts_exchange_ns).where(ticks.c.session_id == sid).order_by(ticks.c.id)).scalars().all(),
+                conn.execute(select(bars.c.ts_close_ns, bars.c.source).where(bars.c.session_id == sid).order_by(bars.c.id)).all(),
+            )
+        engine.dispose()
+    assert stored["UTC"] == stored["America/Chicago"]
+    from bridge.data.nt8files import read_nt8
+    first = read_nt8(shared_data / ES_FILE).iloc[:3_000]
+    assert stored["UTC"][0] == first["ts_ns"].tolist()  # the file's own UTC stamps, tick for tick
+    nt8_bars = [ts for ts, source in stored["UTC"][1] if source == "nt8"]
+    assert nt8_bars and all(ts % 60_000_000_000 == 0 for ts in nt8_bars)  # minute bars end on the minute, in UTC
