@@ -248,6 +248,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     args.instrument = None
     args.sidecar = None
     args.engine = "python"
+    args.free_running, args.latency_ms, args.timezone = False, 0, "UTC"
     _print_summary(_playback(files, args, config), args.json)
     return 0
 

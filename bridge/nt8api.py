@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 API_LIST = REPO / "ninjascript" / "Simulator" / "nt8-api.txt"
 
-KINDS = ("type", "enum", "attribute", "ctor", "method", "override", "property", "field", "member")
+KINDS = ("type", "enum", "attribute", "ctor", "method", "override", "property", "field", "event", "member")
 UNVERIFIED_SECTION = "not in the Help Guide"
 _SECTION = re.compile(r"^#\s*-{3,}\s*section:\s*(?P<name>.+?)\s*-{3,}\s*$")
 # the signature runs to the first " [" (signatures have none); the sources to the "]" that ends the line or
@@ -66,9 +66,9 @@ def normalize(text: str) -> str:
 def _split_params(inner: str) -> list[str]:
     out, depth, cur = [], 0, ""
     for ch in inner:
-        if ch == "<":
+        if ch in "<[":
             depth += 1
-        elif ch == ">":
+        elif ch in ">]":
             depth -= 1
         if ch == "," and depth == 0:
             out.append(cur.strip())
@@ -148,7 +148,7 @@ class Entry:
         if self.kind in ("method", "override"):
             name = rest[: rest.index("(")]
             return (f"method:{name}({_param_types(rest[rest.index('(') + 1: rest.rindex(')')])})",)
-        if self.kind in ("property", "field"):
+        if self.kind in ("property", "field", "event"):
             return (f"{self.kind}:{rest.split(':', 1)[0]}",)
         if self.kind == "member":
             return ("member:" + rest.split("=", 1)[0],)
@@ -356,6 +356,11 @@ def describe_field(f) -> str:
     return f"field {mods}{_owner(f.DeclaringType)}.{f.Name} : {cs_type(f.FieldType)}"
 
 
+def describe_event(e) -> str:
+    static = "static " if e.AddMethod is not None and e.AddMethod.IsStatic else ""
+    return f"event {static}{_owner(e.DeclaringType)}.{e.Name} : {cs_type(e.EventType)}"
+
+
 def _key_of(kind: str, text: str) -> str:
     return Entry(kind, text.split(" ", 1)[1], "-", True, None, 0).keys[-1]
 
@@ -368,14 +373,16 @@ class Surface:
     text: str            # e.g. "property Order.Filled : int { get; }"
     enum_members: tuple[tuple[str, int], ...] = ()
 
-    @property
-    def signature(self) -> str:
-        return normalize(self.text)
-
 
 def _nt8_types(module) -> Iterator:
-    for t in module.Types:
-        if t.IsPublic and t.FullName.startswith(NT8_NAMESPACE):
+    def public(types):
+        for t in types:
+            if t.IsPublic or t.IsNestedPublic or t.IsNestedFamily:
+                yield t
+                yield from public(t.NestedTypes)
+
+    for t in public(module.Types):
+        if t.FullName.startswith(NT8_NAMESPACE):
             yield t
 
 
@@ -407,6 +414,12 @@ def simulator_surface(module) -> dict[str, Surface]:
                     accessors.add(acc.FullName)
             if any(acc is not None and _visible(acc) for acc in (p.GetMethod, p.SetMethod)):
                 add("property", describe_property(p))
+        for e in t.Events:
+            for acc in (e.AddMethod, e.RemoveMethod):
+                if acc is not None:
+                    accessors.add(acc.FullName)
+            if e.AddMethod is not None and _visible(e.AddMethod):
+                add("event", describe_event(e))
         for m in t.Methods:
             if not _visible(m) or m.FullName in accessors or (m.IsConstructor and m.IsStatic):
                 continue
@@ -634,7 +647,9 @@ def strategy_uses(reader: _Reader) -> tuple[list[Use], list[str]]:
 
     def use_type(td) -> None:
         if not td.FullName.startswith(NT8_NAMESPACE):
-            foreign.append(f"the strategy uses the simulator's {td.FullName}, which is engine plumbing, not NT8")
+            msg = f"the strategy uses the simulator's {td.FullName}, which is engine plumbing, not NT8"
+            if msg not in foreign:
+                foreign.append(msg)
             return
         desc = describe_type(td)
         use(_key_of(desc.split(' ', 1)[0], desc), desc, "names the type")
@@ -645,8 +660,8 @@ def strategy_uses(reader: _Reader) -> tuple[list[Use], list[str]]:
 
     for mr in reader.strategy.GetMemberReferences():
         owner_ref = mr.DeclaringType
-        if owner_ref is None or not reader.in_simulator(owner_ref):
-            continue
+        if owner_ref is None or owner_ref.IsArray or not reader.in_simulator(owner_ref):
+            continue  # (an array's Get/Set/Address are the runtime's, not the simulator's)
         td = reader.sim_type(owner_ref)
         if not td.FullName.startswith(NT8_NAMESPACE):
             use_type(td)
@@ -667,9 +682,14 @@ def strategy_uses(reader: _Reader) -> tuple[list[Use], list[str]]:
             prop = next((p for p in md.DeclaringType.Properties
                          if (p.GetMethod is not None and p.GetMethod.FullName == md.FullName)
                          or (p.SetMethod is not None and p.SetMethod.FullName == md.FullName)), None)
+            event = next((e for e in md.DeclaringType.Events
+                          if any(a is not None and a.FullName == md.FullName for a in (e.AddMethod, e.RemoveMethod))), None)
             if prop is not None:
                 desc = describe_property(prop)
                 use(_key_of("property", desc), desc, "reads" if md.Name.startswith("get_") else "sets")
+            elif event is not None:
+                desc = describe_event(event)
+                use(_key_of("event", desc), desc, "subscribes to")
             else:
                 desc = describe_method(md)
                 use(_key_of(desc.split(" ", 1)[0], desc), desc, "calls")
