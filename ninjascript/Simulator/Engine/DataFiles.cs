@@ -140,9 +140,9 @@ namespace Nt8Bridge.Simulator
 			if (path == null)
 				throw new ArgumentNullException(nameof(path));
 			if (Directory.Exists(path))
-				throw new FeedException(path, 0, path + ": is a folder, not a data file; pass the path of an NT8 export such as \"ES 12-23.Last.txt\".");
+				throw Problem(path, 0, "is a folder, not a data file; pass the path of an NT8 export such as \"ES 12-23.Last.txt\".");
 			if (!File.Exists(path))
-				throw new FeedException(path, 0, path + ": the data file does not exist (the current folder is " + Environment.CurrentDirectory + "); check the path.");
+				throw Problem(path, 0, "the data file does not exist (the current folder is " + Environment.CurrentDirectory + "); check the path.");
 			byte[] gzip = null;
 			FileStream fs = null, plain = null;
 			long plainLength = 0;
@@ -155,6 +155,11 @@ namespace Nt8Bridge.Simulator
 				{
 					// In memory: the gzip checks below need to search the compressed bytes for each
 					// member's trailer. Compressed exports are an order of magnitude smaller than the events.
+					if (fs.Length > int.MaxValue - 64)
+					{
+						fs.Dispose();
+						throw Problem(path, 0, "the compressed file is over 2 GB, more than this reader holds in memory; decompress it first.");
+					}
 					gzip = new byte[fs.Length];
 					fs.Position = 0;
 					int got = 0, r;
@@ -172,11 +177,12 @@ namespace Nt8Bridge.Simulator
 					plainLength = fs.Length;
 				}
 			}
-			catch (Exception e) when (e is IOException || e is UnauthorizedAccessException || e is NotSupportedException || e is ArgumentException || e is System.Security.SecurityException)
+			catch (Exception e) when (e is IOException || e is UnauthorizedAccessException || e is NotSupportedException
+				|| e is ArgumentException || e is System.Security.SecurityException)
 			{
 				if (fs != null)
 					fs.Dispose();
-				throw new FeedException(path, 0, path + ": cannot open the data file (" + e.Message + "); check the path and that the file is readable.");
+				throw Problem(path, 0, "cannot open the data file (" + e.Message + "); check the path and that the file is readable.");
 			}
 
 			try
@@ -186,7 +192,7 @@ namespace Nt8Bridge.Simulator
 				using (var head = new LineReader(gzip != null ? (Stream)new GzipSource(gzip) : new NonClosing(plain), 1 << 16))
 					layout = Detect(path, head, out lineLength);
 				if (layout == Layout.Day)
-					throw new FeedException(path, 0, path + ": day bars are too coarse to play back; export ticks or minute bars.");
+					throw Problem(path, 0, "day bars are too coarse to play back; export ticks or minute bars.");
 
 				// Capacity from the size: one final trim instead of repeated doubling of a 100 MB array.
 				// A gzip trailer holds the size of the last member (mod 2^32); a damaged one must not make
@@ -194,7 +200,8 @@ namespace Nt8Bridge.Simulator
 				long textBytes;
 				if (gzip != null)
 				{
-					long isize = gzip.Length >= 18 ? BitConverter.ToUInt32(gzip, gzip.Length - 4) : 0;
+					int at = gzip.Length - 4;
+					long isize = at >= 14 ? (uint)(gzip[at] | gzip[at + 1] << 8 | gzip[at + 2] << 16 | gzip[at + 3] << 24) : 0;
 					textBytes = Math.Min(isize, 40L * gzip.Length);
 				}
 				else
@@ -298,16 +305,28 @@ namespace Nt8Bridge.Simulator
 			{
 				// With some lines in hand the parser reports the damage with its line number.
 				if (seen == 0)
-					throw new FeedException(path, head.Number + 1, path + ": line " + (head.Number + 1) + ": " + e.Message + "; " + GzipAdvice);
+					throw Problem(path, head.Number + 1, e.Message + "; " + GzipAdvice);
 			}
 			catch (IOException e)
 			{
-				throw new FeedException(path, head.Number + 1, path + ": line " + (head.Number + 1) + ": cannot read the file (" + e.Message + ").");
+				throw Problem(path, head.Number + 1, ReadAdvice(e));
 			}
 			if (firstText == null)
-				throw new FeedException(path, 0, path + ": no data lines (the file is empty or blank); expected NT8 export lines such as " + LayoutText[0] + ". Export the data from NinjaTrader 8 again.");
-			throw new FeedException(path, firstNumber, path + ": line " + firstNumber + ": '" + firstText + "' matches no NT8 layout; expected one of: "
-				+ string.Join(" | ", LayoutText) + ". Is this a NinjaTrader 8 export (Tools > Historical Data > Export)?");
+				throw Problem(path, 0, "no data lines (the file is empty or blank); expected NT8 export lines such as " + LayoutText[0]
+					+ ". Export the data from NinjaTrader 8 again.");
+			throw Problem(path, firstNumber, "'" + firstText + "' matches no NT8 layout; expected one of: " + string.Join(" | ", LayoutText)
+				+ ". Is this a NinjaTrader 8 export (Tools > Historical Data > Export)?");
+		}
+
+		// "<path>: line <n>: <what>" (no line part when the problem is not in one line).
+		static FeedException Problem(string path, long line, string what)
+		{
+			return new FeedException(path, line, path + (line > 0 ? ": line " + line : "") + ": " + what);
+		}
+
+		static string ReadAdvice(IOException e)
+		{
+			return "cannot read the file (" + e.Message + "); check that it is readable and not being written to, and copy it again if the disk is failing.";
 		}
 
 		// The number of ';' in [start, end), and the positions of the first ones (as many as fit).
@@ -381,11 +400,11 @@ namespace Nt8Bridge.Simulator
 			}
 			catch (GzipDataException e)
 			{
-				throw new FeedException(path, lines.Number + 1, path + ": line " + (lines.Number + 1) + ": " + e.Message + "; " + GzipAdvice);
+				throw Problem(path, lines.Number + 1, e.Message + "; " + GzipAdvice);
 			}
 			catch (IOException e)
 			{
-				throw new FeedException(path, lines.Number + 1, path + ": line " + (lines.Number + 1) + ": cannot read the file (" + e.Message + ").");
+				throw Problem(path, lines.Number + 1, ReadAdvice(e));
 			}
 			if (bad > 0)
 			{
@@ -999,7 +1018,8 @@ namespace Nt8Bridge.Simulator
 			value = 0;
 			double x;
 			int stop;
-			if (!ParseNumber(b, start, end, out x, out stop) || stop != end || x != Math.Floor(x) || Math.Abs(x) > 4611686018427387904.0)
+			if (!ParseNumber(b, start, end, out x, out stop) || stop != end || x != Math.Floor(x)
+				|| Math.Abs(x) > 4611686018427387904.0)  // 2^62
 				return false;
 			value = (long)x;
 			return true;
@@ -1187,7 +1207,8 @@ namespace Nt8Bridge.Simulator
 
 		// ----------------------------------------------------------------------------- gzip
 
-		const string GzipAdvice = "the .gz file is truncated or damaged; copy or download it again, or compress the original export again.";
+		const string GzipAdvice =
+			"the .gz file is truncated or damaged; copy or download it again, or compress the original export again.";
 
 		sealed class GzipDataException : Exception
 		{
@@ -1195,8 +1216,9 @@ namespace Nt8Bridge.Simulator
 		}
 
 		// Gzip members (RFC 1952) decompressed one after the other, as Python's gzip.decompress does.
-		// GZipStream cannot be used alone: under Mono (and .NET Framework) it silently stops at the end
-		// of the first member, and silently returns a truncated file's data as if it were complete. So
+		// GZipStream cannot be used alone: under Mono it silently stops at the end of the first member
+		// and silently returns a truncated file's data as if it were complete (measured; .NET Framework
+		// 4.8 does not read concatenated members either). So
 		// the header is read here, DeflateStream inflates the body, and each member's trailer (CRC-32
 		// and size) is checked. DeflateStream reads ahead, so the trailer is found by searching the
 		// compressed bytes for the CRC and size just computed; an 8-byte false match is a 2^-64 event.
@@ -1296,15 +1318,21 @@ namespace Nt8Bridge.Simulator
 				inflate.Dispose();
 				inflate = null;
 				// The smallest deflate body is 2 bytes; the trailer follows it.
+				byte first = (byte)crc;
 				for (int p = bodyStart + 2; p + 8 <= z.Length; p++)
 				{
-					if (BitConverter.ToUInt32(z, p) == crc && BitConverter.ToUInt32(z, p + 4) == size)
+					if (z[p] == first && LittleEndian32(z, p) == crc && LittleEndian32(z, p + 4) == size)
 					{
 						next = p + 8;
 						return;
 					}
 				}
 				throw new GzipDataException("the gzip data ends early or fails its CRC check");
+			}
+
+			static uint LittleEndian32(byte[] b, int at)
+			{
+				return (uint)(b[at] | b[at + 1] << 8 | b[at + 2] << 16 | b[at + 3] << 24);
 			}
 
 			protected override void Dispose(bool disposing)
