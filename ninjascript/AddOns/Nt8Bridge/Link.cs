@@ -81,6 +81,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		private const int LogBurst = 20;             // rate-limited log: lines per window
 		private const long LogWindowMs = 10000;
 		private const int ByeDrainMs = 1000;         // after BYE, how long to wait for the sidecar to close
+		private const long DialLogEveryMs = 60000;   // while the sidecar stays away: one reminder a minute, not one per attempt
 
 		private readonly LinkOptions options;  // a copy: the caller's object may change while threads read it
 		private readonly Func<Hello> helloFactory;
@@ -113,6 +114,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		private readonly object logLock = new object();
 		private long logWindowStart;
 		private int logLines, logSuppressed;
+		private long failedDials, lastDialLog;
 
 		private long sent, received, dropped, droppedStale, reconnects, linkDowns, protocolErrors, errorsReceived;
 		private long sessionId;
@@ -344,8 +346,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			}
 			catch (Exception e)
 			{
-				lastError = e.Message;
-				LogLimited(e.Message);
+				DialFailed(e.Message);
 				return null;
 			}
 			Connection conn = new Connection(dealer);
@@ -611,7 +612,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			catch (Exception e)
 			{
 				why = e.Message;
-				lastError = why;
+				DialFailed(why);
 				SetState(LinkState.Down);
 				return false;
 			}
@@ -680,8 +681,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					{
 						nextLockstepDial = Deadline(lockstepBackoffMs);
 						lockstepBackoffMs = (int)Math.Min((long)lockstepBackoffMs * 2, options.BackoffMaxMs);
-						LogLimited("cannot reconnect to the sidecar: " + why);
-						Interlocked.Increment(ref dropped);
+						Interlocked.Increment(ref dropped);  // DialFailed has logged why
 						return false;
 					}
 					conn = ls;
@@ -939,6 +939,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			}
 			if (stale > 0)
 				Interlocked.Add(ref droppedStale, stale);
+			Interlocked.Exchange(ref failedDials, 0);
 			bool again = Interlocked.Increment(ref sessions) > 1;
 			if (again)
 				Interlocked.Increment(ref reconnects);
@@ -969,7 +970,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				if (conn.Welcomed)
 					Log("link down: " + reason);
 				else
-					LogLimited("connection attempt failed: " + reason);
+					DialFailed("connection attempt failed: " + reason);
 			}
 			lock (queueLock)
 				Monitor.PulseAll(queueLock);  // wake the writer
@@ -997,6 +998,18 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				// the strategy's bug must not kill the link's thread (or, in lockstep, leave an ack unread)
 				LogLimited("the listener's " + what + " threw " + e.GetType().Name + ": " + e.Message);
 			}
+		}
+
+		// The first failure of a series is logged, then a reminder a minute: the sidecar may stay away for hours.
+		private void DialFailed(string reason)
+		{
+			lastError = reason;
+			long n = Interlocked.Increment(ref failedDials);
+			long last = Interlocked.Read(ref lastDialLog);
+			if (n > 1 && last != 0 && MsSince(last) < DialLogEveryMs)
+				return;
+			Interlocked.Exchange(ref lastDialLog, Stopwatch.GetTimestamp());
+			LogLimited(n == 1 ? reason : reason + " (attempt " + n + "; retrying every " + options.BackoffMaxMs + " ms at most)");
 		}
 
 		private string Silence()
