@@ -133,7 +133,8 @@ def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config
         task = progress.add_task("playback", total=0)
         try:
             result = run_nt8sim(files, endpoint, config, master, instrument=args.instrument,
-                                lockstep=not args.free_running, latency_ms=args.latency_ms, timezone=args.timezone,
+                                lockstep=not args.free_running, window=args.window, latency_ms=args.latency_ms,
+                                timezone=args.timezone,
                                 progress=lambda n, total: progress.update(task, completed=n, total=total))
         except Nt8SimError as exc:
             raise UserError(str(exc)) from None
@@ -141,7 +142,8 @@ def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config
         raise UserError(f"the NinjaScript strategy stopped with an error (as NT8 would disable it):\n{result.strategy_error}")
     from collections import Counter
     summary: dict[str, Any] = {
-        "engine": "nt8sim", "mode": "lockstep" if result.lockstep else f"free-running, {args.latency_ms} ms order latency",
+        "engine": "nt8sim",
+        "mode": f"lockstep, window {args.window}" if result.lockstep else f"free-running, {args.latency_ms} ms order latency",
         "files": [str(f) for f in files], "instruments": result.instruments, "instance_id": result.instance_id,
         "ticks_read": result.trades, "bars_read": result.bars, "market_data_events": result.market_data_events,
         "brackets": result.brackets, "orders": len(result.orders),

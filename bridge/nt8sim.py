@@ -113,13 +113,16 @@ def _is_windows() -> bool:
 
 
 def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: InstrumentMaster, *,
-               instrument: str | None = None, lockstep: bool = True, latency_ms: int = 0,
+               instrument: str | None = None, lockstep: bool = True, window: int = 1, latency_ms: int = 0,
                parameters: dict[str, Any] | None = None, faults: FaultSpec | None = None,
                timezone: str = "UTC", instance_id: str | None = None, max_events: int | None = None,
                progress: Callable[[int, int], None] | None = None, progress_every: int = 1 << 16,
                timings: bool = False) -> Nt8SimResult:
     """Play ``files`` through the compiled strategy against the sidecar at ``endpoint``.
 
+    ``window`` (lockstep): messages that may travel before the strategy waits for the sidecar; it
+    always waits at a bar close and on every tick while one of its orders is live. 1 waits on every
+    message. Runs are repeatable for a given window.
     ``progress(done, total)`` is called every ``progress_every`` events, from the engine's thread.
     """
     if lockstep and latency_ms:
@@ -160,7 +163,10 @@ def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: Instrum
         except Exception as exc:  # FeedException: the message names the file and line
             raise Nt8SimError(str(getattr(exc, "Message", exc))) from None
     instance_id = instance_id or f"nt8sim-{uuid.uuid4().hex[:12]}"
+    if window < 1:
+        raise Nt8SimError("the lockstep window must be at least 1")
     params: dict[str, Any] = {"SidecarEndpoint": endpoint, "InstanceName": instance_id, "Lockstep": lockstep,
+                              "LockstepWindow": window,
                               "ExtraInstruments": ",".join(names[1:])}
     params.update(parameters or {})
     for key, value in params.items():

@@ -38,6 +38,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 		private readonly Dictionary<string, Bracket> brackets = new Dictionary<string, Bracket>();
 		private readonly Dictionary<string, Leg> legsByName = new Dictionary<string, Leg>();
 		private readonly HashSet<string> executionsSeen = new HashSet<string>();
+		private readonly List<Bracket> active = new List<Bracket>();   // brackets that may still have live orders
 		private int flattenOrdinal;
 		private bool linkUp;
 		private string lastDecision = "none yet";
@@ -66,6 +67,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 				MaxPositionContracts = 5;
 				SendQueueCapacity = 65536;
 				Lockstep = false;
+				LockstepWindow = 1;
 			}
 			else if (State == State.Configure)
 			{
@@ -113,6 +115,9 @@ namespace NinjaTrader.NinjaScript.Strategies
 				InstrumentId = (ushort)id, Kind = kind, Price = marketDataUpdate.Price, Volume = marketDataUpdate.Volume,
 				Bid = marketDataUpdate.Bid, Ask = marketDataUpdate.Ask, TsExchange = ts, TsReceive = WireTime(NinjaTrader.Core.Globals.Now),
 			});
+			// Lockstep with a window: while orders are live the sidecar's answers matter at once
+			if (LockstepWindow > 1 && HasLiveBrackets())
+				link.Flush();
 		}
 
 		protected override void OnBarUpdate()
@@ -120,6 +125,8 @@ namespace NinjaTrader.NinjaScript.Strategies
 			// With Calculate.OnEachTick the first tick of a bar is the moment the previous bar closed.
 			if (link == null || !IsFirstTickOfBar || CurrentBar < 1)
 				return;
+			if (LockstepWindow > 1)
+				link.Flush();  // a bar close is when the sidecar decides: read its answers before going on
 			Bars bars = BarsArray[BarsInProgress];
 			int i = CurrentBar - 1;
 			int id;
@@ -238,6 +245,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 				Quantity = c.Quantity, StopPrice = c.StopPrice, TargetPrice = c.TargetPrice,
 			};
 			brackets[b.Id] = b;
+			active.Add(b);
 			lastDecision = (b.IsLong ? "BUY " : "SELL ") + c.Quantity + " " + wireInstruments[c.InstrumentId].FullName + " stop " +
 				Price(c.StopPrice) + " target " + Price(c.TargetPrice) + " (" + c.AlgorithmId + ")";
 			OrderType type = c.EntryType == 2 ? OrderType.Limit : c.EntryType == 3 ? OrderType.StopMarket : OrderType.Market;
@@ -463,6 +471,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 			Bracket f = new Bracket { Id = "flatten" + (++flattenOrdinal), WireId = wireId, Series = series, IsLong = position < 0, Closing = true };
 			f.Entry = NewLeg(f, RoleFlatten, ":F");
 			brackets[f.Id] = f;
+			active.Add(f);
 			Order o = SubmitOrderUnmanaged(series, position > 0 ? OrderAction.Sell : OrderAction.BuyToCover, OrderType.Market, Math.Abs(position), 0, 0, "", f.Entry.Name);
 			if (f.Entry.Order == null) f.Entry.Order = o;
 			Print("nt8bridge: flatten " + wireInstruments[wireId].FullName + " (" + reason + "): " + position + " contracts at market");
@@ -508,6 +517,22 @@ namespace NinjaTrader.NinjaScript.Strategies
 			overfills++;
 			Print("nt8bridge: position " + actual + " but brackets hold " + held + "; flattening " + wireInstruments[wireId].FullName);
 			FlattenInstrument(wireId, "position mismatch");
+		}
+
+		// Whether any bracket still has an order that is not done (or its exits still to place).
+		private bool HasLiveBrackets()
+		{
+			for (int k = active.Count - 1; k >= 0; k--)
+			{
+				Bracket b = active[k];
+				bool live = b.Entry == null || !b.Entry.IsDone || (b.Entry.Role != RoleFlatten && b.Open != 0);
+				foreach (Leg leg in b.Exits)
+					live |= leg.Order == null || !leg.IsDone;
+				if (live)
+					return true;
+				active.RemoveAt(k);
+			}
+			return false;
 		}
 
 		private int WorkingEntryQuantity(int wireId)
@@ -561,7 +586,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 			Wire.LinkOptions options = new Wire.LinkOptions
 			{
 				Endpoint = SidecarEndpoint, HeartbeatMs = HeartbeatMs, HeartbeatTimeoutMs = HeartbeatTimeoutMs, SendQueueCapacity = SendQueueCapacity,
-				Lockstep = Lockstep, LockstepTimeoutMs = HeartbeatTimeoutMs, Log = text => Print(text),
+				Lockstep = Lockstep, LockstepTimeoutMs = HeartbeatTimeoutMs, LockstepWindow = LockstepWindow, Log = text => Print(text),
 			};
 			link = new Wire.BridgeLink(options, MakeHello, this);
 			try
@@ -787,6 +812,11 @@ namespace NinjaTrader.NinjaScript.Strategies
 		[NinjaScriptProperty]
 		[Display(Name = "Lockstep (playback only)", Description = "Wait for the sidecar after every event: deterministic playback, never for live trading", Order = 1, GroupName = "3. Playback")]
 		public bool Lockstep { get; set; }
+
+		[NinjaScriptProperty]
+		[Range(1, 65536)]
+		[Display(Name = "Lockstep window", Description = "Lockstep: messages that may travel before waiting; the wait comes at every bar close and on every tick while orders are live (1: wait on every message)", Order = 2, GroupName = "3. Playback")]
+		public int LockstepWindow { get; set; }
 		#endregion
 	}
 }

@@ -70,6 +70,12 @@ def es_runs(shared_data, nt8, tmp_path_factory):
     return [play([shared_data / ES_FILE], tmp, f"run{k}") for k in range(2)]
 
 
+@pytest.fixture(scope="module")
+def es_windowed(shared_data, nt8, tmp_path_factory):
+    """The same playback with up to 256 messages in flight between waits."""
+    return play([shared_data / ES_FILE], tmp_path_factory.mktemp("es256"), "window256", window=256)
+
+
 def test_es_playback_submits_brackets_that_the_simulator_fills(es_runs):
     result, _ = es_runs[0]
     assert result.strategy_error is None
@@ -94,6 +100,18 @@ def test_two_runs_give_identical_orders_and_fills(es_runs):
     assert shape(a) == shape(b)
     assert a.digest == b.digest
     assert a.realized_pnl == b.realized_pnl
+
+
+def test_a_lockstep_window_reads_the_answers_at_the_same_decision_points(es_runs, es_windowed):
+    """The strategy waits at every bar close (when the sidecar decides) and on every tick while an
+    order is live, so on bar-driven decisions a window changes throughput, not trading."""
+    (exact, _), (windowed, db) = es_runs[0], es_windowed
+    assert windowed.strategy_error is None
+    assert [(f["event_index"], f["price"], f["quantity"]) for f in windowed.fills] == \
+        [(f["event_index"], f["price"], f["quantity"]) for f in exact.fills]
+    assert windowed.digest == exact.digest
+    sessions = sessions_of_instance(db, windowed.instance_id)
+    assert session_counts(db, sessions[0]).ticks == windowed.market_data_events
 
 
 def test_every_fill_is_a_stored_execution_and_every_tick_is_stored(es_runs):

@@ -59,6 +59,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		public long MaxFrameBytes = 1 << 20;
 		public bool Lockstep;                 // playback only: Post sends inline and waits for the sidecar's ack
 		public int LockstepTimeoutMs = 10000;
+		public int LockstepWindow = 1;        // lockstep: messages that may travel unacknowledged before Post waits (see Flush)
 		public Action<string> Log;            // may be null; the strategy passes NT8's Print
 
 		internal LinkOptions Copy() { return (LinkOptions)MemberwiseClone(); }
@@ -158,6 +159,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			if (options.HeartbeatMs <= 0 || options.HeartbeatTimeoutMs <= options.HeartbeatMs)
 				throw new ArgumentException("LinkOptions: HeartbeatTimeoutMs (" + options.HeartbeatTimeoutMs + ") must exceed HeartbeatMs ("
 					+ options.HeartbeatMs + "), which must be positive");
+			if (options.LockstepWindow < 1)
+				throw new ArgumentException("LinkOptions: LockstepWindow must be at least 1 (1: every message waits for its ack)");
 			if (options.ConnectTimeoutMs <= 0 || options.LockstepTimeoutMs <= 0)
 				throw new ArgumentException("LinkOptions: ConnectTimeoutMs and LockstepTimeoutMs must be positive");
 			if (options.BackoffInitialMs <= 0 || options.BackoffMaxMs < options.BackoffInitialMs)
@@ -702,33 +705,60 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					ReportDown(conn);
 					return false;
 				}
-				long deadline = Deadline(options.LockstepTimeoutMs);
-				while (conn.HighestAck < seq)
-				{
-					if (!conn.Alive)
-					{
-						ReportDown(conn);  // a nested Post, a callback or a refusal ended this session
-						return false;
-					}
-					int left = MsUntil(deadline);
-					if (left <= 0)
-					{
-						MarkDown(conn, "no acknowledgement of message " + seq + " (" + message.Type + ") within "
-							+ options.LockstepTimeoutMs + " ms");
-						ReportDown(conn);
-						return false;
-					}
-					byte[][] reply;
-					if (!Receive(conn, left, out reply))
-					{
-						ReportDown(conn);
-						return false;
-					}
-					if (reply != null)
-						Handle(conn, reply);
-				}
-				return true;
+				// Up to LockstepWindow messages may travel unacknowledged; their answers are read at the
+				// next wait (window full, or Flush), a point that depends only on what was posted.
+				if (seq - Math.Min(seq, conn.HighestAck) < (ulong)options.LockstepWindow)
+					return true;
+				return AwaitAck(conn, seq, message.Type.ToString());
 			}
+		}
+
+		/// <summary>Lockstep: wait until the sidecar has acknowledged everything sent, dispatching its
+		/// answers to the listener on this thread; false when the link is down or the wait timed out.
+		/// Threaded mode: nothing to wait for, true.</summary>
+		public bool Flush()
+		{
+			if (!options.Lockstep)
+				return true;
+			lock (lockstepGate)
+			{
+				Connection conn = ls;
+				if (conn == null || !conn.Alive || !conn.Welcomed)
+					return false;
+				ulong last = conn.NextSeq - 1;
+				return conn.HighestAck >= last || AwaitAck(conn, last, "flush");
+			}
+		}
+
+		// Receive and dispatch until the ack of seq (the sidecar acks after the answers it caused).
+		private bool AwaitAck(Connection conn, ulong seq, string what)
+		{
+			long deadline = Deadline(options.LockstepTimeoutMs);
+			while (conn.HighestAck < seq)
+			{
+				if (!conn.Alive)
+				{
+					ReportDown(conn);  // a nested Post, a callback or a refusal ended this session
+					return false;
+				}
+				int left = MsUntil(deadline);
+				if (left <= 0)
+				{
+					MarkDown(conn, "no acknowledgement of message " + seq + " (" + what + ") within "
+						+ options.LockstepTimeoutMs + " ms");
+					ReportDown(conn);
+					return false;
+				}
+				byte[][] reply;
+				if (!Receive(conn, left, out reply))
+				{
+					ReportDown(conn);
+					return false;
+				}
+				if (reply != null)
+					Handle(conn, reply);
+			}
+			return true;
 		}
 
 		private void StopLockstep()
