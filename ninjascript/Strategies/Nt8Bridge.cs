@@ -115,9 +115,6 @@ namespace NinjaTrader.NinjaScript.Strategies
 				InstrumentId = (ushort)id, Kind = kind, Price = marketDataUpdate.Price, Volume = marketDataUpdate.Volume,
 				Bid = marketDataUpdate.Bid, Ask = marketDataUpdate.Ask, TsExchange = ts, TsReceive = WireTime(NinjaTrader.Core.Globals.Now),
 			});
-			// Lockstep with a window: while orders are live the sidecar's answers matter at once
-			if (LockstepWindow > 1 && HasLiveBrackets())
-				link.Flush();
 		}
 
 		protected override void OnBarUpdate()

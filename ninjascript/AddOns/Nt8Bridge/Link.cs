@@ -60,6 +60,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		public bool Lockstep;                 // playback only: Post sends inline and waits for the sidecar's ack
 		public int LockstepTimeoutMs = 10000;
 		public int LockstepWindow = 1;        // lockstep: messages that may travel unacknowledged before Post waits (see Flush)
+		public int StopDrainMs = -1;          // threaded Stop: wait this long at most for the sidecar to acknowledge the last
+		                                      // message before BYE; negative: max(HeartbeatTimeoutMs, 5000); 0: no wait
 		public Action<string> Log;            // may be null; the strategy passes NT8's Print
 
 		internal LinkOptions Copy() { return (LinkOptions)MemberwiseClone(); }
@@ -82,6 +84,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		private const int LogBurst = 20;             // rate-limited log: lines per window
 		private const long LogWindowMs = 10000;
 		private const int ByeDrainMs = 1000;         // after BYE, how long to wait for the sidecar to close
+		private const int DefaultStopDrainMs = 5000; // before BYE, how long to wait for the sidecar to catch up (at least)
 		private const long DialLogEveryMs = 60000;   // while the sidecar stays away: one reminder a minute, not one per attempt
 
 		private readonly LinkOptions options;  // a copy: the caller's object may change while threads read it
@@ -108,6 +111,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 
 		// lockstep mode
 		private readonly object lockstepGate = new object();
+		private readonly List<Tick> lockstepBatch = new List<Tick>();  // lockstep window: ticks not sent yet
+		private const int MaxBatchTicks = 1000;  // 51 bytes each: a TICKS message stays under the 64 KiB message limit
 		private Connection ls;
 		private long nextLockstepDial;
 		private int lockstepBackoffMs;
@@ -117,7 +122,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		private int logLines, logSuppressed;
 		private long failedDials, lastDialLog;
 
-		private long sent, received, dropped, droppedStale, reconnects, linkDowns, protocolErrors, errorsReceived;
+		private long sent, received, dropped, droppedOrderEvents, droppedStale, reconnects, linkDowns, protocolErrors, errorsReceived;
 		private long sessionId;
 		private double lastRoundTripMs;
 		private volatile string lastError;
@@ -131,6 +136,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			public long LastPing;       // Stopwatch timestamp of the last ZMTP PING, writer thread only
 			public long LastSeqIn;      // echoed as HEARTBEAT.ack_seq; written by the reader
 			public ulong HighestAck;    // lockstep: highest HEARTBEAT.ack_seq seen
+			public long AckIn;          // threaded: the same (WELCOME acks HELLO), written by the reader, read by the writer's Stop
 			public uint PeerTimeoutMs;  // the sidecar's heartbeat timeout, from WELCOME
 			public volatile bool Welcomed;
 			public int Down, Reported;
@@ -168,6 +174,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			if (options.SendQueueCapacity <= 0 || options.MaxFrameBytes <= 0)
 				throw new ArgumentException("LinkOptions: SendQueueCapacity and MaxFrameBytes must be positive");
 			this.options = options.Copy();
+			if (this.options.StopDrainMs < 0)
+				this.options.StopDrainMs = Math.Max(options.HeartbeatTimeoutMs, DefaultStopDrainMs);
 			this.helloFactory = helloFactory;
 			this.listener = listener;
 			lockstepBackoffMs = options.BackoffInitialMs;
@@ -189,6 +197,10 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		/// <summary>Posts refused: queue full, link stopped or not started, a type NT8 does not send, not encodable,
 		/// or (lockstep) no connection.</summary>
 		public long Dropped { get { return Interlocked.Read(ref dropped); } }
+		/// <summary>Of Dropped: ORDER_UPDATE, EXECUTION, POSITION and ACCOUNT messages (anything but market data and heartbeats).
+		/// Only a full queue, a stopped link or a missing session drops them; a non-zero count means the sidecar's record
+		/// of orders is incomplete.</summary>
+		public long DroppedOrderEvents { get { return Interlocked.Read(ref droppedOrderEvents); } }
 		/// <summary>Queued TICK, TICKS and BAR messages discarded when a session started: quotes from before it.</summary>
 		public long DroppedStale { get { return Interlocked.Read(ref droppedStale); } }
 		/// <summary>Sessions established after the first one.</summary>
@@ -674,6 +686,12 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				}
 				if (conn == null || !conn.Alive)
 				{
+					if (lockstepBatch.Count > 0)
+					{
+						// quotes from before the loss are stale by the time a session exists again
+						Interlocked.Add(ref droppedStale, lockstepBatch.Count);
+						lockstepBatch.Clear();
+					}
 					string why;
 					if (Stopwatch.GetTimestamp() < nextLockstepDial)
 					{
@@ -695,22 +713,50 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					Interlocked.Increment(ref dropped);
 					return false;
 				}
-				byte[][] frames = Encode(conn, message);
-				if (frames == null)
-					return false;
-				ulong seq = conn.NextSeq - 1;
-				if (!Transmit(conn, frames))
+				Tick tick = message as Tick;
+				if (tick != null && options.LockstepWindow > 1)
 				{
-					Interlocked.Increment(ref dropped);
-					ReportDown(conn);
-					return false;
+					// With a window, ticks travel together as one TICKS message (the sidecar takes a
+					// burst several times faster than single TICKs); a full batch waits for its ack.
+					lockstepBatch.Add(tick);
+					if (lockstepBatch.Count < Math.Min(options.LockstepWindow, MaxBatchTicks))
+						return true;
+					return SendBatch(conn, true);
 				}
-				// Up to LockstepWindow messages may travel unacknowledged; their answers are read at the
-				// next wait (window full, or Flush), a point that depends only on what was posted.
-				if (seq - Math.Min(seq, conn.HighestAck) < (ulong)options.LockstepWindow)
-					return true;
-				return AwaitAck(conn, seq, message.Type.ToString());
+				if (lockstepBatch.Count > 0 && !SendBatch(conn, false))
+					return false;  // the ticks before it go first: the sidecar sees NT8's order
+				return SendLockstep(conn, message, false);
 			}
+		}
+
+		// Sends the pending ticks as one TICKS message.
+		private bool SendBatch(Connection conn, bool wait)
+		{
+			TickBatch batch = new TickBatch();
+			batch.Ticks.AddRange(lockstepBatch);
+			lockstepBatch.Clear();
+			return SendLockstep(conn, batch, wait);
+		}
+
+		private bool SendLockstep(Connection conn, Message message, bool wait)
+		{
+			byte[][] frames = Encode(conn, message);
+			if (frames == null)
+				return false;
+			ulong seq = conn.NextSeq - 1;
+			if (!Transmit(conn, frames))
+			{
+				Interlocked.Increment(ref dropped);
+				ReportDown(conn);
+				return false;
+			}
+			if (wait)
+				return AwaitAck(conn, seq, message.Type.ToString());
+			// Up to LockstepWindow messages may travel unacknowledged; their answers are read at the
+			// next wait (window full, or Flush), a point that depends only on what was posted.
+			if (seq - Math.Min(seq, conn.HighestAck) < (ulong)options.LockstepWindow)
+				return true;
+			return AwaitAck(conn, seq, message.Type.ToString());
 		}
 
 		/// <summary>Lockstep: wait until the sidecar has acknowledged everything sent, dispatching its
@@ -724,6 +770,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			{
 				Connection conn = ls;
 				if (conn == null || !conn.Alive || !conn.Welcomed)
+					return false;
+				if (lockstepBatch.Count > 0 && !SendBatch(conn, false))
 					return false;
 				ulong last = conn.NextSeq - 1;
 				return conn.HighestAck >= last || AwaitAck(conn, last, "flush");
@@ -771,6 +819,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				Connection conn = ls;
 				if (conn == null)
 					return;
+				if (entered && conn.Alive && conn.Welcomed && lockstepBatch.Count > 0)
+					SendBatch(conn, true);  // the last ticks of a window: delivered and acknowledged before BYE
 				if (entered && conn.Alive && conn.Welcomed)
 				{
 					byte[][] frames = Encode(conn, new Bye { Reason = byeReason });
