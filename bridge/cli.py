@@ -151,7 +151,10 @@ def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config
         "fills": len(result.fills), "realized_pnl": result.realized_pnl, "commission": result.commission,
         "net_pnl": round(sum(result.realized_pnl.values()) - result.commission, 2),
         "final_position": result.final_position, "digest": result.digest, "chart": result.chart_text,
-        "simulator": result.counters, "elapsed_s": round(result.elapsed_s, 3),
+        "simulator": {k: v for k, v in result.counters.items() if not k.startswith("link_")},
+        # the strategy's link to the sidecar (its stop line): free-running, what never reached the sidecar
+        "link": {k[len("link_"):]: v for k, v in result.counters.items() if k.startswith("link_")},
+        "elapsed_s": round(result.elapsed_s, 3),
         "events_per_s": round(result.events_per_s) if result.elapsed_s else None,
         "fill_ids": [f["execution_id"] for f in result.fills],
     }
@@ -205,6 +208,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         line = f"{summary['stored']['ticks']:,}"
         if "ticks_reconciled" in summary:
             line += "  (= read - refused)" if summary["ticks_reconciled"] else "  [red](MISMATCH)"
+        elif "ticks_sent" in summary:
+            line += f"  of {summary['ticks_sent']:,} market data events"
         rows.append(("ticks stored", line))
         rows.append(("decisions", f"{summary['decisions']:,}"))
     if "fills_matched" in summary:
@@ -212,6 +217,15 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
                      else "[red]fills and stored executions differ"))
     if "mode" in summary:
         rows.append(("mode", summary["mode"]))
+    link = summary.get("link")
+    if link:
+        text = (f"{link.get('sent', 0):,} sent, {link.get('dropped', 0):,} dropped (queue full or never sent), "
+                f"{link.get('dropped_stale', 0):,} stale dropped, {link.get('downs', 0):,} link downs")
+        if link.get("dropped_order_events"):
+            text += f"  [red]({link['dropped_order_events']:,} order events dropped)"
+        if link.get("dropped") or link.get("dropped_stale"):
+            text = "[yellow]" + text
+        rows.append(("link", text))
     rows += [("brackets", f"{summary['brackets']:,}"), ("fills", f"{summary['fills']:,}"),
              ("realized P&L", ", ".join(f"{k} {v:,.2f}" for k, v in summary["realized_pnl"].items()) or "0"),
              ("commission", f"{summary['commission']:,.2f}"), ("net P&L", f"{summary['net_pnl']:,.2f}"),

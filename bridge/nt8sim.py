@@ -16,6 +16,7 @@ Modes:
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,12 @@ from bridge.ninjascript import Build, build
 STRATEGY_TYPE = "NinjaTrader.NinjaScript.Strategies.Nt8BridgeStrategy"
 _TICKS_PER_NS = 100
 _UNIX_EPOCH_TICKS = 621355968000000000
+# The link's last line (BridgeLink.Stop, printed by the strategy): its counters, for the report. The
+# simulator never references the AddOns assembly, so they travel as NT8 would show them, in the output.
+_LINK_STOPPED = re.compile(r"Nt8Bridge link: stopped \(.*\): (?P<link_sent>\d+) sent, (?P<link_received>\d+) received, "
+                           r"(?P<link_dropped>\d+) dropped, (?P<link_dropped_stale>\d+) stale dropped, "
+                           r"(?P<link_downs>\d+) link downs, (?P<link_protocol_errors>\d+) protocol errors"
+                           r"(?:, (?P<link_dropped_order_events>\d+) of the dropped were order events)?")
 
 _runtime_lock = threading.Lock()
 _loaded: dict[str, Any] = {}
@@ -202,6 +209,17 @@ def _numpy_copy(net_array: Any) -> Any:
     return out
 
 
+def _link_counters(prints: list[str]) -> dict[str, int]:
+    """link_sent, link_received, link_dropped (queue full, or never sent), link_dropped_stale (queued before a
+    session), link_downs, link_protocol_errors and link_dropped_order_events from the link's stop line; empty
+    when the strategy never started its link (or the line was not kept)."""
+    for line in reversed(prints):
+        m = _LINK_STOPPED.search(line)
+        if m:
+            return {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    return {}
+
+
 def _result(report: Any, names: list[str], instance_id: str) -> Nt8SimResult:
     orders = [{"ordinal": o.Ordinal, "order_id": o.OrderId, "name": o.Name, "instrument": names[o.Instrument],
                "action": o.Action, "type": o.Type, "quantity": o.Quantity, "filled": o.Filled,
@@ -216,6 +234,8 @@ def _result(report: Any, names: list[str], instance_id: str) -> Nt8SimResult:
     counters = {"orders_rejected": report.OrdersRejected, "changes_refused": report.ChangesRefused,
                 "order_updates_dropped": report.OrderUpdatesDropped, "executions_first": report.ExecutionsFirst,
                 "prints_dropped": report.PrintsDropped}
+    prints = list(report.PrintArray())
+    counters.update(_link_counters(prints))
     return Nt8SimResult(
         instruments=names, instance_id=instance_id, events=report.Events, trades=report.Trades, bars=report.Bars,
         market_data_events=report.MarketDataEvents, bar_updates=report.BarUpdates, custom_events=report.CustomEvents,
@@ -224,5 +244,5 @@ def _result(report: Any, names: list[str], instance_id: str) -> Nt8SimResult:
         commission=round(sum(report.Commission[i] for i in range(len(names))), 2),
         final_position={names[i]: int(report.FinalPosition[i]) for i in range(len(names))},
         digest=report.Digest, strategy_error=report.StrategyError, chart_text=list(report.ChartTextArray()),
-        prints=list(report.PrintArray()), counters=counters, lockstep=report.Lockstep,
+        prints=prints, counters=counters, lockstep=report.Lockstep,
     )

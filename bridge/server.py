@@ -85,6 +85,7 @@ class Session:
     seq_out: int = 0
     last_tick_wall: dict[int, float] = field(default_factory=dict)
     stale_flagged: set[int] = field(default_factory=set)
+    peer_gone: bool = False  # a send found its connection closed; what it sent before is still being read
 
 
 class SidecarServer:
@@ -354,6 +355,12 @@ class SidecarServer:
         timeout_s = cfg.server.heartbeat_timeout_ms / 1000.0
         stale_s = cfg.quality.stale_after_s
         for session in list(self.sessions.values()):
+            if session.peer_gone:
+                # libzmq still hands out what the peer sent before its connection closed (a fast client can
+                # be tens of thousands of messages ahead): the session ends with its BYE, or once that is read
+                if now - session.last_heard > hb_s:
+                    self._end_session(session, "DISCONNECTED")
+                continue
             if now - session.last_heard > timeout_s:
                 log.warning("session %s lost: nothing heard for %.1f s", session.session_id,
                             now - session.last_heard)
@@ -380,13 +387,20 @@ class SidecarServer:
     # --- sending --------------------------------------------------------------------------------
 
     def _send(self, session: Session, msg: Message, ts_echo_ns: int = 0) -> None:
+        if session.peer_gone:
+            return  # nothing reaches it any more; what it sent is still processed
         session.seq_out += 1
         frames = codec.encode(msg, session.seq_out, time.time_ns(), ts_echo_ns)
         sent = self._send_frames(session.routing_id, frames)
         if sent:
             session.last_sent = time.monotonic()
-        elif sent is None:  # the peer's connection is gone: its session cannot go on
-            self._end_session(session, "DISCONNECTED")
+        elif sent is None:
+            # The peer's connection is gone, but messages it sent before may still be queued here (ZeroMQ
+            # delivers them after the disconnect): they are processed, and stored, as if it were there. The
+            # session ends with its BYE if one is queued, else as DISCONNECTED once nothing more arrives.
+            session.peer_gone = True
+            log.warning("session %s: the peer's connection is gone; what it sent before is still processed, then the "
+                        "session ends", session.session_id)
 
     def _send_frames(self, rid: bytes, frames: list[bytes]) -> bool | None:
         """True when sent; False when the peer is not reading (EAGAIN); None when it is gone."""
@@ -394,7 +408,7 @@ class SidecarServer:
             self._socket.send_multipart([rid, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # never block the hot path on a peer
             self.stats.send_failures += 1
-            log.warning("could not send to peer %s: %s", rid.hex(), exc.strerror)
+            self._log_limited("SEND_FAILED", "could not send to peer %s: %s", rid.hex(), exc.strerror)
             return None if exc.errno == zmq.EHOSTUNREACH else False
         self.stats.messages_out += 1
         return True
@@ -420,16 +434,20 @@ class SidecarServer:
             self._send(session, Heartbeat(session.last_seq_in))
 
     def _log_refusal(self, rid: bytes, exc: ProtocolError) -> None:
+        self._log_limited(exc.code.name, "refused message from %s (seq %s): %s", rid.hex(), exc.seq, exc)
+
+    def _log_limited(self, key: str, fmt: str, *args: object) -> None:
+        """A warning, at most _LOG_BURST per ``key`` per _LOG_WINDOW_S; then how many were left out."""
         now = time.monotonic()
-        window = self._log_window.setdefault(exc.code.name, [now, 0, 0])
+        window = self._log_window.setdefault(key, [now, 0, 0])
         if now - window[0] > _LOG_WINDOW_S:
             if window[2]:
-                log.warning("%d more %s refusals in the last %.0f s were not logged (all were counted and "
-                            "answered)", window[2], exc.code.name, now - window[0])
+                log.warning("%d more %s lines in the last %.0f s were not logged (all were counted)", window[2], key,
+                            now - window[0])
             window[:] = [now, 0, 0]
         if window[1] < _LOG_BURST:
             window[1] += 1
-            log.warning("refused message from %s (seq %s): %s", rid.hex(), exc.seq, exc)
+            log.warning(fmt, *args)
         else:
             window[2] += 1
 

@@ -38,7 +38,6 @@ namespace NinjaTrader.NinjaScript.Strategies
 		private readonly Dictionary<string, Bracket> brackets = new Dictionary<string, Bracket>();
 		private readonly Dictionary<string, Leg> legsByName = new Dictionary<string, Leg>();
 		private readonly HashSet<string> executionsSeen = new HashSet<string>();
-		private readonly List<Bracket> active = new List<Bracket>();   // brackets that may still have live orders
 		private int flattenOrdinal;
 		private bool linkUp;
 		private string lastDecision = "none yet";
@@ -242,7 +241,6 @@ namespace NinjaTrader.NinjaScript.Strategies
 				Quantity = c.Quantity, StopPrice = c.StopPrice, TargetPrice = c.TargetPrice,
 			};
 			brackets[b.Id] = b;
-			active.Add(b);
 			lastDecision = (b.IsLong ? "BUY " : "SELL ") + c.Quantity + " " + wireInstruments[c.InstrumentId].FullName + " stop " +
 				Price(c.StopPrice) + " target " + Price(c.TargetPrice) + " (" + c.AlgorithmId + ")";
 			OrderType type = c.EntryType == 2 ? OrderType.Limit : c.EntryType == 3 ? OrderType.StopMarket : OrderType.Market;
@@ -468,7 +466,6 @@ namespace NinjaTrader.NinjaScript.Strategies
 			Bracket f = new Bracket { Id = "flatten" + (++flattenOrdinal), WireId = wireId, Series = series, IsLong = position < 0, Closing = true };
 			f.Entry = NewLeg(f, RoleFlatten, ":F");
 			brackets[f.Id] = f;
-			active.Add(f);
 			Order o = SubmitOrderUnmanaged(series, position > 0 ? OrderAction.Sell : OrderAction.BuyToCover, OrderType.Market, Math.Abs(position), 0, 0, "", f.Entry.Name);
 			if (f.Entry.Order == null) f.Entry.Order = o;
 			Print("nt8bridge: flatten " + wireInstruments[wireId].FullName + " (" + reason + "): " + position + " contracts at market");
@@ -514,22 +511,6 @@ namespace NinjaTrader.NinjaScript.Strategies
 			overfills++;
 			Print("nt8bridge: position " + actual + " but brackets hold " + held + "; flattening " + wireInstruments[wireId].FullName);
 			FlattenInstrument(wireId, "position mismatch");
-		}
-
-		// Whether any bracket still has an order that is not done (or its exits still to place).
-		private bool HasLiveBrackets()
-		{
-			for (int k = active.Count - 1; k >= 0; k--)
-			{
-				Bracket b = active[k];
-				bool live = b.Entry == null || !b.Entry.IsDone || (b.Entry.Role != RoleFlatten && b.Open != 0);
-				foreach (Leg leg in b.Exits)
-					live |= leg.Order == null || !leg.IsDone;
-				if (live)
-					return true;
-				active.RemoveAt(k);
-			}
-			return false;
 		}
 
 		private int WorkingEntryQuantity(int wireId)
@@ -599,6 +580,12 @@ namespace NinjaTrader.NinjaScript.Strategies
 				Draw.TextFixed(this, ChartTag, "nt8bridge: NOT CONNECTED\n" + ex.Message, TextPosition.TopRight);
 				return;
 			}
+			// Threaded: wait for the session, or the first ticks would be queued before WELCOME and discarded as
+			// stale. A localhost connect takes milliseconds; this blocks NT8's move to Realtime for at most
+			// ConnectTimeoutMs (2 s) when the sidecar is away, and then the link keeps trying in the background.
+			if (!Lockstep && !link.WaitConnected(options.ConnectTimeoutMs))
+				Print("nt8bridge: no session with the sidecar at " + SidecarEndpoint + " after " + options.ConnectTimeoutMs
+					+ " ms; going on, the link keeps trying in the background");
 			ShowStatus();
 		}
 
@@ -812,7 +799,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 
 		[NinjaScriptProperty]
 		[Range(1, 65536)]
-		[Display(Name = "Lockstep window", Description = "Lockstep: messages that may travel before waiting; the wait comes at every bar close and on every tick while orders are live (1: wait on every message)", Order = 2, GroupName = "3. Playback")]
+		[Display(Name = "Lockstep window", Description = "Lockstep: ticks that travel together (one TICKS message) before waiting for the sidecar; it always waits at a bar close (1: wait on every message)", Order = 2, GroupName = "3. Playback")]
 		public int LockstepWindow { get; set; }
 		#endregion
 	}

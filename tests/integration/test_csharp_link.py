@@ -235,7 +235,7 @@ def test_a_million_messages_arrive_in_order_with_consecutive_seqs(cs, probe, mak
         assert sock.poll(20000)
         rid, header, body = sock.recv_multipart()
         h, hello = codec.decode([header, body])
-        result["hello_seq"] = h.seq
+        result["hello_seq"], result["rid"] = h.seq, rid
         sock.send_multipart([rid, *welcome_frames(77, h.ts_send_ns)])
         expected_seq, expected_volume = 2, 1
         while expected_volume <= n:
@@ -247,6 +247,7 @@ def test_a_million_messages_arrive_in_order_with_consecutive_seqs(cs, probe, mak
             if seq != expected_seq and len(result["problems"]) < 10:
                 result["problems"].append(f"seq {seq} where {expected_seq} was expected")
             expected_seq = seq + 1
+            result["last_seq"] = seq
             result["types"].add(mtype)
             if mtype == MsgType.TICK:
                 volume = struct.unpack_from("<q", body, 11)[0]
@@ -273,7 +274,9 @@ def test_a_million_messages_arrive_in_order_with_consecutive_seqs(cs, probe, mak
     elapsed = result["done"] - start
     print(f"\n{n:,} TICKs from the C# link to a pyzmq ROUTER in {elapsed:.2f} s: {n / elapsed:,.0f} messages/s "
           f"end to end (posting took {post_ms / 1000:.2f} s)")
-    # Stop says goodbye: BYE is the last message, after every tick
+    # Stop says goodbye: BYE is the last message, after every tick (and after the peer has acknowledged them,
+    # as the sidecar's HEARTBEAT does: Stop waits for that)
+    sock.send_multipart([result["rid"], *codec.encode(m.Heartbeat(result["last_seq"]), 2, time.time_ns())])
     h.link.Stop("flood done")
     frames = None
     while sock.poll(5000):
@@ -405,6 +408,7 @@ def test_undecodable_messages_are_counted_and_the_connection_is_kept(cs, probe, 
         peer.send(codec.encode(m.Error(105, 0, 0, "a real ERROR after the garbage"), 2, time.time_ns()))
         header, msg = peer.recv_decoded()
         assert isinstance(msg, m.OrderUpdate) and msg.client_order_id == "after-garbage"
+        peer.send(codec.encode(m.Heartbeat(header.seq), 3, time.time_ns()))  # acknowledged, as the sidecar would
         peer.sock.settimeout(30)
         peer.recv_message()  # stay connected until the link leaves
 
@@ -479,8 +483,12 @@ def test_a_full_queue_drops_and_counts_the_overflow_without_blocking(cs, probe, 
         assert total_ms < connect_timeout_ms  # no Post waited for a connection attempt
         assert not h.link.IsConnected
         assert "send queue is full" in h.log_text()
+        assert h.link.DroppedOrderEvents == 0
+        assert not h.link.Post(probe.Probe.OrderUpdate("overflow"))  # a full queue drops order events too, counted apart
+        assert h.link.Dropped == 9001 and h.link.DroppedOrderEvents == 1
         h.link.Stop("test over")
-        assert h.link.Queued == 0 and h.link.Dropped == 10_000  # what was never sent is counted too
+        assert h.link.Queued == 0 and h.link.Dropped == 10_001  # what was never sent is counted too
+        assert "1 of the dropped were order events" in h.log_text()
         assert h.link.State == cs.LinkState.Stopped
     finally:
         if silent is not None:
@@ -495,6 +503,7 @@ def test_lockstep_against_the_real_sidecar_returns_after_each_ack(cs, probe, mak
         h = make(sidecar.endpoint, Lockstep=True)
         h.link.Start()  # synchronous: the session is up when it returns
         assert h.link.IsConnected and h.listener.WelcomeCount == 1 and h.link.SessionId > 0
+        assert h.link.WaitConnected(0)
         session = h.link.SessionId
         assert h.link.Post(probe.Probe.Tick(1, 2670.0))
         assert h.link.Received >= 2  # WELCOME and the ack of seq 2 (and any idle heartbeat of the sidecar's)
@@ -593,3 +602,118 @@ def test_lockstep_start_without_a_sidecar_says_what_to_do(cs, probe, make):
         h.link.Start()
     assert endpoint in str(info.value) and "Start the sidecar" in str(info.value)
     assert h.link.State == cs.LinkState.Down and not h.link.Post(probe.Probe.Tick(1, 2670.0))
+
+
+# --------------------------------------------------------------------------- 7. stop: drain before BYE, wait for the session
+
+def _late_acker(sock, n_ticks: int, ack_delay_s: float | None, stop: threading.Event, seen: list, acked: dict) -> None:
+    """A fake sidecar: WELCOMEs, records every message, and acknowledges the last tick (seq n_ticks + 1) only
+    ``ack_delay_s`` after it arrived (never when None), as a sidecar that is that far behind would."""
+    rid, last_tick_at, out_seq = None, None, 1
+    while not stop.is_set():
+        if sock.poll(10):
+            rid, *frames = sock.recv_multipart()
+            header, msg = codec.decode(frames)
+            seen.append((time.monotonic(), header.seq, msg))
+            if isinstance(msg, m.Hello):
+                sock.send_multipart([rid, *welcome_frames(7, header.ts_send_ns)])
+            elif isinstance(msg, m.Tick) and header.seq == n_ticks + 1:
+                last_tick_at = time.monotonic()
+        if (ack_delay_s is not None and last_tick_at is not None and "at" not in acked
+                and time.monotonic() >= last_tick_at + ack_delay_s):
+            out_seq += 1
+            acked["at"] = time.monotonic()
+            sock.send_multipart([rid, *codec.encode(m.Heartbeat(n_ticks + 1), out_seq, time.time_ns())])
+
+
+def _bye_after_ticks(h: Harness, seen: list, n_ticks: int) -> tuple[float, list]:
+    """The BYE's arrival time, and what the link sent between the last tick and BYE."""
+    h.wait(lambda: any(isinstance(msg, m.Bye) for _, _, msg in seen), 5, "BYE")
+    t_bye = next(t for t, _, msg in seen if isinstance(msg, m.Bye))
+    between = [msg for t, seq, msg in seen if seq > n_ticks + 1 and not isinstance(msg, m.Bye)]
+    return t_bye, between
+
+
+def test_stop_waits_for_the_ack_of_the_last_message_before_bye(cs, probe, make, router):
+    """Threaded Stop waits until the sidecar has acknowledged the last message sent (HEARTBEAT.ack_seq) before
+    BYE: the link closes the connection soon after BYE, and a sidecar still far behind would lose the rest."""
+    sock, endpoint = router
+    n, delay = 100, 1.5
+    stop, seen, acked = threading.Event(), [], {}
+    thread = threading.Thread(target=_late_acker, args=(sock, n, delay, stop, seen, acked), daemon=True)
+    thread.start()
+    try:
+        h = make(endpoint, HeartbeatMs=200, HeartbeatTimeoutMs=5000, StopDrainMs=10_000)
+        h.link.Start()
+        assert h.link.WaitConnected(10_000), h.log_text()
+        for i in range(n):
+            assert h.link.Post(probe.Probe.Tick(i + 1, 2670.0))
+        h.wait(lambda: any(seq == n + 1 for _, seq, _ in seen), 10, "the last tick at the peer")
+        t_stop = time.monotonic()
+        h.link.Stop("drained")
+        stopped_after = time.monotonic() - t_stop
+        t_bye, between = _bye_after_ticks(h, seen, n)
+        assert "at" in acked and acked["at"] > t_stop + 0.5  # the ack really came late, during Stop
+        assert t_bye >= acked["at"], (t_bye - acked["at"])  # BYE only after it
+        assert stopped_after < delay + 3  # and not much later: the wait ends when the ack arrives
+        assert all(isinstance(msg, m.Heartbeat) for msg in between)  # meanwhile only the link's own heartbeats
+        assert "caught up with the" in h.log_text()
+        assert h.link.State == cs.LinkState.Stopped and h.link.Dropped == 0
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_stop_gives_up_waiting_for_the_ack_after_stop_drain_ms(cs, probe, make, router):
+    sock, endpoint = router
+    n, drain_ms = 10, 700
+    stop, seen, acked = threading.Event(), [], {}
+    thread = threading.Thread(target=_late_acker, args=(sock, n, None, stop, seen, acked), daemon=True)
+    thread.start()
+    try:
+        h = make(endpoint, HeartbeatMs=200, HeartbeatTimeoutMs=5000, StopDrainMs=drain_ms)
+        h.link.Start()
+        assert h.link.WaitConnected(10_000), h.log_text()
+        for i in range(n):
+            assert h.link.Post(probe.Probe.Tick(i + 1, 2670.0))
+        h.wait(lambda: any(seq == n + 1 for _, seq, _ in seen), 10, "the last tick at the peer")
+        t_stop = time.monotonic()
+        h.link.Stop("no ack")
+        t_bye, _ = _bye_after_ticks(h, seen, n)
+        assert drain_ms / 1000 - 0.05 <= t_bye - t_stop < drain_ms / 1000 + 2.0
+        assert "StopDrainMs" in h.log_text()
+        assert next(msg for _, _, msg in seen if isinstance(msg, m.Bye)).reason == "no ack"
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_wait_connected_returns_once_the_session_is_up_or_after_the_timeout(cs, probe, make, router):
+    sock, endpoint = router
+    delay = 0.4
+
+    def late_welcome() -> None:
+        assert sock.poll(10_000)
+        rid, *frames = sock.recv_multipart()
+        header, _ = codec.decode(frames)
+        time.sleep(delay)
+        sock.send_multipart([rid, *welcome_frames(3, header.ts_send_ns)])
+
+    thread = threading.Thread(target=late_welcome, daemon=True)
+    thread.start()
+    h = make(endpoint)
+    assert not h.link.WaitConnected(100)  # not started: nothing to wait for
+    t0 = time.monotonic()
+    h.link.Start()
+    assert h.link.WaitConnected(10_000), h.log_text()
+    assert time.monotonic() - t0 >= delay - 0.05 and h.link.IsConnected and h.link.SessionId == 3
+    thread.join(5)
+
+    away = make(f"tcp://127.0.0.1:{free_port()}", ConnectTimeoutMs=300)
+    away.link.Start()
+    t0 = time.monotonic()
+    assert not away.link.WaitConnected(500)
+    assert 0.45 <= time.monotonic() - t0 < 3
+    assert not away.link.IsConnected  # and it keeps trying in the background
+    away.link.Stop("test over")
+    assert not away.link.WaitConnected(1000)  # stopped: returns at once

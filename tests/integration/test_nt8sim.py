@@ -197,13 +197,42 @@ def test_the_strategy_survives_broker_faults(shared_data, nt8, tmp_path):
 
 
 def test_free_running_with_order_latency(shared_data, nt8, tmp_path):
+    """Free-running, the simulator plays far faster than the sidecar ingests; whatever it sent is either
+    stored or counted by the link as dropped, nothing vanishes: the strategy waits for the session before
+    playing (no tick is queued before WELCOME and discarded as stale), and the link waits for the sidecar
+    to acknowledge everything before BYE."""
+    from bridge.data.nt8files import read_nt8
+
     result, db = play([shared_data / ES_FILE], tmp_path, "free", lockstep=False, latency_ms=50)
     assert result.strategy_error is None
     assert not result.lockstep
     assert result.trades == 74_907
     assert_brackets_sound(result)
-    stopped = [p for p in result.prints if "stopped" in p]
-    assert stopped, result.prints[-5:]
+    link = result.counters
+    assert "link_sent" in link, result.prints[-5:]  # the link's stop line reached the report
+    assert link["link_downs"] == 0 and link["link_protocol_errors"] == 0, result.prints[-10:]
+    assert link["link_dropped_stale"] == 0, result.prints[:5]  # connected before the first tick
+    assert link["link_dropped_order_events"] == 0  # the queue never dropped an order, execution or position report
+    sessions = sessions_of_instance(db, result.instance_id)
+    assert len(sessions) == 1
+    counts = session_counts(db, sessions[0])
+    assert counts.end_reason == "BYE", result.prints[-10:]
+    assert counts.quality_events_by_reason == {}  # ES 06-18 is clean: nothing refused
+    # market data sent: every TICK, and a BAR at each bar close (every minute bar but the last, still open)
+    minutes = {-(-ts // 60_000_000_000) for ts in read_nt8(shared_data / ES_FILE)["ts_ns"].tolist()}
+    bars_sent = len(minutes) - 1
+    engine = create_engine_for(db)
+    bars = metadata.tables["bars"]
+    with engine.connect() as conn:
+        nt8_bars = conn.execute(select(func.count()).select_from(bars)
+                                .where(bars.c.session_id == sessions[0], bars.c.source == "nt8")).scalar_one()
+    engine.dispose()
+    # what the link dropped (queue full) or discarded (stale) is market data only, per the assertion above
+    assert counts.ticks + nt8_bars + link["link_dropped"] + link["link_dropped_stale"] \
+        == result.market_data_events + bars_sent, (counts.ticks, nt8_bars, link)
+    if link["link_dropped"] == 0:
+        assert counts.ticks == result.market_data_events
+    assert sorted(execution_ids(db, sessions)) == sorted(f["execution_id"] for f in result.fills)
 
 
 @pytest.mark.parametrize("behaviour", ["Flatten", "CancelEntries"])
@@ -267,3 +296,28 @@ def test_times_reach_the_wire_in_utc_whatever_nt8s_display_zone(shared_data, nt8
     assert stored["UTC"][0] == first["ts_ns"].tolist()  # the file's own UTC stamps, tick for tick
     nt8_bars = [ts for ts, source in stored["UTC"][1] if source == "nt8"]
     assert nt8_bars and all(ts % 60_000_000_000 == 0 for ts in nt8_bars)  # minute bars end on the minute, in UTC
+
+
+def test_real_minute_bars_of_two_instruments(shared_data, nt8, tmp_path):
+    """NT8 minute exports of ES and NQ (real, Dec-2023 contracts), merged: the strategy streams
+    NT8's bars, the sidecar decides on them, the simulator fills on each bar's open-extremes-close."""
+    files = [shared_data / "nt8/ES 12-23.Last.txt", shared_data / "nt8/NQ 12-23.Last.txt"]
+    result, db = play(files, tmp_path, "minutes", max_events=16_000)
+    assert result.strategy_error is None
+    assert result.bars == 16_000 and result.trades == 0
+    assert result.brackets >= 1 and result.fills
+    assert_brackets_sound(result)
+    sessions = sessions_of_instance(db, result.instance_id)
+    engine = create_engine_for(db)
+    bars = metadata.tables["bars"]
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(bars.c.instrument, func.count())
+                                   .where(bars.c.session_id == sessions[0], bars.c.source == "nt8")
+                                   .group_by(bars.c.instrument)).all())
+    engine.dispose()
+    # NT8 reports a bar when the next one starts: all but the last of each instrument, less refusals
+    counts = session_counts(db, sessions[0])
+    refused = sum(counts.quality_events_by_reason.values())
+    assert set(stored) == {"ES 12-23", "NQ 12-23"}
+    assert sum(stored.values()) + refused == result.bars - 2
+    assert sorted(execution_ids(db, sessions)) == sorted(f["execution_id"] for f in result.fills)

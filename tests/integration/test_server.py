@@ -20,7 +20,7 @@ from bridge.protocol import messages as m
 from bridge.protocol.messages import ErrorCode, MsgType
 from bridge.server import SidecarServer
 from bridge.sidecar import make_strategy_factory, master_for
-from bridge.storage.queries import session_counts
+from bridge.storage.queries import session_counts, sessions_of_instance
 from bridge.storage.writer import StorageWriter
 
 ES = m.InstrumentDecl("ES 06-18", 0.25, 50.0)
@@ -355,3 +355,46 @@ def test_a_failure_inside_the_sidecar_is_answered_and_acknowledged(sidecar, monk
         assert [r.code for r in replies] == [ErrorCode.INTERNAL_ERROR]
         assert c.step(tick(2670.0)) == []  # and the session goes on
     assert sidecar.server.stats.internal_errors == 1
+
+
+@pytest.mark.parametrize("with_bye", [True, False], ids=["bye", "no-bye"])
+def test_what_a_vanished_peer_sent_before_is_still_processed(tmp_path, caplog, with_bye):
+    """A fast client can be tens of thousands of messages ahead of the sidecar and close its connection
+    (after BYE, or not): ZeroMQ still delivers what it sent, but a send to it fails. The sidecar must
+    process those messages in its session (not end it on the failed send and refuse each one), and end it
+    with the BYE, or as DISCONNECTED once nothing more arrives."""
+    n = 3000
+    db = f"sqlite:///{tmp_path}/vanished.sqlite"
+    config = Config()
+    writer = StorageWriter(db, batch_rows=500)
+    writer.start()
+    server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config))
+    endpoint = server.bind("tcp://127.0.0.1:*")
+    peer = zmq.Context.instance().socket(zmq.DEALER)
+    peer.connect(endpoint)
+    peer.send_multipart(codec.encode(hello("vanished", lockstep=False), 1, time.time_ns()))
+    for i in range(n):
+        peer.send_multipart(codec.encode(tick(2670.0 + 0.25 * (i % 4), T0 + i * 1_000_000), 2 + i, time.time_ns()))
+    if with_bye:
+        peer.send_multipart(codec.encode(m.Bye("done"), n + 2, time.time_ns()))
+    peer.close(linger=5000)  # everything written, then the connection is gone before the sidecar reads a thing
+    time.sleep(0.5)
+    expected = n + 1 + with_bye
+    thread = threading.Thread(target=server.run, daemon=True)
+    with caplog.at_level("INFO", logger="nt8bridge.server"):
+        thread.start()  # the WELCOME for the HELLO already fails
+        deadline = time.monotonic() + 30
+        while (server.stats.messages_in < expected or server.sessions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.request_stop()
+        thread.join(10)
+    writer.close()
+    assert server.stats.messages_in == expected and not server.sessions
+    assert dict(server.stats.errors_sent) == {}  # nothing refused: no SESSION_NO_HELLO for what it sent
+    sessions = sessions_of_instance(db, "vanished")
+    assert len(sessions) == 1
+    counts = session_counts(db, sessions[0])
+    assert counts.ticks == n
+    assert counts.end_reason == ("BYE" if with_bye else "DISCONNECTED")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) <= 2, [r.getMessage() for r in warnings]  # one failed send, one line that says so

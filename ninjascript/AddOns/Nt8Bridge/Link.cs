@@ -24,6 +24,8 @@ using System.Threading;
 //   the link redials after BackoffInitialMs, doubling up to BackoffMaxMs while attempts fail.
 // - A message that is well framed but cannot be decoded is counted (ProtocolErrors) and logged (at most
 //   20 lines per 10 s), and the connection is kept: one bad message is no reason to drop a session.
+// - Stop waits (StopDrainMs at most) until the sidecar has acknowledged the last posted message, then sends
+//   BYE: a sidecar far behind would otherwise lose what it had not read when the connection closes.
 //
 // Lockstep mode (simulated playback): no threads. Post sends inline and receives on the calling thread,
 // dispatching every reply, until the sidecar's HEARTBEAT acknowledges that message; runs are then
@@ -137,6 +139,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			public long LastSeqIn;      // echoed as HEARTBEAT.ack_seq; written by the reader
 			public ulong HighestAck;    // lockstep: highest HEARTBEAT.ack_seq seen
 			public long AckIn;          // threaded: the same (WELCOME acks HELLO), written by the reader, read by the writer's Stop
+			public ulong LastPostedSeq; // threaded: seq of the last posted message written (not HELLO, not our HEARTBEATs); writer only
 			public uint PeerTimeoutMs;  // the sidecar's heartbeat timeout, from WELCOME
 			public volatile bool Welcomed;
 			public int Down, Reported;
@@ -244,6 +247,27 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			writer.Start();
 		}
 
+		/// <summary>Threaded: waits until a session is up (WELCOME received) or timeoutMs has passed; true when the
+		/// link is connected. On false the link goes on trying in the background. Lockstep: Start has connected
+		/// already (or thrown), so this only says whether the link is connected now; it never waits.</summary>
+		public bool WaitConnected(int timeoutMs)
+		{
+			if (options.Lockstep)
+				return IsConnected;
+			long deadline = Deadline(Math.Max(0, timeoutMs));
+			lock (stateLock)
+			{
+				while (State != LinkState.Connected)
+				{
+					int left = MsUntil(deadline);
+					if (left <= 0 || !started || stopping)
+						return false;
+					Monitor.Wait(stateLock, left);
+				}
+				return true;
+			}
+		}
+
 		/// <summary>Threaded: enqueue and return at once; false when dropped (counted). Lockstep: send, then
 		/// dispatch replies until the sidecar acknowledges; false when it cannot be sent or is not acknowledged.</summary>
 		public bool Post(Message message)
@@ -259,7 +283,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				return PostLockstep(message);
 			if (stopping)
 			{
-				Interlocked.Increment(ref dropped);
+				Drop(message);
 				return false;
 			}
 			bool accepted = false, logFull = false;
@@ -281,7 +305,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			}
 			if (!accepted)
 			{
-				Interlocked.Increment(ref dropped);
+				Drop(message);
 				if (logFull)
 					LogLimited("the send queue is full (" + options.SendQueueCapacity + " messages): new messages are dropped until it drains");
 			}
@@ -304,9 +328,13 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			else
 				StopThreads();
 			lock (stateLock)
+			{
 				Volatile.Write(ref state, (int)LinkState.Stopped);
+				Monitor.PulseAll(stateLock);  // WaitConnected
+			}
 			Log("stopped (" + this.byeReason + "): " + Sent + " sent, " + Received + " received, " + Dropped + " dropped, "
-				+ DroppedStale + " stale dropped, " + LinkDowns + " link downs, " + ProtocolErrors + " protocol errors");
+				+ DroppedStale + " stale dropped, " + LinkDowns + " link downs, " + ProtocolErrors + " protocol errors, "
+				+ DroppedOrderEvents + " of the dropped were order events");
 		}
 
 		public void Dispose() { Stop("disposed"); }
@@ -418,6 +446,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					return;
 				if (stop)
 				{
+					DrainBeforeBye(conn);
 					Goodbye(conn);
 					return;
 				}
@@ -454,6 +483,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					conn.Dealer.SendMany(batch);
 					Interlocked.Add(ref sent, batch.Count);
 					conn.LastSend = Stopwatch.GetTimestamp();
+					conn.LastPostedSeq = conn.NextSeq - 1;
 					done = chunkEnd;
 				}
 				carry.Clear();
@@ -489,6 +519,52 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			{
 				MarkDown(conn, "sending to the sidecar failed: " + e.Message);
 			}
+		}
+
+		// Stop: wait (StopDrainMs at most) until the sidecar has acknowledged the last posted message. It may be tens of
+		// thousands of messages behind (a playback, a burst); BYE would queue behind them, but the connection is closed
+		// soon after BYE, and a sidecar that is stopped or loses the connection while our messages are still queued
+		// there loses them. The sidecar acks with its HEARTBEAT, sent when it has sent nothing else for its heartbeat
+		// interval, so the wait ends at most about a heartbeat after it has caught up. Heartbeats and PINGs go on.
+		private void DrainBeforeBye(Connection conn)
+		{
+			if (!conn.Alive || !conn.Welcomed || options.StopDrainMs <= 0)
+				return;
+			long last = (long)conn.LastPostedSeq;  // our own HEARTBEATs carry nothing to wait for
+			if (last == 0 || Volatile.Read(ref conn.AckIn) >= last)
+				return;
+			long start = Stopwatch.GetTimestamp();
+			long deadline = Deadline(options.StopDrainMs);
+			while (conn.Alive && Volatile.Read(ref conn.AckIn) < last)
+			{
+				int left = MsUntil(deadline);
+				if (left <= 0)
+				{
+					LogLimited("stopping: the sidecar acknowledged message " + Volatile.Read(ref conn.AckIn) + " of " + last + " within "
+						+ options.StopDrainMs + " ms (StopDrainMs); saying BYE anyway, behind the rest");
+					return;
+				}
+				if (conn.Dealer.IdleMs > options.HeartbeatTimeoutMs)
+				{
+					MarkDown(conn, Silence());
+					return;
+				}
+				if (HeartbeatDueInMs(conn) <= 0)
+					SendHeartbeat(conn);
+				if (conn.Alive && PingDueInMs(conn) <= 0)
+					SendPing(conn);
+				lock (queueLock)
+				{
+					// the reader pulses on every HEARTBEAT while stopping, MarkDown when the connection goes
+					if (conn.Alive && Volatile.Read(ref conn.AckIn) < last)
+					{
+						long waitMs = Math.Min(left, Math.Min(HeartbeatDueInMs(conn), PingDueInMs(conn)));
+						Monitor.Wait(queueLock, (int)Math.Max(1, Math.Min(waitMs, ReceiveSliceMs)));
+					}
+				}
+			}
+			if (conn.Alive)
+				Log("stopping: the sidecar caught up with the " + last + " messages sent after " + MsSince(start) + " ms");
 		}
 
 		private void Goodbye(Connection conn)
@@ -532,7 +608,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		{
 			lock (queueLock)
 				Monitor.PulseAll(queueLock);
-			int joinMs = options.ConnectTimeoutMs + options.HeartbeatTimeoutMs + ByeDrainMs;
+			int joinMs = options.ConnectTimeoutMs + options.HeartbeatTimeoutMs + options.StopDrainMs + ByeDrainMs;
 			if (writer != null && writer != Thread.CurrentThread && !writer.Join(joinMs))
 				Log("the writer thread did not stop within " + joinMs + " ms");
 			Connection conn;
@@ -550,12 +626,13 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			lock (queueLock)
 			{
 				unsent = queue.Count;
+				foreach (Message m in queue)
+					Drop(m);
 				queue.Clear();
 				Volatile.Write(ref queued, 0);
 			}
 			if (unsent > 0)
 			{
-				Interlocked.Add(ref dropped, unsent);
 				Log(unsent + " queued messages were never sent (no session when the link stopped)");
 			}
 		}
@@ -671,7 +748,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			{
 				if (stopping || !started)
 				{
-					Interlocked.Increment(ref dropped);
+					Drop(message);
 					if (!stopping)
 						LogLimited("Post before Start: the " + message.Type + " message was dropped");
 					return false;
@@ -695,14 +772,14 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					string why;
 					if (Stopwatch.GetTimestamp() < nextLockstepDial)
 					{
-						Interlocked.Increment(ref dropped);
+						Drop(message);
 						return false;
 					}
 					if (!LockstepDial(out why))
 					{
 						nextLockstepDial = Deadline(lockstepBackoffMs);
 						lockstepBackoffMs = (int)Math.Min((long)lockstepBackoffMs * 2, options.BackoffMaxMs);
-						Interlocked.Increment(ref dropped);  // DialFailed has logged why
+						Drop(message);  // DialFailed has logged why
 						return false;
 					}
 					conn = ls;
@@ -710,7 +787,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				if (!conn.Welcomed)
 				{
 					// posted from a callback during the handshake: there is no session to send it in yet
-					Interlocked.Increment(ref dropped);
+					Drop(message);
 					return false;
 				}
 				Tick tick = message as Tick;
@@ -746,7 +823,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			ulong seq = conn.NextSeq - 1;
 			if (!Transmit(conn, frames))
 			{
-				Interlocked.Increment(ref dropped);
+				Drop(message);
 				ReportDown(conn);
 				return false;
 			}
@@ -896,7 +973,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			}
 			catch (Exception e)
 			{
-				Interlocked.Increment(ref dropped);
+				Drop(message);
 				LogLimited("a " + message.Type + " message could not be encoded and was dropped: " + e.Message);
 				return null;
 			}
@@ -969,6 +1046,13 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					ulong ack = ((Heartbeat)message).AckSeq;
 					if (ack > conn.HighestAck)
 						conn.HighestAck = ack;
+					if (!options.Lockstep)
+					{
+						Volatile.Write(ref conn.AckIn, (long)Math.Min(conn.HighestAck, long.MaxValue));
+						if (stopping)
+							lock (queueLock)
+								Monitor.PulseAll(queueLock);  // Stop waits for this ack (DrainBeforeBye)
+					}
 					return;
 				case MsgType.Welcome:
 					Welcomed(conn, (Welcome)message);
@@ -1000,6 +1084,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			conn.PeerTimeoutMs = welcome.HeartbeatTimeoutMs;
 			if (conn.HighestAck < 1)
 				conn.HighestAck = 1;  // HELLO was seq 1, and this is its answer
+			if (Volatile.Read(ref conn.AckIn) < 1)
+				Volatile.Write(ref conn.AckIn, 1);
 			int stale = 0;
 			lock (queueLock)
 			{
@@ -1024,8 +1110,11 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			if (again)
 				Interlocked.Increment(ref reconnects);
 			lock (stateLock)
+			{
 				if (conn.Alive && State != LinkState.Stopped)
 					Volatile.Write(ref state, (int)LinkState.Connected);
+				Monitor.PulseAll(stateLock);  // WaitConnected
+			}
 			Log((again ? "reconnected" : "connected") + " to the sidecar at " + options.Endpoint + ": session " + welcome.SessionId
 				+ ", sidecar " + welcome.SidecarVersion + (options.Lockstep ? ", lockstep" : "")
 				+ (stale > 0 ? "; " + stale + " queued market data messages from before the session were discarded" : ""));
@@ -1105,6 +1194,19 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		}
 
 		private static bool IsMarketData(MsgType t) { return t == MsgType.Tick || t == MsgType.Ticks || t == MsgType.Bar; }
+
+		private static bool IsOrderEvent(MsgType t)
+		{
+			return t == MsgType.OrderUpdate || t == MsgType.Execution || t == MsgType.Position || t == MsgType.Account;
+		}
+
+		// A message that will never be sent: counted in Dropped, and in DroppedOrderEvents when it is one.
+		private void Drop(Message message)
+		{
+			Interlocked.Increment(ref dropped);
+			if (message != null && IsOrderEvent(message.Type))
+				Interlocked.Increment(ref droppedOrderEvents);
+		}
 
 		private static bool Postable(MsgType t)
 		{
