@@ -9,7 +9,7 @@ Two assemblies are built (``nt8bridge ninjascript build``), both C# 7.2 against 
   ``ninjascript/Strategies``), compiled against the simulator exactly as NT8 compiles it against
   its own assemblies.
 
-``nt8nbridge ninjascript export`` writes the NT8 import zip of the shipped sources only.
+``nt8bridge ninjascript export`` writes the NT8 import zip of the shipped sources only.
 """
 
 from __future__ import annotations
