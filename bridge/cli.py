@@ -134,6 +134,7 @@ def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config
         try:
             result = run_nt8sim(files, endpoint, config, master, instrument=args.instrument,
                                 lockstep=not args.free_running, window=args.window, latency_ms=args.latency_ms,
+                                speed=args.speed,
                                 timezone=args.timezone,
                                 progress=lambda n, total: progress.update(task, completed=n, total=total))
         except Nt8SimError as exc:
@@ -143,7 +144,8 @@ def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config
     from collections import Counter
     summary: dict[str, Any] = {
         "engine": "nt8sim",
-        "mode": f"lockstep, window {args.window}" if result.lockstep else f"free-running, {args.latency_ms} ms order latency",
+        "mode": (f"lockstep, window {args.window}" if result.lockstep else f"free-running, {args.latency_ms} ms order latency")
+        + (f", {args.speed:g}x real time" if args.speed else ""),
         "files": [str(f) for f in files], "instruments": result.instruments, "instance_id": result.instance_id,
         "ticks_read": result.trades, "bars_read": result.bars, "market_data_events": result.market_data_events,
         "brackets": result.brackets, "orders": len(result.orders),
@@ -264,7 +266,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     args.instrument = None
     args.sidecar = None
     args.engine = "python"
-    args.free_running, args.latency_ms, args.timezone = False, 0, "UTC"
+    args.free_running, args.latency_ms, args.timezone, args.speed = False, 0, "UTC", 0.0
     _print_summary(_playback(files, args, config), args.json)
     return 0
 
@@ -367,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--free-running", action="store_true", help="nt8sim: do not wait for the sidecar after each event "
                    "(faster, closer to live, not repeatable)")
     s.add_argument("--latency-ms", type=int, default=0, help="nt8sim free-running: order latency in event time (default 0)")
+    s.add_argument("--speed", type=float, default=0.0, help="nt8sim: N times real time, like NT8's Playback speed "
+                   "(default 0: as fast as possible); give one with --free-running so the sidecar's answers land "
+                   "while the data plays")
     s.add_argument("--timezone", default="UTC", help="nt8sim: NT8's display time zone (Tools > Options > General), "
                    "e.g. America/Chicago; the wire always carries UTC")
     playback_options(s)

@@ -121,6 +121,7 @@ def _is_windows() -> bool:
 
 def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: InstrumentMaster, *,
                instrument: str | None = None, lockstep: bool = True, window: int = 1, latency_ms: int = 0,
+               speed: float = 0.0,
                parameters: dict[str, Any] | None = None, faults: FaultSpec | None = None,
                timezone: str = "UTC", instance_id: str | None = None, max_events: int | None = None,
                progress: Callable[[int, int], None] | None = None, progress_every: int = 1 << 16,
@@ -130,6 +131,8 @@ def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: Instrum
     ``window`` (lockstep): messages that may travel before the strategy waits for the sidecar; it
     always waits at a bar close and on every tick while one of its orders is live. 1 waits on every
     message. Runs are repeatable for a given window.
+    ``speed``: N plays N times faster than real time, like NT8's Playback speed; 0 is as fast as
+    possible. Free-running, it lets the sidecar's answers arrive while the data moves on.
     ``progress(done, total)`` is called every ``progress_every`` events, from the engine's thread.
     """
     if lockstep and latency_ms:
@@ -146,6 +149,9 @@ def run_nt8sim(files: list[Path], endpoint: str, config: Config, master: Instrum
     options.Fill.CommissionPerContract = fill.commission_per_contract
     options.Fill.FillLimitOnTouch = fill.fill_limit_on_touch
     options.Fill.OrderLatencyMs = latency_ms
+    if speed < 0:
+        raise Nt8SimError("the speed must be positive (N times real time), or 0 for as fast as possible")
+    options.Speed = float(speed)
     if max_events is not None:
         options.MaxEvents = max_events
     f = faults or FaultSpec()

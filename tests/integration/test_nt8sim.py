@@ -321,3 +321,22 @@ def test_real_minute_bars_of_two_instruments(shared_data, nt8, tmp_path):
     assert set(stored) == {"ES 12-23", "NQ 12-23"}
     assert sum(stored.values()) + refused == result.bars - 2
     assert sorted(execution_ids(db, sessions)) == sorted(f["execution_id"] for f in result.fills)
+
+
+def test_free_running_at_a_playback_speed_lets_the_sidecar_trade(shared_data, nt8, tmp_path):
+    """At full speed a free-running playback is over before the sidecar's decisions come back; at a
+    speed (N times real time, like NT8's Playback) they land while the data plays, with latency."""
+    import time as _time
+
+    # the first 20,000 trades of ES 06-18 span about 40 minutes of market time
+    started = _time.perf_counter()
+    result, db = play([shared_data / ES_FILE], tmp_path, "paced", lockstep=False, latency_ms=50, speed=600.0,
+                      max_events=20_000)
+    wall = _time.perf_counter() - started
+    assert result.strategy_error is None
+    assert wall >= 2.0  # paced: 40 minutes at 600x is about 4 s, not the fraction of a second of full speed
+    entries = [o for o in result.orders if o["name"].endswith(":E")]
+    assert entries and any(o["filled"] for o in entries), "the sidecar's brackets should be filled during the data"
+    assert_brackets_sound(result)
+    sessions = sessions_of_instance(db, result.instance_id)
+    assert sorted(execution_ids(db, sessions)) == sorted(f["execution_id"] for f in result.fills)

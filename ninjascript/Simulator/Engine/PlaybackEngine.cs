@@ -23,6 +23,7 @@ namespace Nt8Bridge.Simulator
 		public int DrainMs = 250;             // free-running: how long to wait for the sidecar's last replies at the end
 		public long MaxEvents = long.MaxValue;
 		public bool EchoPrints;               // also write NT8's output window to stdout
+		public double Speed;                  // NT8 Playback's speed: N plays N times faster than real time; 0 (default) as fast as possible
 		public readonly FillModel Fill = new FillModel();
 		public readonly Faults Faults = new Faults();
 	}
@@ -170,9 +171,12 @@ namespace Nt8Bridge.Simulator
 		private void Play(FeedEvent[] events)
 		{
 			long n = Math.Min(events.LongLength, options.MaxEvents);
+			long wallStart = Stopwatch.GetTimestamp();
 			for (long k = 0; k < n && !stopped; k++)
 			{
 				FeedEvent e = events[k];
+				if (options.Speed > 0)
+					Pace(wallStart, e.Time - events[0].Time);
 				long started = Stopwatch.GetTimestamp();
 				report.Events++;
 				exchange.EventIndex = k;
@@ -200,6 +204,21 @@ namespace Nt8Bridge.Simulator
 			}
 			if (Progress != null)
 				Progress(n);
+		}
+
+		// Waits until an event is due at the playback's speed, running the sidecar's answers meanwhile
+		// (free-running, they arrive while the market moves on, as they would live).
+		private void Pace(long wallStart, long eventOffset100ns)
+		{
+			long due = wallStart + (long)(eventOffset100ns / options.Speed * Stopwatch.Frequency / TimeSpan.TicksPerSecond);
+			while (!stopped)
+			{
+				long left = due - Stopwatch.GetTimestamp();
+				if (left <= 0)
+					return;
+				if (!RunCustomEvents())
+					System.Threading.Thread.Sleep((int)Math.Min(5, Math.Max(1, left * 1000 / Stopwatch.Frequency)));
+			}
 		}
 
 		private void PlayTrade(ref FeedEvent e)
