@@ -392,13 +392,7 @@ def stored(db_url: str, instance_id: str) -> dict[str, Any]:
 
 
 def start_acker() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", ACKER_SCRIPT], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    endpoint = proc.stdout.readline().strip()
-    if not endpoint.startswith("tcp://"):
-        proc.kill()
-        raise RuntimeError("the instant acker did not start")
-    return proc, endpoint
+    return rt.start_child(ACKER_SCRIPT, "instant acker", cwd=REPO)
 
 
 def stop_acker(proc: subprocess.Popen, endpoint: str) -> dict[str, int]:

@@ -355,14 +355,19 @@ def run_interleaved(workloads: dict[str, Callable[[], int]], samples: int, warmu
     return kept
 
 
-def start_echo() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", ECHO_SCRIPT], stdout=subprocess.PIPE, text=True)
+def start_child(script: str, what: str, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """A Python child running ``script``, which prints the endpoint it bound as its first line."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=cwd)
     assert proc.stdout is not None
     endpoint = proc.stdout.readline().strip()
     if not endpoint.startswith("tcp://"):
         proc.kill()
-        raise RuntimeError("the echo child did not start")
+        raise RuntimeError(f"the {what} did not start")
     return proc, endpoint
+
+
+def start_echo() -> tuple[subprocess.Popen, str]:
+    return start_child(ECHO_SCRIPT, "echo child")
 
 
 def measure_child(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
