@@ -379,8 +379,24 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 
 		private Connection Dial()
 		{
-			SetState(LinkState.Connecting);
 			Hello hello;
+			string why;
+			Connection conn = Open(out hello, out why);
+			if (conn == null)
+				return null;
+			lock (connLock)
+			{
+				current = conn;
+				Monitor.PulseAll(connLock);
+			}
+			SendHello(conn, hello);
+			return conn;
+		}
+
+		// Connects (greeting, READY) and builds the session's HELLO; null, with why, when that fails.
+		private Connection Open(out Hello hello, out string why)
+		{
+			SetState(LinkState.Connecting);
 			ZmtpDealer dealer;
 			try
 			{
@@ -389,21 +405,23 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			}
 			catch (Exception e)
 			{
-				DialFailed(e.Message);
+				hello = null;
+				why = e.Message;
+				DialFailed(why);
 				return null;
 			}
-			Connection conn = new Connection(dealer);
-			lock (connLock)
-			{
-				current = conn;
-				Monitor.PulseAll(connLock);
-			}
+			why = null;
+			return new Connection(dealer);
+		}
+
+		// HELLO is the first message of every connection; false when it could not go out.
+		private bool SendHello(Connection conn, Hello hello)
+		{
 			byte[][] frames = Encode(conn, hello);
-			if (frames == null)
-				MarkDown(conn, "HELLO could not be encoded");
-			else
-				Transmit(conn, frames);
-			return conn;
+			if (frames != null)
+				return Transmit(conn, frames);
+			MarkDown(conn, "HELLO could not be encoded");
+			return false;
 		}
 
 		// Until the connection is down or the link stops: wait for WELCOME, then drain the queue and heartbeat.
@@ -693,27 +711,15 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		// Connect and exchange HELLO/WELCOME on this thread (under lockstepGate).
 		private bool LockstepDial(out string why)
 		{
-			SetState(LinkState.Connecting);
 			Hello hello;
-			ZmtpDealer dealer;
-			try
+			Connection conn = Open(out hello, out why);
+			if (conn == null)
 			{
-				hello = MakeHello();
-				dealer = Connect();
-			}
-			catch (Exception e)
-			{
-				why = e.Message;
-				DialFailed(why);
 				SetState(LinkState.Down);
 				return false;
 			}
-			Connection conn = new Connection(dealer);
 			ls = conn;
-			byte[][] frames = Encode(conn, hello);
-			if (frames == null)
-				MarkDown(conn, "HELLO could not be encoded");
-			else if (Transmit(conn, frames))
+			if (SendHello(conn, hello))
 			{
 				long deadline = Deadline(options.LockstepTimeoutMs);
 				while (conn.Alive && !conn.Welcomed)

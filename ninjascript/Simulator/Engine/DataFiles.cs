@@ -1183,17 +1183,9 @@ namespace Nt8Bridge.Simulator
 			}
 		}
 
-		// Lets a LineReader use the plain file twice (detection, then parsing) without closing it.
-		sealed class NonClosing : Stream
+		// A forward-only stream that can only be read: what both readers below are.
+		abstract class ReadOnlyStream : Stream
 		{
-			readonly Stream inner;
-
-			public NonClosing(Stream inner)
-			{
-				this.inner = inner;
-			}
-
-			public override int Read(byte[] buffer, int offset, int count) { return inner.Read(buffer, offset, count); }
 			public override bool CanRead { get { return true; } }
 			public override bool CanSeek { get { return false; } }
 			public override bool CanWrite { get { return false; } }
@@ -1203,6 +1195,19 @@ namespace Nt8Bridge.Simulator
 			public override long Seek(long offset, SeekOrigin origin) { throw new NotSupportedException(); }
 			public override void SetLength(long value) { throw new NotSupportedException(); }
 			public override void Write(byte[] buffer, int offset, int count) { throw new NotSupportedException(); }
+		}
+
+		// Lets a LineReader use the plain file twice (detection, then parsing) without closing it.
+		sealed class NonClosing : ReadOnlyStream
+		{
+			readonly Stream inner;
+
+			public NonClosing(Stream inner)
+			{
+				this.inner = inner;
+			}
+
+			public override int Read(byte[] buffer, int offset, int count) { return inner.Read(buffer, offset, count); }
 		}
 
 		// ----------------------------------------------------------------------------- gzip
@@ -1222,7 +1227,7 @@ namespace Nt8Bridge.Simulator
 		// the header is read here, DeflateStream inflates the body, and each member's trailer (CRC-32
 		// and size) is checked. DeflateStream reads ahead, so the trailer is found by searching the
 		// compressed bytes for the CRC and size just computed; an 8-byte false match is a 2^-64 event.
-		sealed class GzipSource : Stream
+		sealed class GzipSource : ReadOnlyStream
 		{
 			readonly byte[] z;
 			int next;              // offset of the next member's header, or of what follows the last
@@ -1345,15 +1350,6 @@ namespace Nt8Bridge.Simulator
 				base.Dispose(disposing);
 			}
 
-			public override bool CanRead { get { return true; } }
-			public override bool CanSeek { get { return false; } }
-			public override bool CanWrite { get { return false; } }
-			public override long Length { get { throw new NotSupportedException(); } }
-			public override long Position { get { throw new NotSupportedException(); } set { throw new NotSupportedException(); } }
-			public override void Flush() { }
-			public override long Seek(long offset, SeekOrigin origin) { throw new NotSupportedException(); }
-			public override void SetLength(long value) { throw new NotSupportedException(); }
-			public override void Write(byte[] buffer, int offset, int count) { throw new NotSupportedException(); }
 		}
 
 		// CRC-32 (IEEE, as gzip), slicing by 8: the check costs a fraction of the parse.

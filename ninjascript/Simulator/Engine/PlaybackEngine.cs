@@ -23,6 +23,7 @@ namespace Nt8Bridge.Simulator
 		public int DrainMs = 250;             // free-running: how long to wait for the sidecar's last replies at the end
 		public long MaxEvents = long.MaxValue;
 		public bool EchoPrints;               // also write NT8's output window to stdout
+		public bool RecordEventTimes;         // keep each event's wall time in the report (benchmarks)
 		public double Speed;                  // NT8 Playback's speed: N plays N times faster than real time; 0 (default) as fast as possible
 		public readonly FillModel Fill = new FillModel();
 		public readonly Faults Faults = new Faults();
@@ -188,7 +189,8 @@ namespace Nt8Bridge.Simulator
 					PlayTrade(ref e);
 				// wall time of the whole event: in lockstep it holds the sidecar's round trips and
 				// whatever the strategy did with the answers (bench/bench_nt8sim.py reads it)
-				report.EventMicros.Add((float)((Stopwatch.GetTimestamp() - started) * 1e6 / Stopwatch.Frequency));
+				if (options.RecordEventTimes)
+					report.EventMicros.Add((float)((Stopwatch.GetTimestamp() - started) * 1e6 / Stopwatch.Frequency));
 				if (Progress != null && (k + 1) % ProgressEvery == 0)
 					Progress(k + 1);
 			}
