@@ -206,3 +206,42 @@ def _numpy_copy(net_array: Any) -> Any:
     if len(net_array) == 0:
         return np.zeros(0, dtype=np.float32)
     return np.frombuffer(memoryview(net_array), dtype=np.float32).copy()
+
+
+def _link_counters(prints: list[str]) -> dict[str, int]:
+    """link_sent, link_received, link_dropped (queue full, or never sent), link_dropped_stale (queued before a
+    session), link_downs, link_protocol_errors and link_dropped_order_events from the link's stop line; empty
+    when the strategy never started its link (or the line was not kept)."""
+    for line in reversed(prints):
+        m = _LINK_STOPPED.search(line)
+        if m:
+            return {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    return {}
+
+
+def _result(report: Any, names: list[str], instance_id: str) -> Nt8SimResult:
+    orders = [{"ordinal": o.Ordinal, "order_id": o.OrderId, "name": o.Name, "instrument": names[o.Instrument],
+               "action": o.Action, "type": o.Type, "quantity": o.Quantity, "filled": o.Filled,
+               "limit_price": o.LimitPrice, "stop_price": o.StopPrice, "oco": o.Oco, "state": o.State,
+               "avg_fill_price": o.AverageFillPrice, "submitted_at_event": o.SubmittedAtEvent}
+              for o in report.OrderArray()]
+    fills = [{"execution_id": x.ExecutionId, "order_id": x.OrderId, "order_name": x.OrderName,
+              "instrument": names[x.Instrument], "action": x.Action, "price": x.Price, "quantity": x.Quantity,
+              "ts_ns": (x.TimeUtcTicks - _UNIX_EPOCH_TICKS) * _TICKS_PER_NS, "event_index": x.EventIndex,
+              "position_after": x.PositionAfter, "commission": x.Commission}
+             for x in report.FillArray()]
+    counters = {"orders_rejected": report.OrdersRejected, "changes_refused": report.ChangesRefused,
+                "order_updates_dropped": report.OrderUpdatesDropped, "executions_first": report.ExecutionsFirst,
+                "prints_dropped": report.PrintsDropped}
+    prints = list(report.PrintArray())
+    counters.update(_link_counters(prints))
+    return Nt8SimResult(
+        instruments=names, instance_id=instance_id, events=report.Events, trades=report.Trades, bars=report.Bars,
+        market_data_events=report.MarketDataEvents, bar_updates=report.BarUpdates, custom_events=report.CustomEvents,
+        elapsed_s=report.ElapsedSeconds, orders=orders, fills=fills,
+        realized_pnl={names[i]: round(report.Realized[i], 2) for i in range(len(names))},
+        commission=round(sum(report.Commission[i] for i in range(len(names))), 2),
+        final_position={names[i]: int(report.FinalPosition[i]) for i in range(len(names))},
+        digest=report.Digest, strategy_error=report.StrategyError, chart_text=list(report.ChartTextArray()),
+        prints=prints, counters=counters, lockstep=report.Lockstep,
+    )
