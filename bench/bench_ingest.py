@@ -1,6 +1,6 @@
 """Sustained tick ingest through the real sidecar (quality gate and storage on), against a bare stream.
 
-    .venv/bin/python bench/bench_ingest.py [--ticks M] [--strategy breakout|none] [--source file|synthetic]
+    .venv/bin/python bench/bench_ingest.py [--ticks M] [--strategy momentum|none] [--source file|synthetic]
                                            [--data FILE] [--json] [--keep]
 
 What runs, in this order, in one process tree:
@@ -12,7 +12,7 @@ What runs, in this order, in one process tree:
    the same kind of counting child, and the same loop with encoding only (no socket): the fastest
    this client can feed anything, so a sidecar rate close to it means the client is the limit.
 3. the sidecar: ``SidecarProcess`` (``nt8bridge serve`` in a child process, a fresh SQLite file,
-   the strategy named by ``--strategy``, default breakout as in production). A free-running client
+   the strategy named by ``--strategy``, default momentum as in production). A free-running client
    (HELLO flags 0: no acknowledgements) sends the M ticks as fast as it can, then BYE. Flow control
    is ZeroMQ's own: the client's DEALER and the sidecar's ROUTER both have high-water marks of
    100,000 messages (SidecarServer.bind, Nt8Client), and a DEALER whose pipe is full *blocks* in
@@ -276,7 +276,7 @@ def _wait_session_ended(db_file: str, session_id: int, timeout_s: float) -> floa
 def sidecar_ingest(ticks: TickColumns, strategy: str, workdir: Path, ctx: zmq.Context,
                    batch: int = 1) -> dict[str, Any]:
     config_path = workdir / "sidecar.toml"
-    config_path.write_text(f'[strategy]\nname = "{strategy}"\n', encoding="utf-8")
+    config_path.write_text(f'[strategy]\nnames = "{strategy}"\n', encoding="utf-8")
     db_url = f"sqlite:///{workdir / 'ingest.sqlite'}"
     sidecar = SidecarProcess(db_url, config_path, log_path=workdir / "sidecar.log")
     sidecar.start()
@@ -358,8 +358,8 @@ def sidecar_ingest(ticks: TickColumns, strategy: str, workdir: Path, ctx: zmq.Co
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ticks", type=int, default=500_000, help="ticks to stream (default 500,000)")
-    p.add_argument("--strategy", default="breakout", choices=("breakout", "none"),
-                   help="the sidecar's strategy (default breakout, as in production)")
+    p.add_argument("--strategy", default="momentum", choices=("momentum", "none"),
+                   help="the sidecar's strategy (default momentum, as in production)")
     p.add_argument("--source", default="file", choices=("file", "synthetic"), help="real ticks or a random walk")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"NT8 tick file (default {DEFAULT_DATA})")
     p.add_argument("--batch", type=int, default=1, help="ticks per message: 1 sends TICK messages, more sends "

@@ -7,7 +7,7 @@
 What runs: ``bridge.nt8sim.run_nt8sim``, as ``nt8bridge playback --engine nt8sim`` does: the NinjaScript
 strategy (ninjascript/Strategies/Nt8Bridge.cs) in the NT8 simulator, hosted by pythonnet in this process,
 plays a data file against a sidecar child process (``SidecarProcess``: ``nt8bridge serve``, a fresh SQLite
-file, storage on, the breakout strategy), a fresh sidecar for every run. The engine times every event in
+file, storage on, the momentum strategy), a fresh sidecar for every run. The engine times every event in
 C# (``Nt8SimResult.event_micros``: wall microseconds from the start of the event until everything it
 caused is done), so nothing crosses into Python per tick.
 

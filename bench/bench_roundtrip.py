@@ -9,7 +9,7 @@ Three latencies, all measured by this process with ``time.perf_counter_ns`` arou
   sends [32 B header, 51 B body] (an encoded TICK) and waits for it. The floor of the transport
   (two TCP hops on loopback, two Python processes), measured with the same poll+recv the client uses.
 * tick -> ack: the real sidecar (``SidecarProcess``: ``nt8bridge serve`` in a child process, a fresh
-  SQLite file, storage on, the default breakout strategy), a lockstep ``Nt8Client``; an ordinary
+  SQLite file, storage on, the default momentum (channel breakout) strategy), a lockstep ``Nt8Client``; an ordinary
   TICK (no bar closes) until its acknowledging HEARTBEAT: decode, quality gate, market state, bar
   building, storage hand-off, ack, and the client's encode/decode.
 * tick -> BRACKET: a TICK that closes a 60 s bar whose close breaks the 20-bar channel, until the
@@ -71,7 +71,8 @@ GOAL_RATIO = 5.0  # the issue's goal: p99 within 5x of the bare echo's p99
 
 # The sidecar's configuration, written to a file so that neither the user's config.toml nor
 # $NT8BRIDGE_CONFIG changes what is measured. Only the strategy is named; the rest is the default.
-CONFIG_TOML = '[strategy]\nname = "breakout"\n'
+# one contract per bracket and no regime switch: the bench times the path, not the strategy's edge
+CONFIG_TOML = '[strategy]\nnames = "momentum"\n[sizing]\nmode = "fixed"\n[portfolio]\nregime_filter = false\n'
 
 # The echo peer runs in its own interpreter so that it never competes with the client for a GIL,
 # exactly as the sidecar child does not. Socket options mirror SidecarServer.bind.
@@ -302,7 +303,7 @@ class BracketWorkload:
         t_ack = time.perf_counter_ns()
         if bracket is None:
             raise RuntimeError(f"no BRACKET after the bar closing at {self.minute}: the workload no longer "
-                               "makes the strategy break out (check bridge/pipeline.py, strategies/breakout.py)")
+                               "makes the strategy break out (check bridge/pipeline.py, strategies/momentum.py)")
         self.ack_ns.append(t_ack - t0)
         # Fill the entry and the target: the position is flat and the bracket CLOSED again.
         ts = self.minute + 1_000_000

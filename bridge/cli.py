@@ -263,12 +263,106 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         files.append(path)
     if not args.quiet:
         console.print(f"synthetic session written to {out} ({sum(len(f) for f in frames.values()):,} ticks)")
+    if args.config is None:
+        # The demo shows the whole path, orders and fills included: one contract per bracket and no
+        # regime switch. With the default Kelly sizing the reference strategy, which has no edge after
+        # costs, would rightly send nothing (try `nt8bridge backtest` for the sized, honest view).
+        from dataclasses import replace
+        config = replace(config, sizing=replace(config.sizing, mode="fixed", quantity=1),
+                         portfolio=replace(config.portfolio, regime_filter=False))
+        demo_config = out / "demo-config.toml"
+        demo_config.write_text(to_toml(config), encoding="utf-8")
+        args.config = str(demo_config)
+        if not args.quiet:
+            console.print(f"demo configuration (fixed 1-contract sizing, regime filter off): {demo_config}")
     args.instrument = None
     args.sidecar = None
     args.engine = "python"
     args.free_running, args.latency_ms, args.timezone, args.speed = False, 0, "UTC", 0.0
     _print_summary(_playback(files, args, config), args.json)
     return 0
+
+
+# --- backtest -----------------------------------------------------------------------------------
+
+def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
+    from bridge.config import build_config
+    from bridge.playback import PlaybackError, load_stream
+    from bridge.sidecar import master_for
+    from reports.backtest import run_backtest
+
+    overrides: dict[str, Any] = {}
+    if args.strategies:
+        overrides["names"] = args.strategies
+    try:  # validated like the config file: a misspelt strategy is named, not ignored
+        build_config({"strategy": overrides, "sizing": {"equity": args.equity} if args.equity else {}}, env={})
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    config = replace(config, strategy=replace(config.strategy, **overrides),
+                     sizing=replace(config.sizing, equity=args.equity or config.sizing.equity),
+                     metrics=replace(config.metrics, enabled=False))
+    if not config.strategy.strategy_names():
+        raise UserError("no strategies to test: pass --strategies momentum,reversion,spread,ml")
+    console = _console()
+    try:
+        with console.status("reading data files"):
+            stream = load_stream([Path(f) for f in args.data])
+    except (PlaybackError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    master = master_for(config)
+    for name in stream.names:
+        try:
+            master.resolve(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                  TimeRemainingColumn(), console=console, transient=True, disable=args.quiet) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done)
+        try:
+            report = run_backtest(stream, config, master, _db_url(args, config), split=args.split, window=args.window,
+                                  progress=on_progress)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if not args.trades:
+        report.pop("trades")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_backtest(report)
+    return 0
+
+
+def _print_backtest(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x: Any) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def num(x: Any, fmt: str = ",.2f") -> str:
+        return "-" if x is None else format(x, fmt)
+    console = Console()
+    if "calibration" in report:
+        c = report["calibration"]
+        console.print(f"calibration {c['from']} .. {c['to']} (1 contract): " + "; ".join(
+            f"{k} {v['wins']}/{v['bets']} won, prior {v['stated_prior']:.3f} -> {v['calibrated_prior']:.3f}"
+            for k, v in c["priors"].items()))
+    t = report["test"]
+    table = Table(title=f"backtest {t['from']} .. {t['to']} on {', '.join(report['instruments'])} ({t['sizing']})")
+    for col in ("", "trades", "win rate", "net P&L", "commission", "Sharpe", "Sortino", "max DD", "CAGR", "exposure"):
+        table.add_column(col, justify="right" if col else "left")
+    for name, m in t["summary"].items():
+        table.add_row(name, str(m["trades"]), pct(m["win_rate"]), num(m["net_pnl"]), num(m["commission"]),
+                      num(m["sharpe"]), num(m["sortino"]), pct(m["max_drawdown"]), pct(m["cagr"]), pct(m["exposure"]))
+    console.print(table)
 
 
 # --- ninjascript --------------------------------------------------------------------------------
@@ -385,6 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for the generated NT8 files (default: a temporary folder)")
     playback_options(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("backtest", help="walk-forward backtest of strategies through the whole decision path")
+    s.add_argument("--data", nargs="+", required=True, metavar="FILE", help="NT8 exports (ticks or minute bars), "
+                   "merged in time order; e.g. 'ES 12-23.Last.txt' 'NQ 12-23.Last.txt' for the spread")
+    s.add_argument("--strategies", help="comma separated: momentum, reversion, spread, ml (default: strategy.names)")
+    s.add_argument("--split", help="UTC time (ISO 8601) that ends the calibration window and starts the test "
+                   "window, e.g. 2023-11-01; without it the whole data is the test with the configured priors")
+    s.add_argument("--equity", type=float, help="account equity for Kelly sizing (default: sizing.equity)")
+    s.add_argument("--trades", action="store_true", help="list every trade in the JSON report")
+    playback_options(s)
+    s.set_defaults(func=cmd_backtest)
 
     s = sub.add_parser("ninjascript", help="build the NinjaScript and the NT8 simulator, or export the NT8 import zip")
     nsub = s.add_subparsers(dest="ns_command", required=True)

@@ -82,21 +82,93 @@ class BarsConfig:
     history: int = _opt(500, "closed bars kept in memory per instrument", min=10, max=100_000)
 
 
+STRATEGY_NAMES = ("momentum", "reversion", "spread", "ml")
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = _opt("breakout", "reference strategy", choices=("breakout", "none"))
-    lookback_bars: int = _opt(20, "breakout: bars in the channel that a close must break", min=2, max=10_000)
-    atr_bars: int = _opt(14, "breakout: bars in the average true range", min=2, max=10_000)
-    stop_atr: float = _opt(1.5, "breakout: stop distance in ATRs", min=0.1, max=100.0)
-    target_atr: float = _opt(3.0, "breakout: target distance in ATRs", min=0.1, max=100.0)
+    names: str = _opt("momentum", "strategies to run, comma separated: momentum, reversion, spread, ml; or none")
+    lookback_bars: int = _opt(20, "momentum: bars in the channel that a close must break", min=2, max=10_000)
+    atr_bars: int = _opt(14, "bars in the average true range", min=2, max=10_000)
+    band_bars: int = _opt(30, "bars in the mean/standard-deviation band", min=3, max=10_000)
+    er_bars: int = _opt(30, "bars in the efficiency ratio (trend strength)", min=2, max=10_000)
+    vol_bars: int = _opt(30, "log returns in the realized volatility", min=3, max=10_000)
     no_entry_before_close_min: int = _opt(15, "no new entries this many minutes before the session "
                                           "closes", min=0, max=1440)
+    momentum_stop_atr: float = _opt(1.5, "momentum: stop distance in ATRs", min=0.1, max=100.0)
+    momentum_target_atr: float = _opt(3.0, "momentum: target distance in ATRs", min=0.1, max=100.0)
+    momentum_win_prior: float = _opt(0.36, "momentum: prior win probability of a bracket (from an earlier "
+                                     "window; the track record updates it)", min=0.0, max=1.0)
+    momentum_time_limit_min: float = _opt(120.0, "momentum: close a trade still open after this long (0: "
+                                          "never)", min=0.0, max=10_000.0)
+    reversion_entry_z: float = _opt(2.0, "reversion: band z-score that counts as stretched", min=0.5, max=10.0)
+    reversion_min_vwap_atr: float = _opt(1.0, "reversion: least distance from the session VWAP, in ATRs, on "
+                                         "the same side", min=0.0, max=100.0)
+    reversion_max_efficiency: float = _opt(0.3, "reversion: no fades while the efficiency ratio is above this "
+                                           "(trending)", min=0.0, max=1.0)
+    reversion_stop_atr: float = _opt(2.0, "reversion: stop distance beyond the close, in ATRs", min=0.1, max=100.0)
+    reversion_win_prior: float = _opt(0.55, "reversion: prior win probability of a fade", min=0.0, max=1.0)
+    reversion_time_limit_min: float = _opt(60.0, "reversion: close a fade still open after this long (0: never)",
+                                           min=0.0, max=10_000.0)
+    spread_pairs: str = _opt("ES/NQ,ES/YM,ES/RTY", "spread: pairs of roots, base first; micros too (MES/MNQ)")
+    spread_window: int = _opt(240, "spread: bars in the hedge ratio and z-score window", min=20, max=100_000)
+    spread_entry_z: float = _opt(2.0, "spread: |z| that opens a trade", min=0.1, max=20.0)
+    spread_exit_z: float = _opt(0.5, "spread: |z| at which the spread has reverted (exit)", min=0.0, max=20.0)
+    spread_stop_z: float = _opt(2.0, "spread: stop when |z| rises this much past its value at entry", min=0.1,
+                                max=50.0)
+    spread_max_ratio: int = _opt(3, "spread: most contracts of the base leg in the integer ratio", min=1, max=20)
+    spread_leg_stop_atr: float = _opt(6.0, "spread: protective stop and target of each leg, in ATRs", min=0.5,
+                                      max=1000.0)
+    spread_win_prior: float = _opt(0.6, "spread: prior probability that a spread reverts before its stop",
+                                   min=0.0, max=1.0)
+    spread_time_limit_min: float = _opt(240.0, "spread: close both legs after this long (0: never)", min=0.0,
+                                        max=100_000.0)
+    ml_model: str = _opt("", "ml: registered model id to trade (empty: the ml strategy has no model and does "
+                         "not trade)")
+
+    def strategy_names(self) -> tuple[str, ...]:
+        names = tuple(n.strip().lower() for n in self.names.split(",") if n.strip())
+        return () if names == ("none",) else names
 
 
 @dataclass(frozen=True)
 class SizingConfig:
-    quantity: int = _opt(1, "contracts per bracket (Kelly sizing replaces this in a later issue)",
-                         min=1, max=10_000)
+    mode: str = _opt("kelly", "kelly: fractional Kelly from each signal's win probability; fixed: "
+                     "sizing.quantity contracts", choices=("kelly", "fixed"))
+    quantity: int = _opt(1, "fixed mode: contracts per bracket (per unit of a spread)", min=1, max=10_000)
+    equity: float = _opt(500_000.0, "account equity for sizing until NT8 reports the account's cash value",
+                         min=1.0, max=1e12)
+    kelly_fraction: float = _opt(0.25, "multiplier on the Kelly fraction (a quarter keeps 44% of the growth, "
+                                 "halving the account 0.8% likely)", min=0.01, max=1.0)
+    shrinkage: float = _opt(0.5, "edge shrunk toward break-even for estimation error (0: as estimated, 1: no "
+                            "edge)", min=0.0, max=1.0)
+    prior_strength: float = _opt(30.0, "weight, in trades, of a strategy's stated win probability against its "
+                                 "own track record", min=0.0, max=1e6)
+    max_contracts: int = _opt(10, "hard cap per instrument (position counting working entries)", min=0,
+                              max=100_000)
+    max_strategy_contracts: int = _opt(10, "hard cap per strategy and instrument", min=0, max=100_000)
+    commission_per_contract: float = _opt(2.09, "cost per contract per side for sizing, currency", min=0.0,
+                                          max=1000.0)
+    slippage_ticks: float = _opt(1.0, "expected slippage per side for sizing, in ticks", min=0.0, max=1000.0)
+
+
+@dataclass(frozen=True)
+class PortfolioConfig:
+    start_trading: str = _opt("", "no entries before this UTC time (ISO 8601; earlier data only warms up "
+                              "features and regimes); empty: trade from the start")
+    regime_filter: bool = _opt(True, "let the regime detector switch strategies on or off and shift allocation")
+    regime_refit_bars: int = _opt(390, "bars between refits of the regime model", min=10, max=1_000_000)
+    regime_min_history: int = _opt(500, "bars before the regime model replaces the rules", min=30,
+                                   max=1_000_000)
+    correlation_bars: int = _opt(390, "bars in the rolling correlation and beta window", min=20, max=1_000_000)
+    benchmark: str = _opt("ES", "root whose contracts measure beta-weighted exposure")
+    max_beta_exposure: float = _opt(20.0, "largest |beta-weighted net exposure| in benchmark contracts; new "
+                                    "entries that raise it beyond are cut", min=0.0, max=1e6)
+    hedge_root: str = _opt("", "root of the hedge instrument (e.g. ES or MES); empty: no hedge orders")
+    hedge_threshold: float = _opt(3.0, "hedge when |beta-weighted exposure| exceeds this many benchmark "
+                                  "contracts", min=0.0, max=1e6)
+    leg_timeout_s: float = _opt(30.0, "spread: a leg still unfilled this long after its partner filled is "
+                                "cancelled and the partner closed", min=0.0, max=86_400.0)
 
 
 @dataclass(frozen=True)
@@ -127,6 +199,7 @@ class Config:
     bars: BarsConfig = field(default_factory=BarsConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     sizing: SizingConfig = field(default_factory=SizingConfig)
+    portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     fill_model: FillModelConfig = field(default_factory=FillModelConfig)
     instruments: tuple[dict[str, Any], ...] = ()  # [[instruments]] declared beyond the built-in master
@@ -203,9 +276,43 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
     if not isinstance(instruments, list) or not all(isinstance(i, dict) for i in instruments):
         errors.append("instruments: must be an array of tables ([[instruments]])")
         instruments = []
+    errors.extend(_cross_checks(sections))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return Config(**sections, instruments=tuple(instruments))
+
+
+def _cross_checks(sections: dict[str, Any]) -> list[str]:
+    """Checks that involve more than one value's bounds."""
+    errors = []
+    strategy = sections.get("strategy")
+    if strategy is not None:
+        names = strategy.strategy_names()
+        for name in names:
+            if name not in STRATEGY_NAMES:
+                errors.append(f"strategy.names: {name!r} is not one of {', '.join(STRATEGY_NAMES)} (or none)")
+        for pair in strategy.spread_pairs.split(","):
+            if pair.strip() and len(pair.split("/")) != 2:
+                errors.append(f"strategy.spread_pairs: {pair.strip()!r} is not BASE/OTHER (e.g. ES/NQ)")
+        if not strategy.spread_exit_z < strategy.spread_entry_z:
+            errors.append("strategy: spread_exit_z must be below spread_entry_z")
+    portfolio = sections.get("portfolio")
+    if portfolio is not None and portfolio.start_trading:
+        try:
+            parse_utc(portfolio.start_trading)
+        except ValueError:
+            errors.append(f"portfolio.start_trading: {portfolio.start_trading!r} is not an ISO 8601 time "
+                          "(e.g. 2023-11-01T00:00:00)")
+    return errors
+
+
+def parse_utc(text: str) -> int:
+    """ISO 8601 text to UTC epoch nanoseconds; a time without an offset is UTC."""
+    from datetime import datetime, timezone
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:

@@ -54,6 +54,18 @@ class BracketRecord:
     entry_value: float = 0.0  # sum of price * quantity of entry fills
     exit_value: float = 0.0
     entry_done: bool = False  # the entry will fill no more (filled, or cancelled after a part fill)
+    commission: float = 0.0
+    group: str = ""  # legs of one spread share a group
+    leg: int = 0
+    legs: int = 1
+    deadline_ns: int = 0  # event time after which the position is closed at market (0: none)
+    exit_requested: bool = False  # a FLATTEN was sent for it (time limit, strategy exit, leg risk)
+    ts_entry_ns: int = 0  # event time of the first entry fill
+
+    @property
+    def open_quantity(self) -> int:
+        """Signed contracts this bracket holds now."""
+        return self.side.sign * (self.entry_filled - self.exit_filled)
 
     def to_message(self) -> SubmitBracket:
         return SubmitBracket(self.client_order_id, self.instrument_id, int(self.side), self.quantity,
@@ -76,6 +88,7 @@ class OrderTracker:
         self._next = 1
         self.duplicate_executions = 0
         self.unknown_order_events = 0
+        self.closed: list[BracketRecord] = []  # brackets CLOSED since the pipeline last took them
 
     def next_ids(self) -> tuple[str, str]:
         """A fresh (decision id, client order id) pair; deterministic within a session."""
@@ -91,6 +104,18 @@ class OrderTracker:
         b.status = status
         if status not in ACTIVE:
             self._active.get(b.instrument_id, {}).pop(b.client_order_id, None)
+        if status is BracketStatus.CLOSED:
+            self.closed.append(b)
+
+    def active(self, instrument_id: int | None = None) -> list[BracketRecord]:
+        if instrument_id is not None:
+            return list(self._active.get(instrument_id, {}).values())
+        return [b for per in self._active.values() for b in per.values()]
+
+    def position_of(self, instrument_id: int, algorithm_id: str) -> int:
+        """Signed contracts held on the instrument by one algorithm's brackets."""
+        return sum(b.open_quantity for b in self._active.get(instrument_id, {}).values()
+                   if b.algorithm_id == algorithm_id)
 
     def position(self, instrument_id: int) -> int:
         return self.positions.get(instrument_id, 0)
@@ -138,10 +163,16 @@ class OrderTracker:
         self.positions[execution.instrument_id] = self.positions.get(execution.instrument_id, 0) + signed
         b = self.brackets.get(execution.client_order_id)
         if b is None:
-            self.unknown_order_events += 1
+            if execution.role == OrderRole.FLATTEN:
+                self._attribute_flatten(execution)
+            else:
+                self.unknown_order_events += 1
             return True
         value = execution.price * execution.quantity
+        b.commission += execution.commission
         if execution.role == OrderRole.ENTRY:
+            if not b.entry_filled:
+                b.ts_entry_ns = execution.ts_event_ns
             b.entry_filled += execution.quantity
             b.entry_value += value
             self._set_status(b, BracketStatus.OPEN)
@@ -150,3 +181,23 @@ class OrderTracker:
             b.exit_value += value
             self._close_if_done(b)
         return True
+
+    def _attribute_flatten(self, execution: Execution) -> None:
+        """A FLATTEN's fill closes the open brackets of its instrument, oldest first.
+
+        NT8 reports a flatten order under no bracket of ours; without this the brackets it closed
+        would stay OPEN and block the instrument for good.
+        """
+        left = execution.quantity
+        sign = Side(execution.side).sign
+        for b in sorted(self._active.get(execution.instrument_id, {}).values(), key=lambda b: b.ts_created_ns):
+            held = b.open_quantity
+            if left <= 0 or not held or (held > 0) == (sign > 0):
+                continue
+            q = min(left, abs(held))
+            b.exit_filled += q
+            b.exit_value += execution.price * q
+            b.commission += execution.commission * q / execution.quantity
+            left -= q
+            b.entry_done = True  # a flatten cancels what was still working
+            self._close_if_done(b)

@@ -1,7 +1,12 @@
 """The decision pipeline of one NT8 session: one thread, explicit stages, each timed.
 
-quality gate -> market state (quotes, bars from ticks) -> features -> strategy -> sizing -> risk
--> order emitter -> record (storage and audit rows, handed to the writer thread)
+quality gate -> market state (quotes, bars from ticks) -> features -> strategies -> portfolio
+(regimes, netting, Kelly sizing, caps, exposure) -> risk -> order emitter -> record (storage and
+audit rows, handed to the writer thread)
+
+Exits are the pipeline's too: a bracket past its time limit, a strategy's Exit, and leg risk (one
+leg of a spread filled, the other rejected, cancelled or stuck) each close the position at market
+with a FLATTEN of the instrument, recorded with the reason.
 
 Entry points return the messages to send back to NT8 (ERROR for refused data, BRACKET for
 orders); the server sends them. Nothing here blocks: storage is a list append on the writer.
@@ -15,35 +20,37 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.config import Config
-from bridge.features import FeatureEngine, FeatureSnapshot
+from bridge.features import FeatureEngine, FeatureSnapshot, FeatureWindows
 from bridge.instruments import InstrumentSpec
 from bridge.market import BarData, MarketState
 from bridge.orders import BracketRecord, OrderTracker
 from bridge.protocol.messages import (
     Account,
     Bar,
-    EntryType,
     Error,
     ErrorCode,
     Execution,
+    Flatten,
+    CancelOrder,
     InstrumentDecl,
     Message,
     MsgType,
+    OrderRole,
+    OrderState,
     OrderUpdate,
     Position,
-    Side,
     Tick,
 )
 from bridge.quality import QualityGate, QualityReason, QualityVerdict
 from bridge.recorder import Recorder, finite_or_none
 from bridge.risk import BasicRiskEngine, OrderIntent, RiskInputs
-from bridge.sizing import FixedQuantitySizer
 from bridge.timing import StageTimings
-from strategies.base import Signal, Strategy, safe_on_bar
+from strategies.base import Strategy
+from strategies.portfolio import BarDecisions, InstrumentInfo, OrderPlan, Portfolio
 
 log = logging.getLogger("nt8bridge.pipeline")
 
-STAGES = ("quality", "market", "features", "strategy", "sizing", "risk", "emit", "record")
+STAGES = ("quality", "market", "features", "strategy", "risk", "emit", "record")
 _NO_REPLY: tuple[Message, ...] = ()
 _QUOTE_FLAGS = (QualityReason.CROSSED_QUOTE, QualityReason.LOCKED_QUOTE)
 # a refusal's ERROR code has the reason's name (STALE_FEED is only ever a flag, so it has none)
@@ -59,39 +66,70 @@ class SessionInstrument:
 
 class DecisionPipeline:
     def __init__(self, *, config: Config, instruments: list[SessionInstrument], recorder: Recorder,
-                 strategy: Strategy | None, timings: StageTimings, id_prefix: str) -> None:
+                 strategies: list[Strategy], timings: StageTimings, id_prefix: str) -> None:
         self.config = config
         self.recorder = recorder
-        self.strategy = strategy
+        self.strategies = strategies
         self.timings = timings
         self.instruments = {i.instrument_id: i for i in instruments}
         self.gate = QualityGate(config.quality)
         self.market = MarketState(config.bars.period_s, config.bars.history)
-        self.features = FeatureEngine(config.strategy.atr_bars, config.strategy.lookback_bars)
-        self.sizer = FixedQuantitySizer(config.sizing)
+        sc = config.strategy
+        self.feature_engine = FeatureEngine(FeatureWindows(sc.atr_bars, sc.lookback_bars, sc.band_bars, sc.er_bars,
+                                                     sc.vol_bars))
+        self.portfolio = Portfolio(config, strategies, {
+            i.instrument_id: InstrumentInfo(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value)
+            for i in instruments})
+        self._by_root = {i.spec.root: i.instrument_id for i in instruments}
         self.risk = BasicRiskEngine(config.risk)
         self.orders = OrderTracker(id_prefix)
         self._ticks_seen: set[int] = set()
+        self._last_event_ns = 0
+        self.realized = 0.0  # net P&L of the brackets closed this session (currency)
         self.ticks_accepted = 0
         self.ticks_rejected = 0
         self.decisions = 0
         self.orders_sent = 0
         self.denials = 0
+        self.exits_sent = 0
         for i in instruments:
             self.gate.add_instrument(i.instrument_id, i.spec, i.decl.tick_size)
             self.market.add_instrument(i.instrument_id, i.decl.name, i.decl.tick_size, i.decl.point_value)
         recorder.set_instruments({i.instrument_id: i.decl.name for i in instruments})
+        for s in strategies:
+            if s.status != "ready":
+                log.warning("strategy %s: %s", s.algorithm_id, s.status)
+                recorder.audit("strategy_status", s.algorithm_id, time.time_ns(), {"status": s.status})
 
-    # --- StrategyContext ------------------------------------------------------------------------
+    # --- MarketView (what strategies may ask) ---------------------------------------------------
+
+    def features(self, instrument_id: int) -> FeatureSnapshot | None:
+        return self.feature_engine.latest.get(instrument_id)
+
+    def instrument_id(self, root: str) -> int | None:
+        return self._by_root.get(root)
+
+    def root(self, instrument_id: int) -> str:
+        return self.instruments[instrument_id].spec.root
 
     def is_flat(self, instrument_id: int) -> bool:
         return self.orders.is_flat(instrument_id)
+
+    def position_of(self, instrument_id: int, strategy: str) -> int:
+        return self.orders.position_of(instrument_id, strategy)
 
     def minutes_to_close(self, instrument_id: int, ts_ns: int) -> float:
         return self.gate.minutes_to_close(instrument_id, ts_ns)
 
     def tick_size(self, instrument_id: int) -> float:
         return self.instruments[instrument_id].decl.tick_size
+
+    def point_value(self, instrument_id: int) -> float:
+        return self.instruments[instrument_id].decl.point_value
+
+    @property
+    def equity(self) -> float:
+        return self.config.sizing.equity + self.realized
 
     # --- market data ----------------------------------------------------------------------------
 
@@ -143,88 +181,210 @@ class DecisionPipeline:
     def _on_closed_bar(self, bar: BarData, event_ns: int, now: int) -> list[Message]:
         perf = time.perf_counter_ns
         t0 = perf()
-        snapshot = self.features.on_bar(bar)
+        self.feature_engine.on_bar(bar)
         t1 = perf()
         self.timings.record("features", t1 - t0)
-        if snapshot is None or self.strategy is None:
-            return []
-        signal = safe_on_bar(self.strategy, bar, snapshot, self)
+        self._last_event_ns = max(self._last_event_ns, event_ns)
+        replies = self._due_exits(event_ns, now)
+        if not self.strategies:
+            return replies
+        exposure = {iid: self.orders.position(iid) + self.orders.working_entry_quantity(iid)
+                    for iid in self.instruments}
+        decided = self.portfolio.on_bar(bar, self, self.equity, exposure)
         t2 = perf()
         self.timings.record("strategy", t2 - t1)
-        if signal is None:
-            return []
-        return self._decide(signal, snapshot, event_ns, now)
+        for iid, state in decided.regime_changes:
+            self.recorder.audit("regime", self.instruments[iid].decl.name, now,
+                                {"ts_event_ns": state.ts_ns, "volatility": str(state.volatility),
+                                 "trend": str(state.trend), "method": state.method, "evidence": state.evidence,
+                                 "describe": state.describe()})
+        replies.extend(self._exits(decided, event_ns, now))
+        replies.extend(self._entries(decided, event_ns, now))
+        return replies
 
-    def _decide(self, signal: Signal, snapshot: FeatureSnapshot, event_ns: int, now: int) -> list[Message]:
+    def _decision_id(self) -> tuple[str, str]:
+        self.decisions += 1
+        return self.orders.next_ids()
+
+    def _flatten(self, iid: int, reason: str, algorithm_id: str, event_ns: int, now: int,
+                 inputs: dict[str, Any]) -> Flatten:
+        decision_id, _ = self._decision_id()
+        for b in self.orders.active(iid):
+            b.exit_requested = True
+        self.exits_sent += 1
+        self.recorder.decision(decision_id, iid, algorithm_id, event_ns, now, "EXIT", reason, inputs)
+        return Flatten(iid, reason[:200])
+
+    def _due_exits(self, event_ns: int, now: int) -> list[Message]:
+        """Time limits and stuck spread legs, checked on event time at every closed bar."""
+        out: list[Message] = []
+        flattened: set[int] = set()
+        leg_timeout_ns = int(self.config.portfolio.leg_timeout_s * 1e9)
+        for b in self.orders.active():
+            iid = b.instrument_id
+            if b.exit_requested or iid in flattened:
+                continue
+            if b.deadline_ns and event_ns >= b.deadline_ns and (b.entry_filled or b.status.name != "SENT"):
+                flattened.add(iid)
+                out.append(self._flatten(iid, f"time limit of {b.client_order_id} reached", b.algorithm_id,
+                                         event_ns, now, {"bracket": b.client_order_id, "deadline_ns": b.deadline_ns}))
+            elif b.group and b.entry_filled and event_ns - b.ts_entry_ns >= leg_timeout_ns:
+                out.extend(self._leg_risk(b, event_ns, now, flattened))
+        return out
+
+    def _leg_risk(self, filled: BracketRecord, event_ns: int, now: int, flattened: set[int]) -> list[Message]:
+        """A spread leg holds a position while a partner leg has not filled: close the group."""
+        partners = [b for b in self.orders.brackets.values() if b.group == filled.group and b is not filled]
+        stuck = [b for b in partners if not b.entry_filled and not b.exit_requested]
+        if not stuck:
+            return []
+        out: list[Message] = []
+        for b in stuck:
+            b.exit_requested = True
+            out.append(CancelOrder(b.client_order_id, "leg risk: partner filled, this leg did not"))
+        for b in [filled, *partners]:
+            if b.entry_filled and b.instrument_id not in flattened and not b.exit_requested:
+                flattened.add(b.instrument_id)
+                out.append(self._flatten(b.instrument_id, f"leg risk: {b.client_order_id} filled, "
+                                         f"{', '.join(s.client_order_id for s in stuck)} did not", b.algorithm_id,
+                                         event_ns, now, {"group": filled.group}))
+        log.warning("leg risk in %s: closed the filled legs", filled.group)
+        return out
+
+    def _exits(self, decided: BarDecisions, event_ns: int, now: int) -> list[Message]:
+        out: list[Message] = []
+        for e in decided.exits:
+            held = self.orders.position_of(e.instrument_id, e.algorithm_id)
+            if not held or any(b.exit_requested for b in self.orders.active(e.instrument_id)):
+                continue
+            out.append(self._flatten(e.instrument_id, e.rationale, e.algorithm_id, event_ns, now,
+                                     {"position": held}))
+        return out
+
+    def _entries(self, decided: BarDecisions, event_ns: int, now: int) -> list[Message]:
+        for d in decided.dropped:
+            if d.reason.startswith("warm-up"):
+                continue
+            decision_id, _ = self._decision_id()
+            self.recorder.decision(decision_id, d.signal.instrument_id, d.algorithm_id, event_ns, now,
+                                   "NO_TRADE", f"{d.reason}; signal: {d.signal.rationale}",
+                                   {"signal": _signal_fields(d.signal), "sizing": d.sizing})
+        # a group is sent whole or not at all: every leg passes risk first
+        plans_by_group: dict[str, list[OrderPlan]] = {}
+        for plan in decided.plans:
+            plans_by_group.setdefault(plan.signal.group or f"#{id(plan)}", []).append(plan)
+        out: list[Message] = []
+        for plans in plans_by_group.values():
+            out.extend(self._decide(plans, event_ns, now))
+        return out
+
+    def _decide(self, plans: list[OrderPlan], event_ns: int, now: int) -> list[Message]:
         perf = time.perf_counter_ns
-        t0 = perf()
-        sizing = self.sizer.size(signal)
         t1 = perf()
-        self.timings.record("sizing", t1 - t0)
-        iid = signal.instrument_id
-        state = self.market.instruments[iid]
-        intent = OrderIntent(iid, signal.side, sizing.quantity, signal.entry_type, signal.entry_price,
-                             signal.stop_price, signal.target_price)
-        inputs = RiskInputs(
-            position=self.orders.position(iid), working_entry_quantity=self.orders.working_entry_quantity(iid),
-            reference_price=state.last, last_tick_ns=state.last_ts_ns, now_ns=event_ns,
-            market_open=self.gate.is_open(iid, event_ns),
-        )
-        result = self.risk.check(intent, inputs)
+        checked = []
+        for plan in plans:
+            s = plan.signal
+            iid = s.instrument_id
+            state = self.market.instruments[iid]
+            intent = OrderIntent(iid, s.side, plan.quantity, s.entry_type, s.entry_price, s.stop_price, s.target_price)
+            inputs = RiskInputs(
+                position=self.orders.position(iid), working_entry_quantity=self.orders.working_entry_quantity(iid),
+                reference_price=state.last, last_tick_ns=state.last_ts_ns, now_ns=event_ns,
+                market_open=self.gate.is_open(iid, event_ns),
+            )
+            checked.append((plan, inputs, self.risk.check(intent, inputs)))
         t2 = perf()
         self.timings.record("risk", t2 - t1)
-        decision_id, client_order_id = self.orders.next_ids()
-        self.decisions += 1
-        record_inputs: dict[str, Any] = {
-            "features": snapshot.values, "signal": {"side": signal.side.name, "entry_type": signal.entry_type.name,
-                                                    "entry_price": finite_or_none(signal.entry_price),
-                                                    "stop": signal.stop_price,
-                                                    "target": signal.target_price,
-                                                    "confidence": signal.confidence},
-            "sizing": {"quantity": sizing.quantity, "rationale": sizing.rationale},
-            "risk": [{"check": c.name, "passed": c.passed, "value": c.value, "limit": c.limit}
-                     for c in result.checks],
-            "position": inputs.position, "working": inputs.working_entry_quantity,
-        }
-        algorithm_id = self.strategy.algorithm_id if self.strategy else ""
-        if not result.approved:
-            self.denials += 1
-            self.recorder.decision(decision_id, iid, algorithm_id, event_ns, now, f"DENIED:{result.denial}",
-                                   signal.rationale, record_inputs)
-            self.timings.record("record", perf() - t2)
-            log.info("decision %s denied: %s (%s)", decision_id, result.denial, result.describe())
-            return []
-        bracket = BracketRecord(client_order_id, decision_id, iid, signal.side, sizing.quantity, signal.entry_type,
-                                signal.entry_price, signal.stop_price, signal.target_price, algorithm_id, event_ns)
-        self.orders.add(bracket)
-        message = bracket.to_message()
-        t3 = perf()
-        self.timings.record("emit", t3 - t2)
-        # The decision and the order are recorded before the BRACKET is handed to the socket.
-        self.recorder.decision(decision_id, iid, algorithm_id, event_ns, now, "EMITTED", signal.rationale,
-                               record_inputs)
-        self.recorder.order(bracket, now)
-        self.orders_sent += 1
-        self.timings.record("record", perf() - t3)
-        return [message]
+        denied = [r.denial for _, _, r in checked if not r.approved]
+        messages: list[Message] = []
+        for plan, inputs, result in checked:
+            s = plan.signal
+            decision_id, client_order_id = self._decision_id()
+            record_inputs: dict[str, Any] = {
+                "features": (f.values if (f := self.features(s.instrument_id)) else {}),
+                "signal": _signal_fields(s),
+                "sizing": plan.sizing,
+                "risk": [{"check": c.name, "passed": c.passed, "value": c.value, "limit": c.limit}
+                         for c in result.checks],
+                "position": inputs.position, "working": inputs.working_entry_quantity,
+                "equity": self.equity,
+            }
+            if denied:
+                self.denials += 1
+                why = result.denial if not result.approved else f"another leg of {s.group} was denied ({denied[0]})"
+                self.recorder.decision(decision_id, s.instrument_id, plan.algorithm_id, event_ns, now,
+                                       f"DENIED:{why}", plan.rationale, record_inputs)
+                log.info("decision %s denied: %s (%s)", decision_id, why, result.describe())
+                continue
+            deadline = event_ns + int(s.time_limit_s * 1e9) if s.time_limit_s > 0 else 0
+            bracket = BracketRecord(client_order_id, decision_id, s.instrument_id, s.side, plan.quantity,
+                                    s.entry_type, s.entry_price, s.stop_price, s.target_price, plan.algorithm_id,
+                                    event_ns, group=s.group, leg=plan.sizing.get("leg", 0),
+                                    legs=plan.sizing.get("legs", 1), deadline_ns=deadline)
+            self.orders.add(bracket)
+            messages.append(bracket.to_message())
+            # The decision and the order are recorded before the BRACKET is handed to the socket.
+            self.recorder.decision(decision_id, s.instrument_id, plan.algorithm_id, event_ns, now, "EMITTED",
+                                   plan.rationale, record_inputs)
+            self.recorder.order(bracket, now)
+            self.orders_sent += 1
+        self.timings.record("emit", perf() - t2)
+        return messages
 
     # --- order events ---------------------------------------------------------------------------
 
-    def on_order_update(self, seq: int, update: OrderUpdate) -> None:
+    def on_order_update(self, seq: int, update: OrderUpdate) -> list[Message]:
         self.recorder.order_update(seq, update)
-        self.orders.on_order_update(update)
+        b = self.orders.on_order_update(update)
+        if (b is None or not b.group or update.role != OrderRole.ENTRY or b.entry_filled
+                or update.state not in (OrderState.REJECTED, OrderState.CANCELLED) or b.exit_requested):
+            return []
+        # a spread leg that will never fill: its partners must not stay on their own
+        b.exit_requested = True
+        now = time.time_ns()
+        out: list[Message] = []
+        flattened: set[int] = set()
+        for partner in [p for p in self.orders.active() if p.group == b.group and p is not b]:
+            if partner.exit_requested or partner.instrument_id in flattened:
+                continue
+            if partner.entry_filled:
+                flattened.add(partner.instrument_id)
+                out.append(self._flatten(partner.instrument_id, f"leg risk: partner leg {b.client_order_id} was "
+                                         f"{OrderState(update.state).name.lower()}", partner.algorithm_id,
+                                         self._last_event_ns, now, {"group": b.group}))
+            else:
+                partner.exit_requested = True
+                out.append(CancelOrder(partner.client_order_id, f"leg risk: partner leg {b.client_order_id} "
+                                       f"was {OrderState(update.state).name.lower()}"))
+        if out:
+            log.warning("leg risk in %s: %s %s; partners closed", b.group, b.client_order_id,
+                        OrderState(update.state).name)
+        return out
 
-    def on_execution(self, seq: int, execution: Execution) -> None:
+    def on_execution(self, seq: int, execution: Execution) -> list[Message]:
         if self.orders.on_execution(execution):
             self.recorder.execution(seq, execution)
         else:
             self.recorder.audit("duplicate_execution", execution.execution_id, time.time_ns(), _fields(execution))
+        for b in self.orders.closed:
+            pv = self.instruments[b.instrument_id].decl.point_value
+            pnl = b.side.sign * (b.exit_value - b.entry_value) * pv - b.commission
+            self.realized += pnl
+            self.portfolio.on_trade_closed(b.algorithm_id, b.group, b.leg, b.legs, pnl)
+        self.orders.closed.clear()
+        return []
 
     def on_position(self, seq: int, position: Position) -> None:
         self.recorder.position(seq, position)
 
     def on_account(self, seq: int, account: Account) -> None:
         self.recorder.account(seq, account)
+
+
+def _signal_fields(s: Any) -> dict[str, Any]:
+    return {"side": s.side.name, "entry_type": s.entry_type.name, "entry_price": finite_or_none(s.entry_price),
+            "stop": s.stop_price, "target": s.target_price, "win_probability": s.win_probability,
+            "time_limit_s": s.time_limit_s, "group": s.group, "ratio": s.ratio}
 
 
 def _fields(msg: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from bridge.config import Config
 from bridge.data.nt8files import Nt8Format, detect_format, instrument_from_filename, read_nt8
 from bridge.instruments import InstrumentMaster
 from bridge.nt8client.client import Nt8Client
-from bridge.nt8client.fillmodel import SimBroker
+from bridge.nt8client.fillmodel import Fill, SimBroker
 from bridge.protocol.messages import (
     CancelOrder,
     Bar,
@@ -68,6 +68,12 @@ class TickStream:
 
     def __len__(self) -> int:
         return len(self.ts_ns)
+
+    def before(self, ts_ns: int) -> TickStream:
+        """The events stamped before ``ts_ns`` (a walk-forward window)."""
+        m = self.ts_ns < ts_ns
+        return TickStream(self.names, self.instrument[m], self.ts_ns[m], self.price[m], self.bid[m], self.ask[m],
+                          self.size[m], self.is_bar[m], self.open[m], self.high[m], self.low[m], self.sources)
 
 
 def bar_path(o: float, h: float, lo: float, c: float) -> tuple[float, float, float, float]:
@@ -131,6 +137,8 @@ class PlaybackResult:
     final_position: dict[str, int]
     digest: str
     elapsed_s: float
+    fills_detail: list[tuple[int, Fill]] = field(default_factory=list)  # (event time, fill), in order
+    bracket_algorithms: dict[str, str] = field(default_factory=dict)  # client order id -> algorithm id
 
     @property
     def ticks_rejected(self) -> int:
@@ -166,6 +174,7 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     rejected_bars: Counter = Counter()
     brackets = 0
     bracket_ordinal: dict[str, int] = {}
+    algorithms: dict[str, str] = {}
     start = time.perf_counter()
     with Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls) as client:
         welcome = client.connect()
@@ -191,6 +200,7 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
                 if isinstance(r, SubmitBracket):
                     brackets += 1
                     bracket_ordinal[r.client_order_id] = brackets
+                    algorithms[r.client_order_id] = r.algorithm_id
                     digest.update(f"B|{index}|{brackets}|{r.side}|{r.quantity}|{r.entry_type}|{_fmt(r.entry_price)}|"
                                   f"{_fmt(r.stop_price)}|{_fmt(r.target_price)}\n".encode())
                     pending.extend(broker.submit_bracket(r, ts, index))
@@ -247,4 +257,7 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
         commission=round(broker.account.commission, 2),
         final_position={stream.names[i]: p for i, p in broker.account.positions.items()},
         digest=digest.hexdigest(), elapsed_s=elapsed,
+        fills_detail=[(int(stream.ts_ns[min(f.tick_index // 4, n - 1)]) if f.tick_index >= 0 else int(stream.ts_ns[0]), f)
+                      for f in broker.fills],
+        bracket_algorithms=algorithms,
     )

@@ -92,7 +92,7 @@ class SidecarServer:
     """Serve NT8 sessions until ``request_stop``; see the module docstring."""
 
     def __init__(self, config: Config, sink: RowSink, master: InstrumentMaster,
-                 strategy_factory: Callable[[], Strategy | None],
+                 strategy_factory: Callable[[], list[Strategy]],
                  context: zmq.Context | None = None) -> None:
         self.config = config
         self.sink = sink
@@ -238,11 +238,11 @@ class SidecarServer:
                 raise _unknown_instrument(msg.instrument_id, header)
             replies = p.on_bar(seq, msg)
         elif t == _ORDER_UPDATE:
-            p.on_order_update(seq, msg)
+            replies = p.on_order_update(seq, msg)
         elif t == _EXECUTION:
             if msg.instrument_id not in p.instruments:
                 raise _unknown_instrument(msg.instrument_id, header)
-            p.on_execution(seq, msg)
+            replies = p.on_execution(seq, msg)
         elif t == _POSITION:
             if msg.instrument_id not in p.instruments:
                 raise _unknown_instrument(msg.instrument_id, header)
@@ -314,7 +314,7 @@ class SidecarServer:
         self._last_session_id = session_id
         recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks)
         pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
-                                    strategy=self.strategy_factory(), timings=self.timings,
+                                    strategies=self.strategy_factory(), timings=self.timings,
                                     id_prefix=f"S{session_id}")
         now = time.monotonic()
         session = Session(session_id, rid, hello, pipeline, recorder, now, now, last_seq_in=header.seq)

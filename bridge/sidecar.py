@@ -25,11 +25,10 @@ log = logging.getLogger("nt8bridge.sidecar")
 
 
 def make_strategy_factory(config: Config):
-    def factory() -> Strategy | None:
-        if config.strategy.name == "none":
-            return None
-        from strategies.breakout import ChannelBreakout
-        return ChannelBreakout(config.strategy)
+    """Each session gets fresh strategy instances (they keep per-session state)."""
+    def factory() -> list[Strategy]:
+        from strategies.registry import build_strategies
+        return build_strategies(config.strategy)
     return factory
 
 

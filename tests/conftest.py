@@ -8,6 +8,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# one contract per bracket, no regime switch: for tests of the NT8 <-> sidecar mechanics (see the file)
+PLUMBING_CONFIG = REPO_ROOT / "tests" / "plumbing.toml"
 
 
 @pytest.fixture(scope="session")

@@ -20,16 +20,17 @@ from bridge.sidecar import SidecarProcess, master_for
 from bridge.storage.database import create_engine_for
 from bridge.storage.queries import execution_ids, session_counts, sessions_of_instance
 from bridge.storage.schema import metadata
+from tests.conftest import PLUMBING_CONFIG
 
 ES_FILE = "nt8/ES 06-18.Last.txt.gz"
-CONFIG = load_config(None)
+CONFIG = load_config(PLUMBING_CONFIG)
 
 
 def play(files, tmp_path: Path, name: str, **kwargs):
     from bridge.nt8sim import run_nt8sim
 
     db = f"sqlite:///{tmp_path / (name + '.sqlite')}"
-    proc = SidecarProcess(db)
+    proc = SidecarProcess(db, PLUMBING_CONFIG)
     endpoint = proc.start()
     try:
         result = run_nt8sim([Path(f) for f in files], endpoint, CONFIG, master_for(CONFIG), **kwargs)
@@ -247,7 +248,7 @@ def test_sidecar_lost_mid_playback_applies_the_configured_behaviour(shared_data,
     kill_at = entry_fills[0]["event_index"] + 1
 
     db = f"sqlite:///{tmp_path / ('lost-' + behaviour + '.sqlite')}"
-    proc = SidecarProcess(db)
+    proc = SidecarProcess(db, PLUMBING_CONFIG)
     endpoint = proc.start()
     killed = []
 

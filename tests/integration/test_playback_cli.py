@@ -15,6 +15,7 @@ import pytest
 
 from bridge.nt8client.client import Nt8Client
 from bridge.protocol import messages as m
+from tests.conftest import PLUMBING_CONFIG
 
 CLI = [sys.executable, "-m", "bridge.cli"]
 
@@ -27,7 +28,7 @@ def nt8bridge(*args: str, check: bool = True, timeout: float = 900) -> subproces
 
 
 def playback_json(*args: str) -> dict:
-    return json.loads(nt8bridge("playback", "--json", "--quiet", *args).stdout)
+    return json.loads(nt8bridge("--config", str(PLUMBING_CONFIG), "playback", "--json", "--quiet", *args).stdout)
 
 
 def rows(db: Path, sql: str, *params) -> list[tuple]:
@@ -98,6 +99,7 @@ def test_demo_runs_end_to_end_on_a_generated_session(tmp_path):
     summary = json.loads(out)
     assert summary["ticks_read"] > 10_000
     assert summary["ticks_reconciled"] is True
+    assert summary["brackets"] > 0 and summary["fills"] > 0  # the demo shows orders and fills end to end
     assert (tmp_path / "gen" / f"{summary['instruments'][0]}.Last.txt").exists()
 
 
@@ -168,7 +170,7 @@ def test_data_inspect_and_db_commands(tmp_path, shared_data):
 @pytest.mark.shared_data
 def test_playback_against_a_running_sidecar(shared_data, tmp_path):
     from bridge.sidecar import SidecarProcess
-    with SidecarProcess(f"sqlite:///{tmp_path}/ext.sqlite") as sidecar:
+    with SidecarProcess(f"sqlite:///{tmp_path}/ext.sqlite", PLUMBING_CONFIG) as sidecar:
         summary = playback_json("--data", str(shared_data / "nt8" / "ES 06-18.Last.txt.gz"),
                                 "--sidecar", sidecar.endpoint)
     assert summary["ticks_read"] == 74_907 and summary["brackets"] > 0

@@ -27,11 +27,11 @@ def test_environment_overrides_the_file_and_is_type_checked(tmp_path):
 
 def test_every_problem_is_named_at_once():
     with pytest.raises(ConfigError) as info:
-        build_config({"server": {"heartbeat_ms": 1, "nope": 2}, "strategy": {"name": "martingale"},
+        build_config({"server": {"heartbeat_ms": 1, "nope": 2}, "strategy": {"names": "momentum,martingale"},
                       "quality": {"jump_sigma": "high"}, "extra": {}}, env={})
     text = str(info.value)
-    for expected in ("server.heartbeat_ms: must be >= 50", "server.nope: unknown key", "strategy.name: 'martingale' "
-                     "is not one of breakout, none", "quality.jump_sigma: expected float", "extra: unknown section"):
+    for expected in ("server.heartbeat_ms: must be >= 50", "server.nope: unknown key", "strategy.names: 'martingale' "
+                     "is not one of momentum, reversion, spread, ml (or none)", "quality.jump_sigma: expected float", "extra: unknown section"):
         assert expected in text
 
 
