@@ -110,7 +110,7 @@ class StrategyConfig:
     reversion_win_prior: float = _opt(0.55, "reversion: prior win probability of a fade", min=0.0, max=1.0)
     reversion_time_limit_min: float = _opt(60.0, "reversion: close a fade still open after this long (0: never)",
                                            min=0.0, max=10_000.0)
-    spread_pairs: str = _opt("ES/NQ,ES/YM,ES/RTY", "spread: pairs of roots, base first; micros too (MES/MNQ)")
+    spread_pairs: str = _opt("ES/NQ,ES/YM,ES/RTY,MES/MNQ,MES/MYM,MES/M2K", "spread: pairs of roots, base first")
     spread_window: int = _opt(240, "spread: bars in the hedge ratio and z-score window", min=20, max=100_000)
     spread_entry_z: float = _opt(2.0, "spread: |z| that opens a trade", min=0.1, max=20.0)
     spread_exit_z: float = _opt(0.5, "spread: |z| at which the spread has reverted (exit)", min=0.0, max=20.0)

@@ -128,12 +128,12 @@ def safe_on_bar(strategy: Strategy, bar: BarData, market: MarketView) -> list[St
     """Run a strategy; an exception in its code becomes a logged no-trade, never a crash."""
     try:
         out = strategy.on_bar(bar, market)
+        if out is None:
+            return []
+        if isinstance(out, (Signal, Exit)):
+            return [out]
+        return list(out)
     except Exception:
         log.exception("strategy %s failed on bar %s of instrument %s; no trade",
                       strategy.algorithm_id, bar.ts_close_ns, bar.instrument_id)
         return []
-    if out is None:
-        return []
-    if isinstance(out, (Signal, Exit)):
-        return [out]
-    return list(out)

@@ -62,6 +62,7 @@ class _Pair:
     b_root: str
     rows: deque = field(default_factory=deque)  # (ts, A close, B close)
     entry_z: float = math.nan  # |z| when the held trade was opened
+    active: bool = False  # this pair opened the strategy's trade on its legs (pairs may share a leg)
     last: dict[int, tuple[int, float]] = field(default_factory=dict)  # iid -> (ts, close)
 
 
@@ -124,10 +125,18 @@ class SpreadArbitrage(Strategy):
     def _decide(self, pair: _Pair, ia: int, ib: int, bar: BarData, market: MarketView) -> list[StrategyOutput]:
         cfg = self.config
         st = self.state(pair, market.point_value(ia), market.point_value(ib))
-        if st is None:
-            return []
-        held = market.position_of(ia, self.algorithm_id) or market.position_of(ib, self.algorithm_id)
         name = f"{pair.a_root}/{pair.b_root}"
+        # positions are the strategy's, not the pair's: ES/NQ and ES/YM share ES, so a pair only
+        # manages the trade it opened
+        held = pair.active and bool(market.position_of(ia, self.algorithm_id)
+                                    or market.position_of(ib, self.algorithm_id))
+        if pair.active and not held and market.is_flat(ia) and market.is_flat(ib):
+            pair.active = False  # closed (or never filled): the pair may trade again
+        if st is None:
+            if held:  # the hedge ratio is no longer defined: the spread cannot be measured, close it
+                text = f"{name} spread can no longer be measured (hedge ratio undefined): closing"
+                return [Exit(i, text) for i in (ia, ib) if market.position_of(i, self.algorithm_id)]
+            return []
         if held:
             stop = (pair.entry_z if math.isfinite(pair.entry_z) else cfg.spread_entry_z) + cfg.spread_stop_z
             if abs(st.z) <= cfg.spread_exit_z or abs(st.z) >= stop:
@@ -135,7 +144,7 @@ class SpreadArbitrage(Strategy):
                 text = f"{name} spread {why}: z {st.z:+.2f} (exit {cfg.spread_exit_z:g}, stop {stop:.2f})"
                 return [Exit(i, text) for i in (ia, ib) if market.position_of(i, self.algorithm_id)]
             return []
-        if abs(st.z) < cfg.spread_entry_z:
+        if pair.active or abs(st.z) < cfg.spread_entry_z:
             return []
         if not (market.is_flat(ia) and market.is_flat(ib)):
             return []
@@ -156,6 +165,7 @@ class SpreadArbitrage(Strategy):
                f"per unit win {unit_win:,.0f} at |z| {cfg.spread_exit_z:g}, loss {unit_loss:,.0f} at |z| "
                f"{abs(st.z) + cfg.spread_stop_z:.2f}")
         pair.entry_z = abs(st.z)
+        pair.active = True
         legs = []
         for iid, side, n, snap in ((ia, side_a, st.n_a, fa), (ib, side_b, st.n_b, fb)):
             close = snap.values["close"]

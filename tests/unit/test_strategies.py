@@ -608,7 +608,6 @@ def test_spread_waits_for_both_legs_and_a_full_window_then_enters():
                 assert len(feed.rows) == cfg.spread_window
                 z_part, _, _ = spread_z(feed.rows, cfg.spread_window - 1)
                 assert z_part >= cfg.spread_entry_z  # it would have traded with a window this short
-    # before the push the residual is quiet: no entry is owed anywhere a full window existed
     assert len(feed.rows) == cfg.spread_window + 1
     last = all_outs[-1]
     assert last[0] == []  # the first leg of minute 65 alone does nothing
@@ -711,22 +710,31 @@ def test_spread_exits_both_legs_when_it_reverts():
 
 
 def test_spread_stops_out_relative_to_the_entry_z():
+    """Entered at |z| ~ 3: a |z| past entry_z + stop_z (4) but short of 3 + stop_z holds; past it, both
+    legs exit. The prices are chosen here from the independent z."""
     cfg = spread_cfg()
-    feed, a, b, entry_abs = _entered_feed(cfg)
-    m = len(a)
-    # keep pushing A richer: |z| rises; no exit until it is stop_z past the entry's |z|
-    exits_at = None
-    for k in range(1, 30):
-        out = feed.step(m + k - 1, a[-1] + 2.0 * k, b[-2])[-1]
-        z, _, _ = spread_z(feed.rows, cfg.spread_window)
-        if abs(z) >= entry_abs + cfg.spread_stop_z:
-            assert len(out) == 2 and all(isinstance(o, Exit) for o in out)
-            exits_at = k
-            break
-        assert out == [], (k, z, entry_abs)
-        if abs(z) >= cfg.spread_entry_z + cfg.spread_stop_z:
-            pass  # past the config's entry_z + stop_z but not the trade's: still held (checked above)
-    assert exits_at is not None, "the constructed spread never reached its stop"
+    n = 90
+    a, b = quiet_co_moving(n, cfg)
+
+    def z_if(rows, a_close, b_close):
+        return spread_z(rows + [(a_close, b_close)], cfg.spread_window)[0]
+
+    rows = [(float(x), float(y)) for x, y in zip(a[:-1], b[:-1])]
+    push = next(p for p in np.arange(0.25, 20, 0.25) if z_if(rows, a[-1] + p, b[-1]) >= 2.8)
+    feed, a2, b2, entry_abs = _entered_feed(cfg, n=n, push=float(push))
+    assert cfg.spread_entry_z < entry_abs < cfg.spread_entry_z + 1.5
+    m, last_a, last_b = n, a2[-1], b2[-1]
+    between = [x for x in np.arange(0.25, 60, 0.25)
+               if cfg.spread_entry_z + cfg.spread_stop_z + 0.05 < z_if(feed.rows, last_a + x, last_b)
+               < entry_abs + cfg.spread_stop_z - 0.05]
+    assert between, "no price puts |z| between the config's and the trade's stop"
+    out = feed.step(m, last_a + between[0], last_b)[-1]
+    assert out == []  # beyond entry_z + stop_z, not beyond |z at entry| + stop_z: still held
+    past = next(x for x in np.arange(0.25, 200, 0.25)
+                if z_if(feed.rows, last_a + between[0] + x, last_b) >= entry_abs + cfg.spread_stop_z + 0.05)
+    out = feed.step(m + 1, last_a + between[0] + past, last_b)[-1]
+    assert len(out) == 2 and all(isinstance(o, Exit) for o in out)
+    assert {o.instrument_id for o in out} == {feed.ia, feed.ib}
 
 
 def test_spread_no_entry_when_a_leg_is_not_flat_or_near_the_close():
@@ -772,6 +780,60 @@ def test_spread_session_without_the_other_leg_never_trades():
     a[-5:] += 20.0
     for m in range(120):
         assert feed.step(m, a[m], None) == [[]]
+
+
+def test_spread_pairs_sharing_a_leg_do_not_exit_each_others_trades():
+    cfg = spread_cfg(spread_pairs="ES/NQ,ES/YM")
+    market = FakeMarket(("ES", "NQ", "YM"), cfg)
+    strat = SpreadArbitrage(cfg)
+    ies, inq, iym = (market.instrument_id(r) for r in ("ES", "NQ", "YM"))
+    n = 100
+    rng = np.random.default_rng(0)
+    common = np.cumsum(rng.normal(0, 1.7, n))
+
+    def residual(sd):
+        r = np.zeros(n)
+        for t in range(1, n):
+            r[t] = 0.6 * r[t - 1] + rng.normal(0, sd)
+        return r
+
+    es = np.round((4300 + common + residual(0.3)) * 4) / 4
+    nq = np.round((15000 + 3.5 * common + residual(1.0)) * 4) / 4
+    ym = np.round(34000 + 7.9 * common + residual(2.0))
+    push_at = 80
+    nq[push_at:] -= 15.0  # NQ cheap against ES from minute 80: the ES/NQ spread is rich (z > 0)
+    prev: dict[int, float] = {}
+    rows_nq, rows_ym = [], []
+    held, entry_abs, exercised = False, math.nan, 0
+    for m in range(n):
+        outs = []
+        for iid, series in ((ies, es), (inq, nq), (iym, ym)):
+            c = float(series[m])
+            o = prev.get(iid, c)
+            prev[iid] = c
+            bar = make_bar(iid, m, o, max(o, c) + 0.25, min(o, c) - 0.25, c)
+            market.feed(bar)
+            outs.extend(safe_on_bar(strat, bar, market))
+        rows_nq.append((es[m], nq[m]))
+        rows_ym.append((es[m], ym[m]))
+        if m < push_at:
+            continue
+        z_nq = spread_z(rows_nq, cfg.spread_window, 50.0, 20.0)[0]
+        z_ym = spread_z(rows_ym, cfg.spread_window, 50.0, 5.0)[0]
+        if m == push_at:
+            entry = [o for o in outs if isinstance(o, Signal) and "ES/NQ" in o.group]
+            assert z_nq >= cfg.spread_entry_z and len(entry) == 2
+            for sig in entry:  # filled: the strategy now holds the ES/NQ spread (and nothing on YM)
+                market.positions[(sig.instrument_id, strat.algorithm_id)] = sig.side.sign * sig.ratio
+            held, entry_abs = True, abs(z_nq)
+            continue
+        if cfg.spread_exit_z < abs(z_nq) < entry_abs + cfg.spread_stop_z:
+            # ES/NQ is to be held; the ES/YM pair holds nothing. No exit is owed to anyone.
+            exercised += abs(z_ym) <= cfg.spread_exit_z
+            assert [o for o in outs if isinstance(o, Exit)] == [], (m, z_nq, z_ym, outs)
+        else:
+            break
+    assert held and exercised >= 1
 
 
 # --------------------------------------------------------------------------- ML placeholder
@@ -851,11 +913,20 @@ def test_registry_none_builds_nothing(names):
 
 
 def test_registry_spread_instances_do_not_share_state():
+    """A spread strategy keeps its window per instance: one that has seen 90 minutes trades a push that a
+    fresh instance from another build_strategies call, seeing only that minute, cannot (empty window)."""
     cfg = StrategyConfig(names="spread", spread_pairs="ES/NQ", spread_window=60)
-    s1, s2 = build_strategies(cfg)[0], build_strategies(cfg)[0]
+    old, fresh = build_strategies(cfg)[0], build_strategies(cfg)[0]
+    n = 90
+    a, b = quiet_co_moving(n, cfg)
+    a[-1] += 5.0
     feed = PairFeed(cfg)
-    feed.strategy = s1
-    a, b = co_moving(4, 10)
-    for m in range(10):
+    feed.strategy = old
+    for m in range(n - 1):
         feed.step(m, a[m], b[m])
-    assert len(s1.pairs[0].rows) == 10 and len(s2.pairs[0].rows) == 0
+    feed.strategy = fresh
+    assert feed.step(n - 1, a[-1], b[-1])[-1] == []
+    feed.strategy = old
+    feed.rows.pop()
+    feed.prev.clear()
+    assert len(feed.step(n - 1, a[-1], b[-1])[-1]) == 2

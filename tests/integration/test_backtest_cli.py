@@ -1,0 +1,82 @@
+"""`nt8bridge backtest` on real ES and NQ minute bars: walk-forward, through the real sidecar."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "bridge.cli"]
+
+
+def trimmed(src, dst, first_day: str, last_day: str):
+    """The real file's bars from first_day to last_day (yyyyMMdd), as the same NT8 export format."""
+    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
+        fout.writelines(line for line in fin if first_day <= line[:8] <= last_day)
+    return dst
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_walk_forward_backtest_of_three_strategies_on_es_and_nq(shared_data, tmp_path):
+    es = trimmed(shared_data / "nt8" / "ES 12-23.Last.txt", tmp_path / "ES 12-23.Last.txt", "20231010", "20231020")
+    nq = trimmed(shared_data / "nt8" / "NQ 12-23.Last.txt", tmp_path / "NQ 12-23.Last.txt", "20231010", "20231020")
+    db = tmp_path / "bt.sqlite"
+    proc = subprocess.run([*CLI, "backtest", "--data", str(es), str(nq), "--strategies", "momentum,reversion,spread",
+                           "--split", "2023-10-17", "--json", "--quiet", "--trades", "--db", f"sqlite:///{db}"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["instruments"] == ["ES 12-23", "NQ 12-23"]
+
+    # walk-forward: the calibration window ends where the test starts, and its record sets the priors
+    cal = report["calibration"]
+    assert cal["to"] == report["test"]["from"] == "2023-10-17T00:00:00Z"
+    assert cal["priors"]["spread"]["bets"] > 0, "the spread strategy should trade ES against NQ in a week of data"
+    for name, p in cal["priors"].items():
+        k = 30.0  # sizing.prior_strength default
+        assert math.isclose(p["calibrated_prior"], (p["stated_prior"] * k + p["wins"]) / (k + p["bets"]))
+        assert report["test"]["priors_used"][name] == pytest.approx(p["calibrated_prior"])
+
+    # the test window's figures add up from its own trades, all entered after the split
+    trades = report["trades"]
+    summary = report["test"]["summary"]
+    assert all(t["entry"] >= "2023-10-17" for t in trades)
+    assert summary["total"]["trades"] == len(trades)
+    assert summary["total"]["net_pnl"] == pytest.approx(sum(t["net_pnl"] for t in trades), abs=0.01)
+    per_strategy = {k: v["trades"] for k, v in summary.items() if k != "total"}
+    assert sum(per_strategy.values()) == len(trades)
+    for key in ("sharpe", "sortino", "max_drawdown", "cagr", "win_rate", "exposure"):
+        assert key in summary["total"]
+
+    # every fill of the test playback is an execution the sidecar stored, and every emitted decision
+    # carries its sizing arithmetic
+    with sqlite3.connect(db) as conn:
+        sid = report["test"]["session_id"]
+        stored = conn.execute("select count(*) from executions where session_id = ?", (sid,)).fetchone()[0]
+        emitted = conn.execute("select inputs from decisions where session_id = ? and outcome = 'EMITTED'",
+                               (sid,)).fetchall()
+        regimes = conn.execute("select subject_id, payload from audit_log where session_id = ? and kind = 'regime'",
+                               (sid,)).fetchall()
+    assert stored == report["test"]["fills"]
+    for (inputs,) in emitted:
+        sizing = json.loads(inputs)["sizing"]
+        assert sizing["mode"] == "kelly" and "explain" in sizing and sizing["contracts"] >= 1
+    # regime changes are logged with their evidence, per instrument
+    assert {name for name, _ in regimes} == {"ES 12-23", "NQ 12-23"}
+    for _, payload in regimes:
+        p = json.loads(payload)
+        assert p["volatility"] in ("LOW", "NORMAL", "HIGH") and p["trend"] in ("TRENDING", "RANGING")
+        assert "realized_vol" in p["evidence"] and p["method"] in ("gmm", "rules")
+    assert {json.loads(p)["method"] for _, p in regimes} == {"gmm", "rules"}  # rules until enough history
+
+
+def test_an_unknown_strategy_is_named(tmp_path):
+    proc = subprocess.run([*CLI, "backtest", "--data", str(tmp_path / "x.txt"), "--strategies", "momentum,martingale"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "'martingale' is not one of momentum, reversion, spread, ml" in proc.stderr
