@@ -120,6 +120,18 @@ class Strategy(ABC):
         """Called at each closed bar of any instrument; return Signals, Exits or None."""
 
 
+def entry_features(bar: BarData, market: MarketView, no_entry_before_close_min: float) -> dict[str, float] | None:
+    """The bar's features when a new single-instrument entry may be considered: features of this very
+    bar, the instrument flat, a positive ATR, and not in the session's last minutes; else None."""
+    iid = bar.instrument_id
+    snap = market.features(iid)
+    if snap is None or snap.ts_ns != bar.ts_close_ns or not market.is_flat(iid):
+        return None
+    if not snap.values["atr"] > 0.0 or market.minutes_to_close(iid, bar.ts_close_ns) < no_entry_before_close_min:
+        return None
+    return snap.values
+
+
 def round_to_tick(price: float, tick: float) -> float:
     return round(round(price / tick) * tick, 10)
 

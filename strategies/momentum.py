@@ -14,7 +14,7 @@ import math
 from bridge.config import StrategyConfig
 from bridge.market import BarData
 from bridge.protocol.messages import EntryType, Side
-from strategies.base import MarketView, Signal, Strategy, round_to_tick
+from strategies.base import MarketView, Signal, Strategy, entry_features, round_to_tick
 
 
 class Momentum(Strategy):
@@ -27,13 +27,10 @@ class Momentum(Strategy):
     def on_bar(self, bar: BarData, market: MarketView) -> Signal | None:
         cfg = self.config
         iid = bar.instrument_id
-        snap = market.features(iid)
-        if snap is None or snap.ts_ns != bar.ts_close_ns or not market.is_flat(iid):
+        f = entry_features(bar, market, cfg.no_entry_before_close_min)
+        if f is None:
             return None
-        f = snap.values
         atr = f["atr"]
-        if not atr > 0.0 or market.minutes_to_close(iid, bar.ts_close_ns) < cfg.no_entry_before_close_min:
-            return None
         close = bar.close
         if close > f["channel_high"]:
             side, edge = Side.BUY, "high"

@@ -182,13 +182,12 @@ class Portfolio:
         info = self.instruments[iid]
         return 2.0 * (sc.commission_per_contract + sc.slippage_ticks * info.tick_size * info.point_value)
 
-    def _cap(self, strategy_id: str, iid: int, side: Side, exposure: dict[int, int], market: MarketView) -> int:
-        """Contracts a new entry may add on the instrument under every hard cap."""
+    def _cap(self, strategy_id: str, iid: int, exposure: dict[int, int], market: MarketView) -> int:
+        """Contracts a new entry may add on the instrument under every hard cap (the worst case: the
+        entry adds to |position + working entries|)."""
         sc, rc = self.config.sizing, self.config.risk
-        current = exposure.get(iid, 0)
         held = abs(market.position_of(iid, strategy_id))
-        room_instrument = max(0, min(sc.max_contracts, rc.max_position) - abs(current + 0))
-        # an entry adds to |exposure| only in its direction; the caps count the worst case
+        room_instrument = min(sc.max_contracts, rc.max_position) - abs(exposure.get(iid, 0))
         return max(0, min(sc.max_strategy_contracts - held, room_instrument, rc.max_order_quantity))
 
     def _probability(self, strategy: Strategy, s: Signal) -> tuple[float, dict[str, Any]]:
@@ -289,7 +288,7 @@ class Portfolio:
             strategy = members[0][0]
             legs = [s for _, s in members]
             weight, regime = min((self._weight(strategy, s.instrument_id) for s in legs), key=lambda t: t[0])
-            caps = [self._cap(strategy.algorithm_id, s.instrument_id, s.side, exposure, market) for s in legs]
+            caps = [self._cap(strategy.algorithm_id, s.instrument_id, exposure, market) for s in legs]
             units, sizing = self._size_group(strategy, legs, equity, weight, caps) if weight > 0 else \
                 (0, {"regime_weight": 0.0, "explain": f"switched off by regime: {regime}"})
             sizing["regime"] = regime
@@ -324,7 +323,7 @@ class Portfolio:
                 out.dropped.append(Dropped(s, strategy.algorithm_id, f"switched off by regime: {regime}",
                                            {"regime": regime, "regime_weight": weight}))
                 continue
-            cap = self._cap(strategy.algorithm_id, iid, s.side, exposure, market)
+            cap = self._cap(strategy.algorithm_id, iid, exposure, market)
             q, sizing = self._size_single(strategy, s, market, equity, weight, cap)
             sizing["regime"] = regime
             by_instrument[iid].append((strategy, s, q, sizing))
