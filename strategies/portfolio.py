@@ -173,7 +173,7 @@ class Portfolio:
         if not self.config.portfolio.regime_filter:
             return 1.0, "regime filter off"
         state = self.regimes.get(instrument_id)
-        w = self.policy.weights(state).get(strategy.style, 1.0)
+        w = self.policy.weight(strategy.style, state)
         return w, self.policy.explain(state)
 
     def _costs(self, iid: int) -> float:

@@ -271,7 +271,7 @@ class RegimeDetector:
         state = RegimeState(int(ts_ns), vol, trend, method, evidence)
         prev = self._state
         if prev is None or (prev.volatility, prev.trend, prev.method) != (vol, trend, method):
-            log.info("regime at %s: %s", ts_ns, state.describe())
+            log.debug("regime at %s: %s", ts_ns, state.describe())
         self._state = state
         return state
 
@@ -307,7 +307,7 @@ class RegimeDetector:
         n = len(self._sorted)
         evidence["rule_n"] = float(n)
         evidence["rule_min_samples"] = float(RULES_MIN_SAMPLES)
-        if n < 3:
+        if n < RULES_MIN_SAMPLES:
             return VolRegime.NORMAL
         lo, hi = self._quantile(1.0 / 3.0), self._quantile(2.0 / 3.0)
         evidence["rule_q_low"] = lo

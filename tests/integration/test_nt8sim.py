@@ -329,13 +329,14 @@ def test_free_running_at_a_playback_speed_lets_the_sidecar_trade(shared_data, nt
     speed (N times real time, like NT8's Playback) they land while the data plays, with latency."""
     import time as _time
 
-    # the first 20,000 trades of ES 06-18 span about 40 minutes of market time
+    # the first 40,000 trades of ES 06-18 span about 80 minutes of market time (the strategy's features
+    # need 31 minutes to warm up)
     started = _time.perf_counter()
     result, db = play([shared_data / ES_FILE], tmp_path, "paced", lockstep=False, latency_ms=50, speed=600.0,
-                      max_events=20_000)
+                      max_events=40_000)
     wall = _time.perf_counter() - started
     assert result.strategy_error is None
-    assert wall >= 2.0  # paced: 40 minutes at 600x is about 4 s, not the fraction of a second of full speed
+    assert wall >= 4.0  # paced: 80 minutes at 600x is about 8 s, not the fraction of a second of full speed
     entries = [o for o in result.orders if o["name"].endswith(":E")]
     assert entries and any(o["filled"] for o in entries), "the sidecar's brackets should be filled during the data"
     assert_brackets_sound(result)

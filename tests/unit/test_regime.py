@@ -246,6 +246,34 @@ def test_a_flat_market_does_not_crash() -> None:
     assert det.fit_failures > 0   # no positive vol to fit on
 
 
+class _WideHighMixture:
+    """A fitted mixture whose HIGH component is so wide that it wins the posterior in both tails."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def fit(self, x):
+        self.means_ = np.log([[1e-4], [2e-4], [4e-4]])
+        self.covariances_ = np.array([[[0.01]], [[0.01]], [[4.0]]])
+        self.weights_ = np.array([0.4, 0.4, 0.2])
+        return self
+
+
+def test_the_tail_guard_and_a_flat_window(monkeypatch) -> None:
+    monkeypatch.setattr(regime, "GaussianMixture", _WideHighMixture)
+    rng = np.random.default_rng(9)
+    closes = closes_from(np.concatenate([rng.normal(0, 1e-4, 150), rng.normal(0, 1e-5, 40)]))
+    closes += [closes[-1]] * 15   # 15 zero returns: the last 6 vol windows (10 returns) are exactly 0
+    states = [s for s in feed(RegimeDetector(**SMALL), closes) if s is not None and s.method == "gmm"]
+    calm = [s for s in states if 0 < s.evidence["realized_vol"] < 1e-4]
+    assert calm and all(s.volatility is VolRegime.LOW for s in calm)
+    guarded = [s for s in calm if s.evidence["gmm_tail_guard"] == 1.0]
+    assert guarded and all(s.evidence["gmm_post_2"] > s.evidence["gmm_post_0"] for s in guarded)
+    assert "tail" in guarded[0].describe()
+    flat = [s for s in states if s.evidence["realized_vol"] == 0.0]
+    assert len(flat) == 6 and all(s.volatility is VolRegime.LOW and s.evidence["gmm_p"] == 1.0 for s in flat)
+
+
 def test_two_components_give_low_and_high_only() -> None:
     states = feed(RegimeDetector(n_components=2, **SMALL), calm_then_wild(6, 300))
     gmm = [s for s in states if s is not None and s.method == "gmm"]
@@ -373,8 +401,8 @@ def test_explain_shows_each_style_and_its_reasons() -> None:
 # ------------------------------------------------------------------------------ performance
 
 
-def test_a_refit_of_5000_values_is_fast() -> None:
-    """Target < 30 ms on an idle machine; the bound here is loose so that a busy CI box does not flake."""
+def test_refits_use_the_capped_history() -> None:
+    """Each refit sees the last max_history values (its cost: bench/bench_strategies.py)."""
     rng = np.random.default_rng(8)
     r = np.concatenate([rng.normal(0, s, 1800) for s in (1e-4, 3e-4, 1.5e-4)])
     det = RegimeDetector(min_history=5000, max_history=5000, refit_every=100)
@@ -385,8 +413,7 @@ def test_a_refit_of_5000_values_is_fast() -> None:
         if det.fits != before:
             assert det.state is not None and det.state.evidence["gmm_n"] == 5000
             times.append(det.last_fit_seconds)
-    assert len(times) == 4
-    assert statistics.median(times) < 0.15, times
+    assert len(times) == 4 and all(t > 0 for t in times)
 
 
 # -------------------------------------------------------------------------------- real data
