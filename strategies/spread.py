@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Sequence
+
+import numpy as np
 
 from bridge.config import StrategyConfig
 from bridge.market import BarData
@@ -35,32 +37,40 @@ from bridge.protocol.messages import EntryType, Side
 from strategies.base import Exit, MarketView, Signal, Strategy, StrategyOutput, round_to_tick
 
 
-def hedge_ratio(da: list[float], db: list[float]) -> float:
+def hedge_ratio(da: Sequence[float] | np.ndarray, db: Sequence[float] | np.ndarray) -> float:
     """cov(dA, dB) / var(dB) (ddof cancels); NaN when B does not move."""
-    n = len(da)
-    if n < 2 or n != len(db):
+    x, y = np.asarray(da, dtype=float), np.asarray(db, dtype=float)
+    n = len(x)
+    if n < 2 or n != len(y):
         return math.nan
-    ma, mb = math.fsum(da) / n, math.fsum(db) / n
-    cov = math.fsum((a - ma) * (b - mb) for a, b in zip(da, db))
-    var = math.fsum((b - mb) ** 2 for b in db)
-    return cov / var if var > 0 else math.nan
+    yc = y - y.mean()
+    var = float(yc @ yc)
+    return float((x - x.mean()) @ yc) / var if var > 0 else math.nan
 
 
 def contract_ratio(h: float, max_ratio: int) -> tuple[int, int]:
-    """Small integers (nA, nB) with nB / nA closest to ``h`` and nA <= max_ratio; (0, 0) if h is not positive."""
+    """Small integers (nA, nB) with nB / nA closest to ``h`` and nA <= max_ratio; (0, 0) if h is not positive.
+
+    Every denominator up to ``max_ratio`` with its nearest numerator (a handful of candidates: cheaper
+    than ``Fraction.limit_denominator`` on every bar); ties go to the smaller nA."""
     if not (h > 0 and math.isfinite(h)):
         return 0, 0
-    f = Fraction(h).limit_denominator(max_ratio)
-    if f.numerator == 0:
-        return 0, 0
-    return f.denominator, f.numerator
+    best = (math.inf, 0, 0)
+    for n_a in range(1, max_ratio + 1):
+        n_b = round(h * n_a)
+        err = abs(n_b / n_a - h)
+        if err < best[0]:
+            best = (err, n_a, n_b)
+    _, n_a, n_b = best
+    return (0, 0) if n_b == 0 else (n_a, n_b)
 
 
 @dataclass
 class _Pair:
     a_root: str
     b_root: str
-    rows: deque = field(default_factory=deque)  # (ts, A close, B close)
+    a: deque = field(default_factory=deque)  # A's closes of the minutes both legs traded
+    b: deque = field(default_factory=deque)
     entry_z: float = math.nan  # |z| when the held trade was opened
     active: bool = False  # this pair opened the strategy's trade on its legs (pairs may share a leg)
     last: dict[int, tuple[int, float]] = field(default_factory=dict)  # iid -> (ts, close)
@@ -85,28 +95,28 @@ class SpreadArbitrage(Strategy):
         self.config = config
         self.pairs = [_Pair(*p.strip().upper().split("/")) for p in config.spread_pairs.split(",") if p.strip()]
         for p in self.pairs:
-            p.rows = deque(maxlen=config.spread_window + 1)
+            p.a = deque(maxlen=config.spread_window + 1)
+            p.b = deque(maxlen=config.spread_window + 1)
 
     def state(self, pair: _Pair, pv_a: float, pv_b: float) -> SpreadState | None:
         """Hedge ratio, integer ratio and z-score from the pair's window (None until it is full)."""
         cfg = self.config
-        rows = pair.rows
-        if len(rows) <= cfg.spread_window:
+        n = len(pair.a)
+        if n <= cfg.spread_window:
             return None
-        a = [r[1] for r in rows]
-        b = [r[2] for r in rows]
-        da = [(y - x) * pv_a for x, y in zip(a, a[1:])]
-        db = [(y - x) * pv_b for x, y in zip(b, b[1:])]
-        h = hedge_ratio(da, db)
+        a = np.fromiter(pair.a, float, n)
+        b = np.fromiter(pair.b, float, n)
+        h = hedge_ratio(np.diff(a) * pv_a, np.diff(b) * pv_b)
         n_a, n_b = contract_ratio(h, cfg.spread_max_ratio)
         if n_a == 0:
             return None
-        s = [x * pv_a - h * y * pv_b for x, y in zip(a[1:], b[1:])]
-        mean = math.fsum(s) / len(s)
-        sd = math.sqrt(math.fsum((v - mean) ** 2 for v in s) / (len(s) - 1))
+        s = a[1:] * pv_a - h * b[1:] * pv_b
+        mean = float(s.mean())
+        sd = float(s.std(ddof=1))
         if not sd > 0:
             return None
-        return SpreadState(h, n_a, n_b, s[-1], mean, sd, (s[-1] - mean) / sd)
+        last = float(s[-1])
+        return SpreadState(h, n_a, n_b, last, mean, sd, (last - mean) / sd)
 
     def on_bar(self, bar: BarData, market: MarketView) -> list[StrategyOutput] | None:
         out: list[StrategyOutput] = []
@@ -118,7 +128,8 @@ class SpreadArbitrage(Strategy):
             la, lb = pair.last.get(ia), pair.last.get(ib)
             if la is None or lb is None or la[0] != lb[0]:
                 continue  # wait for the other leg's bar of the same minute
-            pair.rows.append((la[0], la[1], lb[1]))
+            pair.a.append(la[1])
+            pair.b.append(lb[1])
             out.extend(self._decide(pair, ia, ib, bar, market))
         return out
 
