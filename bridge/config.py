@@ -34,6 +34,8 @@ class ServerConfig:
     heartbeat_ms: int = _opt(1000, "interval between heartbeats sent to each NT8 session", min=50, max=60_000)
     heartbeat_timeout_ms: int = _opt(5000, "a session that sends nothing for this long is marked LOST",
                                      min=100, max=600_000)
+    stop_drain_ms: int = _opt(10_000, "on a clean stop (Ctrl+C, SIGTERM), keep handling what the sessions already "
+                              "sent for up to this long before ending them", min=0, max=600_000)
     max_message_bytes: int = _opt(65536, "largest accepted message (header + body); larger is answered "
                                   "PROTOCOL_OVERSIZE", min=256, max=1_048_576)
 

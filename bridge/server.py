@@ -163,6 +163,7 @@ class SidecarServer:
                     self.sink.flush()
                     self.timings.fold()
                     next_flush = now + flush_s
+            self._drain_on_stop(poller, recv, more, noblock, rcvmore)
         finally:
             for session in list(self.sessions.values()):
                 self._end_session(session, "SIDECAR_SHUTDOWN")
@@ -170,6 +171,24 @@ class SidecarServer:
             sock.close(linger=200)  # let the last replies out, but never hang on a dead peer
             self._socket = None
             log.info("sidecar stopped")
+
+    def _drain_on_stop(self, poller: zmq.Poller, recv: Callable, more: Callable, noblock: int, rcvmore: int) -> None:
+        """A clean stop first handles what the sessions already sent (a playback's last ticks, its
+        BYE), so nothing received is lost; bounded by ``server.stop_drain_ms`` and by a quiet socket."""
+        deadline = time.monotonic() + self.config.server.stop_drain_ms / 1000.0
+        handled = 0
+        while self.sessions and time.monotonic() < deadline and poller.poll(50):
+            for _ in range(_DRAIN_BURST):
+                try:
+                    frames = [recv(noblock)]
+                except zmq.Again:
+                    break
+                while more(rcvmore):
+                    frames.append(recv(noblock))
+                self.handle(frames)
+                handled += 1
+        if handled:
+            log.info("stopping: handled %d messages the sessions had already sent", handled)
 
     # --- message handling -----------------------------------------------------------------------
 

@@ -398,3 +398,24 @@ def test_what_a_vanished_peer_sent_before_is_still_processed(tmp_path, caplog, w
     assert counts.end_reason == ("BYE" if with_bye else "DISCONNECTED")
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) <= 2, [r.getMessage() for r in warnings]  # one failed send, one line that says so
+
+
+def test_a_clean_stop_handles_what_the_sessions_already_sent(sidecar_factory):
+    """Ctrl+C / SIGTERM while a session is far ahead: what it sent before is still handled and stored,
+    its BYE included, instead of being dropped with the socket."""
+    from bridge.protocol.messages import Bye
+
+    sidecar = sidecar_factory()  # with stop_drain_ms=0 it stores about 5,000 of the 20,000 ticks
+    n = 20_000
+    with Nt8Client(sidecar.endpoint, instance_id="drain", account="Sim101", instruments=[ES], lockstep=False) as c:
+        welcome = c.connect()
+        for k in range(n):
+            price = 2700.0 + 0.25 * (k % 8)
+            c.send(m.Tick(0, int(m.TickKind.LAST), price, 1, price - 0.25, price + 0.25, T0 + k * 1_000_000,
+                          T0 + k * 1_000_000))
+        c.send(Bye("done"))
+        time.sleep(0.05)  # in the sidecar's socket, far from handled
+        sidecar.stop()
+        counts = session_counts(sidecar.db_url, welcome.session_id)
+    assert counts.ticks == n
+    assert counts.end_reason == "BYE"
