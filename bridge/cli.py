@@ -40,8 +40,11 @@ def _console():
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from bridge.sidecar import run_sidecar
-    run_sidecar(config, _db_url(args, config), args.bind, Path(args.ready_file) if args.ready_file else None,
-                metrics=False if args.no_metrics else None)
+    try:
+        run_sidecar(config, _db_url(args, config), args.bind, Path(args.ready_file) if args.ready_file else None,
+                    metrics=False if args.no_metrics else None, control_bind=args.control_bind)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
     return 0
 
 
@@ -283,6 +286,30 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# --- kill switch ----------------------------------------------------------------------------------
+
+def cmd_kill(args: argparse.Namespace, config: Config) -> int:
+    import getpass
+
+    from bridge.control import ControlError, send_command
+    endpoint = args.control or config.server.control_bind
+    operator = args.operator or getpass.getuser()
+    try:
+        if args.command == "kill":
+            reply = send_command(endpoint, "kill", operator=operator, reason=args.reason)
+            print(f"KILLED by {operator}: {reply['sessions_flattened']} NT8 sessions told to flatten everything; "
+                  f"new orders are refused until `nt8bridge enable --operator NAME`")
+        elif args.command == "enable":
+            reply = send_command(endpoint, "enable", operator=args.operator, reason=args.reason)
+            print(f"trading enabled by {args.operator} ({reply['sessions']} sessions)")
+        else:
+            reply = send_command(endpoint, "status")
+            print(json.dumps(reply, indent=2) if args.json else f"{reply['state']} ({reply['sessions']} sessions)")
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
 # --- backtest -----------------------------------------------------------------------------------
 
 def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
@@ -442,7 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the sidecar until Ctrl+C")
     s.add_argument("--bind", help="ZeroMQ endpoint (default: server.bind, tcp://127.0.0.1:5555)")
-    s.add_argument("--ready-file", help="write the bound endpoint to this file once listening (for supervisors)")
+    s.add_argument("--ready-file", help="write the bound endpoint to this file once listening (for supervisors); "
+                   "the control endpoint goes to FILE.control")
+    s.add_argument("--control-bind", help="control channel endpoint for kill/enable (default: server.control_bind, "
+                   "tcp://127.0.0.1:5556; '' disables it)")
     s.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     db_option(s)
     s.set_defaults(func=cmd_serve)
@@ -479,6 +509,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for the generated NT8 files (default: a temporary folder)")
     playback_options(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("kill", help="KILL SWITCH: flatten every NT8 session and refuse new orders until enabled")
+    s.add_argument("--reason", default="manual kill switch", help="why (recorded in the audit log)")
+    s.add_argument("--operator", help="who (default: the login name)")
+    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    s.set_defaults(func=cmd_kill)
+    s = sub.add_parser("enable", help="trade again after a kill (needs a named operator)")
+    s.add_argument("--operator", required=True, help="who re-enables (recorded)")
+    s.add_argument("--reason", default="", help="why (recorded)")
+    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    s.set_defaults(func=cmd_kill)
+    s = sub.add_parser("status", help="the sidecar's trading state (ACTIVE or HALTED) and sessions")
+    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_kill)
 
     s = sub.add_parser("backtest", help="walk-forward backtest of strategies through the whole decision path")
     s.add_argument("--data", nargs="+", required=True, metavar="FILE", help="NT8 exports (ticks or minute bars), "

@@ -31,6 +31,8 @@ def _opt(default: Any, help: str, *, min: float | None = None, max: float | None
 @dataclass(frozen=True)
 class ServerConfig:
     bind: str = _opt("tcp://127.0.0.1:5555", "ZeroMQ endpoint the ROUTER socket binds (loopback by default)")
+    control_bind: str = _opt("tcp://127.0.0.1:5556", "ZeroMQ endpoint of the control channel (nt8bridge kill / "
+                             "enable); empty disables it")
     heartbeat_ms: int = _opt(1000, "interval between heartbeats sent to each NT8 session", min=50, max=60_000)
     heartbeat_timeout_ms: int = _opt(5000, "a session that sends nothing for this long is marked LOST",
                                      min=100, max=600_000)

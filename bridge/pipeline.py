@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.config import Config
+from bridge.control import TradingSwitch
 from bridge.features import FeatureEngine, FeatureSnapshot, FeatureWindows
 from bridge.instruments import InstrumentSpec
 from bridge.market import BarData, MarketState
@@ -66,11 +67,13 @@ class SessionInstrument:
 
 class DecisionPipeline:
     def __init__(self, *, config: Config, instruments: list[SessionInstrument], recorder: Recorder,
-                 strategies: list[Strategy], timings: StageTimings, id_prefix: str) -> None:
+                 strategies: list[Strategy], timings: StageTimings, id_prefix: str,
+                 switch: TradingSwitch | None = None) -> None:
         self.config = config
         self.recorder = recorder
         self.strategies = strategies
         self.timings = timings
+        self.switch = switch or TradingSwitch()  # the server's, shared by every session
         self.instruments = {i.instrument_id: i for i in instruments}
         self.gate = QualityGate(config.quality)
         self.market = MarketState(config.bars.period_s, config.bars.history)
@@ -295,7 +298,10 @@ class DecisionPipeline:
             checked.append((plan, inputs, self.risk.check(intent, inputs)))
         t2 = perf()
         self.timings.record("risk", t2 - t1)
-        denied = [r.denial for _, _, r in checked if not r.approved]
+        denied: list[Any] = [r.denial for _, _, r in checked if not r.approved]
+        if self.switch.halted:  # the kill switch: nothing new leaves until a named operator enables trading
+            last = self.switch.events[-1]
+            denied.insert(0, f"RISK_KILL_SWITCH (by {last.operator}: {last.reason})")
         messages: list[Message] = []
         for plan, inputs, result in checked:
             s = plan.signal
@@ -311,7 +317,8 @@ class DecisionPipeline:
             }
             if denied:
                 self.denials += 1
-                why = result.denial if not result.approved else f"another leg of {s.group} was denied ({denied[0]})"
+                why = (denied[0] if self.switch.halted else result.denial if not result.approved
+                       else f"another leg of {s.group} was denied ({denied[0]})")
                 self.recorder.decision(decision_id, s.instrument_id, plan.algorithm_id, event_ns, now,
                                        f"DENIED:{why}", plan.rationale, record_inputs)
                 log.info("decision %s denied: %s (%s)", decision_id, why, result.describe())

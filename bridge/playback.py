@@ -139,6 +139,7 @@ class PlaybackResult:
     elapsed_s: float
     fills_detail: list[tuple[int, Fill]] = field(default_factory=list)  # (event time, fill), in order
     bracket_algorithms: dict[str, str] = field(default_factory=dict)  # client order id -> algorithm id
+    commands: list[tuple[int, str]] = field(default_factory=list)  # (event index, BRACKET/CANCEL/CHANGE/FLATTEN)
 
     @property
     def ticks_rejected(self) -> int:
@@ -175,6 +176,7 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     brackets = 0
     bracket_ordinal: dict[str, int] = {}
     algorithms: dict[str, str] = {}
+    commands: list[tuple[int, str]] = []
     start = time.perf_counter()
     with Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls) as client:
         welcome = client.connect()
@@ -197,6 +199,8 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
         def apply(replies: list[Message], ts: int, index: int) -> None:
             nonlocal brackets
             for r in replies:
+                if isinstance(r, (SubmitBracket, CancelOrder, ChangeOrder, Flatten)):
+                    commands.append((index // 4, type(r).TYPE.name))
                 if isinstance(r, SubmitBracket):
                     brackets += 1
                     bracket_ordinal[r.client_order_id] = brackets
@@ -259,5 +263,5 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
         digest=digest.hexdigest(), elapsed_s=elapsed,
         fills_detail=[(int(stream.ts_ns[min(f.tick_index // 4, n - 1)]) if f.tick_index >= 0 else int(stream.ts_ns[0]), f)
                       for f in broker.fills],
-        bracket_algorithms=algorithms,
+        bracket_algorithms=algorithms, commands=commands,
     )

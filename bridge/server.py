@@ -9,17 +9,20 @@ message becomes INTERNAL_ERROR for that message, never a dead server.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
 from bridge import __version__
 from bridge.config import Config
+from bridge.control import ControlError, TradingSwitch, parse_request
 from bridge.instruments import InstrumentMaster
 from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument
 from bridge.protocol import codec
@@ -27,8 +30,10 @@ from bridge.protocol.codec import ProtocolError
 from bridge.protocol.messages import (
     FROM_NT8,
     PROTOCOL_VERSION,
+    ALL_INSTRUMENTS,
     Error,
     ErrorCode,
+    Flatten,
     Heartbeat,
     Hello,
     Message,
@@ -108,6 +113,9 @@ class SidecarServer:
         self._stop = False
         self._last_session_id = 0
         self._log_window: dict[str, list] = {}  # code -> [window start, lines logged, lines suppressed]
+        self.switch = TradingSwitch()  # desk-wide: a kill halts every session, the ones to come too
+        self.control_endpoint: str | None = None
+        self._control: zmq.Socket | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -125,6 +133,66 @@ class SidecarServer:
         log.info("sidecar listening on %s", self.endpoint)
         return self.endpoint
 
+    def bind_control(self, endpoint: str | None = None) -> str | None:
+        """Bind the control channel (REP); ``""`` in the config disables it."""
+        endpoint = self.config.server.control_bind if endpoint is None else endpoint
+        if not endpoint:
+            return None
+        sock = self.ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 65536)
+        sock.bind(endpoint)
+        self._control = sock
+        self.control_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("control channel on %s (nt8bridge kill / enable)", self.control_endpoint)
+        return self.control_endpoint
+
+    # --- kill switch ----------------------------------------------------------------------------
+
+    def kill(self, operator: str, reason: str) -> int:
+        """Halt new orders everywhere and FLATTEN every instrument of every session; returns the sessions told."""
+        now = time.time_ns()
+        event = self.switch.kill(operator, reason, now)
+        told = 0
+        for session in list(self.sessions.values()):
+            session.recorder.audit("kill", event.operator, now, {"reason": event.reason, "operator": event.operator,
+                                                                 "state": str(self.switch.state)})
+            if not session.peer_gone:
+                self._send(session, Flatten(ALL_INSTRUMENTS, f"kill switch: {event.reason}"[:200]))
+                told += 1
+        log.warning("KILL SWITCH by %s: %s; %d sessions flattened, new orders refused until enabled",
+                    event.operator, event.reason, told)
+        return told
+
+    def enable(self, operator: str, reason: str) -> None:
+        now = time.time_ns()
+        event = self.switch.enable(operator, reason, now)
+        for session in self.sessions.values():
+            session.recorder.audit("enable", event.operator, now, {"reason": event.reason, "operator": event.operator,
+                                                                   "state": str(self.switch.state)})
+        log.warning("trading re-enabled by %s: %s", event.operator, event.reason)
+
+    def _on_control(self) -> None:
+        sock = self._control
+        assert sock is not None
+        try:
+            data = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            req = parse_request(data)
+            cmd = req["cmd"]
+            reply: dict[str, Any] = {"ok": True}
+            if cmd == "kill":
+                reply["sessions_flattened"] = self.kill(req.get("operator", ""), req.get("reason", ""))
+            elif cmd == "enable":
+                self.enable(req.get("operator", ""), req.get("reason", ""))
+            reply |= {"state": str(self.switch.state), "sessions": len(self.sessions),
+                      "events": [dataclasses.asdict(e) for e in self.switch.events[-5:]]}
+        except ControlError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        sock.send(json.dumps(reply).encode())
+
     def request_stop(self) -> None:
         """Ask the loop to end (safe from a signal handler or another thread)."""
         self._stop = True
@@ -136,6 +204,8 @@ class SidecarServer:
         sock = self._socket
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        if self._control is not None:
+            poller.register(self._control, zmq.POLLIN)
         hb_s = self.config.server.heartbeat_ms / 1000.0
         flush_s = self.config.storage.flush_interval_ms / 1000.0
         next_timers = time.monotonic()
@@ -147,6 +217,8 @@ class SidecarServer:
             while not self._stop:
                 timeout_ms = max(0, min(50, int((next_timers - time.monotonic()) * 1000)))
                 if poller.poll(timeout_ms):
+                    if self._control is not None and self._control.poll(0):
+                        self._on_control()
                     for _ in range(_DRAIN_BURST):
                         try:
                             frames = [recv(noblock)]
@@ -170,6 +242,9 @@ class SidecarServer:
             self.timings.fold()
             sock.close(linger=200)  # let the last replies out, but never hang on a dead peer
             self._socket = None
+            if self._control is not None:
+                self._control.close(linger=0)
+                self._control = None
             log.info("sidecar stopped")
 
     def _drain_on_stop(self, poller: zmq.Poller, recv: Callable, more: Callable, noblock: int, rcvmore: int) -> None:
@@ -334,7 +409,7 @@ class SidecarServer:
         recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks)
         pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
                                     strategies=self.strategy_factory(), timings=self.timings,
-                                    id_prefix=f"S{session_id}")
+                                    id_prefix=f"S{session_id}", switch=self.switch)
         now = time.monotonic()
         session = Session(session_id, rid, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
         for i in instruments:

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import zmq
+
 from bridge.config import Config
 from bridge.instruments import InstrumentMaster
 from bridge.server import SidecarServer
@@ -37,13 +39,20 @@ def master_for(config: Config) -> InstrumentMaster:
 
 
 def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file: Path | None = None,
-                metrics: bool | None = None) -> SidecarServer:
+                metrics: bool | None = None, control_bind: str | None = None) -> SidecarServer:
     """Serve until SIGINT/SIGTERM; flushes every row to storage before returning."""
     writer = StorageWriter(db_url, batch_rows=config.storage.batch_rows, queue_batches=config.storage.queue_batches,
                            flush_interval_s=config.storage.flush_interval_ms / 1000.0)
     writer.start()
     server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config))
     endpoint = server.bind(bind)
+    try:
+        control = server.bind_control(control_bind)
+    except zmq.ZMQError as exc:
+        writer.close()
+        raise RuntimeError(f"cannot bind the control channel {control_bind or config.server.control_bind}: "
+                           f"{exc.strerror}; another sidecar may hold it: give this one --control-bind "
+                           "tcp://127.0.0.1:PORT (or set server.control_bind)") from None
     if metrics if metrics is not None else config.metrics.enabled:
         from bridge.metrics import serve_metrics
         port = serve_metrics(server, writer, config.metrics.host, config.metrics.port)
@@ -56,6 +65,8 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if ready_file is not None:
+        if control:
+            Path(str(ready_file) + ".control").write_text(control, encoding="utf-8")  # before the endpoint
         tmp = Path(str(ready_file) + ".tmp")
         tmp.write_text(endpoint, encoding="utf-8")
         tmp.replace(ready_file)  # atomic: the reader never sees half an endpoint
@@ -80,6 +91,7 @@ class SidecarProcess:
         self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
         self.endpoint: str | None = None
+        self.control_endpoint: str | None = None  # nt8bridge kill / enable go here
         self._tmp = tempfile.TemporaryDirectory(prefix="nt8bridge-")
         self._log = None
 
@@ -88,8 +100,8 @@ class SidecarProcess:
         cmd = [sys.executable, "-m", "bridge.cli"]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
-        cmd += ["serve", "--bind", "tcp://127.0.0.1:*", "--db", self.db_url, "--ready-file", str(ready),
-                "--no-metrics", *self.extra_args]
+        cmd += ["serve", "--bind", "tcp://127.0.0.1:*", "--control-bind", "tcp://127.0.0.1:*", "--db", self.db_url,
+                "--ready-file", str(ready), "--no-metrics", *self.extra_args]
         log_path = self.log_path or Path(self._tmp.name) / "sidecar.log"
         self._log = open(log_path, "ab")
         self.log_path = log_path
@@ -98,6 +110,8 @@ class SidecarProcess:
         while time.monotonic() < deadline:
             if ready.exists():
                 self.endpoint = ready.read_text(encoding="utf-8")
+                control = Path(str(ready) + ".control")
+                self.control_endpoint = control.read_text(encoding="utf-8") if control.exists() else None
                 return self.endpoint
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the sidecar exited with code {self.proc.returncode} before listening; "
