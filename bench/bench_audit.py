@@ -120,7 +120,8 @@ def bench_append(folder: Path, payloads: list[dict[str, Any]], n: int, block: in
     os.close(fd_enc)
     os.close(fd_dumps)
     line_bytes = (folder / "bench.audit.jsonl").stat().st_size / (n + warmup)
-    out: dict[str, Any] = {"n": n, "journal_line_bytes": round(line_bytes),
+    payload_bytes = sum(len(_encode(p).encode()) for p in payloads) / np_
+    out: dict[str, Any] = {"n": n, "journal_line_bytes": round(line_bytes), "payload_bytes": round(payload_bytes),
                            "checkpoints": len(read_checkpoints(folder / "bench.audit.checkpoints.jsonl"))}
     for name in runners:
         s = samples[name]
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         a = bench_append(folder, payloads, args.appends, args.block, args.warmup)
         figures["append"] = a
         c, e, d = a["chain"], a["encoder"], a["dumps"]
-        print(f"append: {a['n']} timed calls per variant, ~{a['journal_line_bytes']} B journal lines, "
+        print(f"append: {a['n']} timed calls per variant, ~{a['payload_bytes']} B payloads, "
+              f"~{a['journal_line_bytes']} B journal lines, "
               f"{a['checkpoints']} checkpoints, interleaved blocks of {args.block}")
         print(f"{'':34s} {'p50 us':>8s} {'p99 us':>8s} {'max us':>9s} {'mean us':>8s} {'records/s':>11s}")
         for label, f in (("AuditChain.append", c), ("baseline: encoder + os.write", e),

@@ -119,7 +119,8 @@ def stream(n: int, seed: int):
             sd = rng.choice((Side.BUY, Side.SELL))
             seq += 1
             working.append(WorkingOrder(f"W{seq}", rng.choice(ACCOUNTS), rng.choice(ALGOS), r2, sd, rng.randint(1, 2),
-                                        EntryType.LIMIT, refs[r2] - (1 if sd == Side.BUY else -1) * rng.randint(4, 30) * t2,
+                                        EntryType.LIMIT,
+                                        refs[r2] - (1 if sd == Side.BUY else -1) * rng.randint(4, 30) * t2,
                                         rng.random() < 0.5))
         kind = rng.random()
         seq += 1
@@ -129,7 +130,10 @@ def stream(n: int, seed: int):
             side = rng.choice((Side.BUY, Side.SELL))
             sign = 1 if side == Side.BUY else -1
             et = rng.choice((EntryType.MARKET, EntryType.LIMIT, EntryType.LIMIT, EntryType.STOP))
-            entry = ref - sign * rng.randint(0, 12) * tick if et == EntryType.LIMIT else ref + sign * rng.randint(1, 8) * tick
+            if et == EntryType.LIMIT:  # a limit rests below a buy's market, a stop above
+                entry = ref - sign * rng.randint(0, 12) * tick
+            else:
+                entry = ref + sign * rng.randint(1, 8) * tick
             base = ref if et == EntryType.MARKET else entry
             stop, target = base - sign * rng.randint(8, 30) * tick, base + sign * rng.randint(8, 45) * tick
             qty = rng.choice((1, 1, 1, 2, 2, 3, 4, 6))

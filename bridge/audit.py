@@ -83,6 +83,7 @@ except ImportError:  # pragma: no cover - Windows
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text
 
 __all__ = [
+    "AUDIT_CHAIN_COLUMNS",
     "AUDIT_TABLE_DDL_TRIGGERS",
     "GENESIS_HASH",
     "AuditChain",
@@ -145,26 +146,42 @@ def _make_fast_encoder() -> Callable[[Any], str]:
 
 
 _encode = _make_fast_encoder()
-_STR_ONLY = frozenset({str})
+# the containers json serialises that the key check descends into (other dict subclasses are not checked)
 _CONTAINERS = frozenset({dict, list, tuple, OrderedDict, defaultdict, Counter})
+_join = "".join
+
+
+def _check_dict_keys(obj: dict[Any, Any]) -> None:
+    """TypeError if obj or a container inside it has a non-str key. On the hot path: str.join is the
+    cheapest C-level "all keys are str" test (0.3 us for a dozen keys); values are scanned once."""
+    try:
+        _join(obj)
+    except TypeError:
+        bad = next(k for k in obj if not isinstance(k, str))
+        raise TypeError(f"audit JSON keys must be str, not {type(bad).__name__} ({bad!r})") from None
+    for v in obj.values():
+        if type(v) in _CONTAINERS:
+            if isinstance(v, dict):
+                _check_dict_keys(v)
+            else:
+                _check_list_keys(v)
+
+
+def _check_list_keys(obj: list[Any] | tuple[Any, ...]) -> None:
+    for v in obj:
+        if type(v) in _CONTAINERS:
+            if isinstance(v, dict):
+                _check_dict_keys(v)
+            else:
+                _check_list_keys(v)
 
 
 def _check_keys(obj: Any) -> None:
-    """TypeError if a dict anywhere in obj has a non-str key (C-speed scans; recursion only into containers)."""
+    """TypeError if a dict anywhere in obj has a non-str key."""
     if isinstance(obj, dict):
-        if not _STR_ONLY.issuperset(map(type, obj)):
-            for k in obj:
-                if not isinstance(k, str):
-                    raise TypeError(f"audit JSON keys must be str, not {type(k).__name__} ({k!r})")
-        values: Iterable[Any] = obj.values()
-    elif type(obj) is list or type(obj) is tuple:
-        values = obj
-    else:
-        return
-    if not _CONTAINERS.isdisjoint(map(type, values)):
-        for v in values:
-            if type(v) in _CONTAINERS:
-                _check_keys(v)
+        _check_dict_keys(obj)
+    elif isinstance(obj, (list, tuple)):
+        _check_list_keys(obj)
 
 
 def _finite(obj: Any) -> Any:
@@ -619,23 +636,46 @@ def sign_checkpoint(private_key: Any, seq: int, hash_hex: str, ts_us: int) -> di
             "signature": signature}
 
 
-def read_checkpoints(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The checkpoint file's lines as dicts (a torn last line is skipped; a missing file is empty)."""
+def _read_checkpoint_file(path: Path) -> tuple[list[dict[str, Any]], int, bytes]:
+    """(checkpoints, byte length up to the last whole one, torn last line or b"")."""
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
-        return []
+        return [], 0, b""
     out: list[dict[str, Any]] = []
+    valid = 0
     lines = list(_split_lines(data))
-    for i, (_end, line, _term) in enumerate(lines):
+    for i, (end, line, _term) in enumerate(lines):
         d = _parse_line(line)
         if d is None:
             if i == len(lines) - 1:
-                log.warning("%s: torn last checkpoint line ignored", path)
-                break
+                return out, valid, data[valid:]
             raise JournalCorruptError(f"{path}: checkpoint line {i + 1} is not JSON")
         out.append(d)
-    return out
+        valid = end
+    return out, valid, b""
+
+
+def read_checkpoints(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The checkpoint file's lines as dicts (a torn last line is skipped; a missing file is empty)."""
+    checkpoints, _valid, torn = _read_checkpoint_file(Path(path))
+    if torn:
+        log.warning("%s: torn last checkpoint line ignored", path)
+    return checkpoints
+
+
+def _move_torn_tail(path: Path, torn: bytes) -> Path:
+    """Save a torn last line next to its file (``<name>.torn-<us>``, fsynced) before it is cut off."""
+    aside = path.with_name(f"{path.name}.torn-{time.time_ns() // 1000}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        os.write(fd, torn)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    log.warning("%s: torn last line (%d bytes, a write cut by a crash or power loss) moved to %s",
+                path, len(torn), aside)
+    return aside
 
 
 # --------------------------------------------------------------------------- the chain
@@ -684,6 +724,9 @@ class AuditChain:
         self._cp_next_time = self._cp_time + checkpoint_interval_s
         self._cp_requested = False
         self._sync_checkpoints = fsync_interval_s is None or fsync_interval_s <= 0
+        if self._behind is None and self._seq > self._cp_seq:
+            # records a previous process wrote after its last checkpoint (it crashed or was killed)
+            self._checkpoint_head()
         self._journal.start()  # after the resume, which may have truncated a torn tail
 
     # -- open
@@ -691,17 +734,8 @@ class AuditChain:
     def _resume(self) -> None:
         head, valid_length, torn, needs_newline = _tail_record(self.journal_path)
         if torn:
-            aside = self.journal_path.with_name(f"{self.journal_path.name}.torn-{time.time_ns() // 1000}")
-            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-            try:
-                os.write(fd, torn)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            log.warning("audit journal %s: torn last line (%d bytes, a write cut by a crash or power loss) "
-                        "moved to %s", self.journal_path, len(torn), aside)
+            self.torn_tail_moved_to = _move_torn_tail(self.journal_path, torn)
             self._journal.truncate(valid_length)
-            self.torn_tail_moved_to = aside
         if needs_newline:
             self._journal.write(b"\n")
             self._journal.fsync()
@@ -715,7 +749,15 @@ class AuditChain:
             self._seq, self._hash = rec.seq, rec.hash
         self._hash_raw = bytes.fromhex(self._hash)
         self._head = (self._seq, self._hash)
-        cps = read_checkpoints(self.checkpoint_path)
+        cps, valid_length, torn = _read_checkpoint_file(self.checkpoint_path)
+        if torn:  # a checkpoint cut by power loss: the next one must start on a line of its own
+            _move_torn_tail(self.checkpoint_path, torn)
+            fd = os.open(self.checkpoint_path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+            try:
+                os.ftruncate(fd, valid_length)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self._last_cp: tuple[int, str] | None = (cps[-1]["seq"], cps[-1]["hash"]) if cps else None
         self._check_behind()
 
@@ -756,28 +798,29 @@ class AuditChain:
         else:
             if type(session_id) is not int:
                 session_id = _as_int("session_id", session_id)
-            sid = int.__repr__(session_id)
+            sid = str(session_id)
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
-        _check_keys(payload)
+        _check_dict_keys(payload)
         try:
             pj = _encode(payload)
         except ValueError:
             payload = _finite(payload)
             pj = _encode(payload)
-        mid = ('"kind":' + _encode_str(kind) + ',"payload":' + pj).encode()
+        # canonical JSON assembled by hand, keys in sorted order (hash, kind, payload, prev_hash, seq,
+        # session_id, subject_id, ts_us); ints are exact ints here, so f-strings print them as json does
+        head = f'"kind":{_encode_str(kind)},"payload":{pj}'
+        sj = _encode_str(subject_id)
         with self._lock:
             if self._halt is not None or self._behind is not None:
                 raise AuditError(self._halt or self._behind)
             seq = self._seq + 1
             prev = self._hash
-            tail = (',"seq":' + int.__repr__(seq) + ',"session_id":' + sid + ',"subject_id":'
-                    + _encode_str(subject_id) + ',"ts_us":' + int.__repr__(ts_us) + "}").encode()
-            digest = _sha256(self._hash_raw + b"{" + mid + tail).digest()
+            tail = f',"seq":{seq},"session_id":{sid},"subject_id":{sj},"ts_us":{ts_us}}}'
+            digest = _sha256(self._hash_raw + f"{{{head}{tail}".encode()).digest()
             h = digest.hex()
             try:
-                self._journal.write(b'{"hash":"' + h.encode() + b'",' + mid + b',"prev_hash":"' + prev.encode()
-                                    + b'"' + tail + b"\n")
+                self._journal.write(f'{{"hash":"{h}",{head},"prev_hash":"{prev}"{tail}\n'.encode())
             except BaseException as exc:
                 # a failed or partial write may have left half a line: no further appends until reopened
                 self._halt = f"audit journal write failed ({exc!r}); reopen the chain"
@@ -934,7 +977,11 @@ def _prepare_checkpoints(checkpoints: list[dict[str, Any]], public_key: Any) -> 
     return out, None
 
 
-_Row = tuple[Any, Any, Any, bytes | None]  # (seq, prev_hash, hash, body bytes or None with the reason in hash)
+# (seq, prev_hash, hash, body): body is the canonical body bytes to hash; None when the row is not a
+# record (the reason is then in the hash slot); _HASH_CHECKED when the producer already found
+# sha256(bytes.fromhex(prev_hash) + body) == hash (the stream still checks seq and prev_hash)
+_HASH_CHECKED: Any = object()
+_Row = tuple[Any, Any, Any, Any]
 
 
 def _verify_stream(items: Iterable[_Row], checkpoints: list[dict[str, Any]] | None, public_key: Any,
@@ -963,9 +1010,12 @@ def _verify_stream(items: Iterable[_Row], checkpoints: list[dict[str, Any]] | No
         if prev_hash != prev_hex:
             before = "the genesis hash" if expected == 1 else f"the hash of record {expected - 1}"
             return fail(f"record {expected}: prev_hash does not match {before} (a record deleted, inserted or changed)")
-        digest = sha(prev_raw + body).digest()
-        if digest.hex() != h:
-            return fail(f"record {expected}: hash does not match its contents")
+        if body is _HASH_CHECKED:
+            digest = bytes.fromhex(h)
+        else:
+            digest = sha(prev_raw + body).digest()
+            if digest.hex() != h:
+                return fail(f"record {expected}: hash does not match its contents")
         while expected == next_cp:
             if cps[ci][1] != h:
                 return fail(f"record {expected}: hash differs from the signed checkpoint at seq {expected} "
@@ -1027,15 +1077,40 @@ def verify_journal(journal_path: str | os.PathLike[str], checkpoint_path: str | 
     """``verify`` straight from a journal file, streamed, without building record objects.
 
     A torn last line is ignored and reported (``torn_tail``); any other line that is not a whole
-    record fails verification at its position. Lines are checked by content, not by bytes."""
+    record fails verification at its position.
+
+    Fast path (no JSON parsing, ~4x faster): a line as the chain writes it is
+    ``{"hash":"H",`` + X + ``,"prev_hash":"P"`` + Y + newline, where ``{`` + X + Y is the canonical
+    body (the top-level ``,"prev_hash":"`` is the last one in the line: the fields after it are
+    numbers, null or a string, and a JSON string cannot hold an unescaped quote). If
+    ``sha256(P + body) == H``, the line is, byte for byte, what was hashed at append time. Any line
+    that does not pass is re-checked by content (parsed and re-serialised canonically), so a line
+    re-encoded without a change of content still verifies and a changed one is named."""
     checkpoints = read_checkpoints(checkpoint_path) if checkpoint_path is not None else None
     state = {"torn": False}
     encode = _encode
+    sha = _sha256
+    fromhex = bytes.fromhex
+    checked = _HASH_CHECKED
 
     def rows() -> Iterator[_Row]:
         with open(journal_path, "rb") as f:
             it = iter(f)
             for line in it:
+                if line[:9] == b'{"hash":"' and line[73:75] == b'",' and line[-2:] == b"}\n":
+                    i = line.rfind(b',"prev_hash":"')
+                    if i > 75 and line[i + 78:i + 86] == b'","seq":':
+                        tail = line[i + 79:-1]
+                        h = line[9:73].decode("ascii", "replace")
+                        p = line[i + 14:i + 78].decode("ascii", "replace")
+                        try:
+                            ok = sha(fromhex(p) + b"{" + line[75:i] + tail).hexdigest() == h
+                            seq = int(tail[7:tail.index(b",", 7)]) if ok else None
+                        except ValueError:
+                            ok = False
+                        if ok:
+                            yield seq, p, h, checked
+                            continue
                 try:
                     d = json.loads(line)
                 except ValueError:

@@ -177,11 +177,30 @@ class PortfolioConfig:
 
 @dataclass(frozen=True)
 class RiskConfig:
+    """Desk-wide limits (scope ``*``); ``[[risk_limits]]`` tables add limits per instrument, strategy or
+    account. A value of 0 for an optional limit means "not set"."""
+
     max_order_quantity: int = _opt(5, "largest quantity of one order", min=0, max=100_000)
-    max_position: int = _opt(5, "largest absolute position per instrument, counting working entries",
+    max_position: int = _opt(5, "largest absolute net position per instrument, counting working entries",
                              min=0, max=100_000)
+    max_order_notional: float = _opt(20_000_000.0, "largest notional of one order (quantity x price x point "
+                                     "value)", min=0.0, max=1e12)
+    collar_ticks: float = _opt(400.0, "entry, stop and target prices within this many ticks of the last trade",
+                               min=1.0, max=1e6)
     stale_data_s: float = _opt(10.0, "no new orders when the last tick is older than this (event time)",
                                min=0.1, max=86_400.0)
+    max_orders_per_s: int = _opt(20, "new orders per second (event time), desk-wide", min=1, max=100_000)
+    max_changes_per_s: int = _opt(50, "order changes per second", min=1, max=100_000)
+    max_cancels_per_s: int = _opt(50, "cancels per second (beyond it the desk halts; cancels still go)",
+                                  min=1, max=100_000)
+    max_executions_per_window: int = _opt(0, "repeated-execution throttle: this many automated fills within "
+                                          "execution_window_s halt trading until an operator enables it (0: off)",
+                                          min=0, max=1_000_000)
+    execution_window_s: float = _opt(60.0, "window of the repeated-execution throttle", min=1.0, max=86_400.0)
+    max_daily_loss: float = _opt(0.0, "daily loss (realized) beyond which only risk-reducing orders pass (0: off)",
+                                 min=0.0, max=1e12)
+    self_trade_prevention: bool = _opt(True, "never let one strategy's order trade against another's working "
+                                       "order on the same account")
 
 
 @dataclass(frozen=True)
@@ -207,10 +226,11 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     fill_model: FillModelConfig = field(default_factory=FillModelConfig)
     instruments: tuple[dict[str, Any], ...] = ()  # [[instruments]] declared beyond the built-in master
+    risk_limits: tuple[dict[str, Any], ...] = ()  # [[risk_limits]]: scope = "instrument:ES" ... and limits
 
 
 SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type]
-                             for f in dataclasses.fields(Config) if f.name != "instruments"}
+                             for f in dataclasses.fields(Config) if f.name not in ("instruments", "risk_limits")}
 
 
 def user_config_path() -> Path:
@@ -253,9 +273,9 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
     """Validate a parsed TOML document plus environment overrides into a Config."""
     env = dict(os.environ) if env is None else env
     errors: list[str] = []
-    unknown = sorted(set(data) - set(SECTIONS) - {"instruments"})
+    unknown = sorted(set(data) - set(SECTIONS) - {"instruments", "risk_limits"})
     for key in unknown:
-        errors.append(f"{key}: unknown section; allowed: {', '.join(list(SECTIONS) + ['instruments'])}")
+        errors.append(f"{key}: unknown section; allowed: {', '.join(list(SECTIONS) + ['instruments', 'risk_limits'])}")
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         raw = dict(data.get(name, {}))
@@ -280,10 +300,23 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
     if not isinstance(instruments, list) or not all(isinstance(i, dict) for i in instruments):
         errors.append("instruments: must be an array of tables ([[instruments]])")
         instruments = []
+    risk_limits = data.get("risk_limits", [])
+    if not isinstance(risk_limits, list) or not all(isinstance(i, dict) for i in risk_limits):
+        errors.append("risk_limits: must be an array of tables ([[risk_limits]] with scope = ...)")
+        risk_limits = []
+    for k, entry in enumerate(risk_limits):
+        from bridge.risk_engine import Limits, Scope
+        entry = dict(entry)
+        scope = entry.pop("scope", None)
+        try:
+            Scope.parse(scope)
+            Limits(**entry)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"risk_limits[{k}] (scope {scope!r}): {exc}")
     errors.extend(_cross_checks(sections))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
-    return Config(**sections, instruments=tuple(instruments))
+    return Config(**sections, instruments=tuple(instruments), risk_limits=tuple(risk_limits))
 
 
 def _cross_checks(sections: dict[str, Any]) -> list[str]:
@@ -354,8 +387,9 @@ def to_toml(config: Config) -> str:
             lines.append(f"# {f.metadata['help']}")
             lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
         lines.append("")
-    for inst in config.instruments:
-        lines.append("[[instruments]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in inst.items())
-        lines.append("")
+    for name in ("instruments", "risk_limits"):
+        for entry in getattr(config, name):
+            lines.append(f"[[{name}]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items())
+            lines.append("")
     return "\n".join(lines)

@@ -14,10 +14,12 @@ orders); the server sends them. Nothing here blocks: storage is a list append on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bridge.config import Config
 from bridge.control import TradingSwitch
@@ -30,6 +32,7 @@ from bridge.protocol.messages import (
     Bar,
     Error,
     ErrorCode,
+    EntryType,
     Execution,
     Flatten,
     CancelOrder,
@@ -40,11 +43,12 @@ from bridge.protocol.messages import (
     OrderState,
     OrderUpdate,
     Position,
+    Side,
     Tick,
 )
 from bridge.quality import QualityGate, QualityReason, QualityVerdict
 from bridge.recorder import Recorder, finite_or_none
-from bridge.risk import BasicRiskEngine, OrderIntent, RiskInputs
+from bridge.risk_engine import Limits, OrderRequest, RiskContext, RiskEngine, Scope, WorkingOrder
 from bridge.timing import StageTimings
 from strategies.base import Strategy
 from strategies.portfolio import BarDecisions, InstrumentInfo, OrderPlan, Portfolio
@@ -68,7 +72,7 @@ class SessionInstrument:
 class DecisionPipeline:
     def __init__(self, *, config: Config, instruments: list[SessionInstrument], recorder: Recorder,
                  strategies: list[Strategy], timings: StageTimings, id_prefix: str,
-                 switch: TradingSwitch | None = None) -> None:
+                 switch: TradingSwitch | None = None, account: str = "") -> None:
         self.config = config
         self.recorder = recorder
         self.strategies = strategies
@@ -84,7 +88,8 @@ class DecisionPipeline:
             i.instrument_id: InstrumentInfo(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value)
             for i in instruments})
         self._by_root = {i.spec.root: i.instrument_id for i in instruments}
-        self.risk = BasicRiskEngine(config.risk)
+        self.account = account
+        self.risk = risk_engine_for(config, instruments, self.gate.is_open)
         self.orders = OrderTracker(id_prefix)
         self._ticks_seen: set[int] = set()
         self._last_event_ns = 0
@@ -129,6 +134,33 @@ class DecisionPipeline:
 
     def point_value(self, instrument_id: int) -> float:
         return self.instruments[instrument_id].decl.point_value
+
+    def _positions(self) -> dict[tuple[str, str, str], int]:
+        """Filled contracts per (account, algorithm, root), as the risk engine counts them."""
+        out: dict[tuple[str, str, str], int] = {}
+        for b in self.orders.active():
+            if b.open_quantity:
+                key = (self.account, b.algorithm_id, self.root(b.instrument_id))
+                out[key] = out.get(key, 0) + b.open_quantity
+        return out
+
+    def _working(self) -> list[WorkingOrder]:
+        """Working entries (what is left of them) and the exit legs protecting filled contracts."""
+        out: list[WorkingOrder] = []
+        for b in self.orders.active():
+            root = self.root(b.instrument_id)
+            left = b.quantity - b.entry_filled
+            if left > 0 and not b.entry_done and b.status.name in ("SENT", "WORKING"):
+                out.append(WorkingOrder(b.client_order_id + ":E", self.account, b.algorithm_id, root, b.side, left,
+                                        b.entry_type, b.entry_price, True))
+            held = abs(b.open_quantity)
+            if held:
+                exit_side = Side.SELL if b.side == Side.BUY else Side.BUY
+                out.append(WorkingOrder(b.client_order_id + ":S", self.account, b.algorithm_id, root, exit_side, held,
+                                        EntryType.STOP, b.stop_price, False))
+                out.append(WorkingOrder(b.client_order_id + ":T", self.account, b.algorithm_id, root, exit_side, held,
+                                        EntryType.LIMIT, b.target_price, False))
+        return out
 
     @property
     def equity(self) -> float:
@@ -289,16 +321,19 @@ class DecisionPipeline:
             s = plan.signal
             iid = s.instrument_id
             state = self.market.instruments[iid]
-            intent = OrderIntent(iid, s.side, plan.quantity, s.entry_type, s.entry_price, s.stop_price, s.target_price)
-            inputs = RiskInputs(
-                position=self.orders.position(iid), working_entry_quantity=self.orders.working_entry_quantity(iid),
-                reference_price=state.last, last_tick_ns=state.last_ts_ns, now_ns=event_ns,
-                market_open=self.gate.is_open(iid, event_ns),
-            )
-            checked.append((plan, inputs, self.risk.check(intent, inputs)))
+            decl = self.instruments[iid].decl
+            request = OrderRequest(self.root(iid), plan.algorithm_id, self.account, s.side, plan.quantity, s.entry_type,
+                                   s.entry_price, s.stop_price, s.target_price, decl.point_value, decl.tick_size)
+            context = RiskContext(event_ns, state.last, state.last_ts_ns or None, self._positions(),
+                                  self._working(), {"*": (self.realized, 0.0)})
+            inputs = (self.orders.position(iid), self.orders.working_entry_quantity(iid))
+            checked.append((plan, inputs, self.risk.check_new(request, context)))
         t2 = perf()
         self.timings.record("risk", t2 - t1)
-        denied: list[Any] = [r.denial for _, _, r in checked if not r.approved]
+        denied: list[Any] = [str(r.reason) for _, _, r in checked if not r.approved]
+        for _, _, r in checked:
+            for event in r.events:  # state changes and expired overrides the checks caused
+                self.recorder.audit("risk_event", type(event).__name__, now, event.to_dict())
         if self.switch.halted:  # the kill switch: nothing new leaves until a named operator enables trading
             last = self.switch.events[-1]
             denied.insert(0, f"RISK_KILL_SWITCH (by {last.operator}: {last.reason})")
@@ -310,14 +345,14 @@ class DecisionPipeline:
                 "features": (f.values if (f := self.features(s.instrument_id)) else {}),
                 "signal": _signal_fields(s),
                 "sizing": plan.sizing,
-                "risk": [{"check": c.name, "passed": c.passed, "value": c.value, "limit": c.limit}
-                         for c in result.checks],
-                "position": inputs.position, "working": inputs.working_entry_quantity,
+                "risk": [{"check": c.name, "passed": c.passed, "value": _finite(c.value), "limit": _finite(c.limit),
+                          "scope": c.scope} for c in result.checks],
+                "position": inputs[0], "working": inputs[1],
                 "equity": self.equity,
             }
             if denied:
                 self.denials += 1
-                why = (denied[0] if self.switch.halted else result.denial if not result.approved
+                why = (denied[0] if self.switch.halted else str(result.reason) if not result.approved
                        else f"another leg of {s.group} was denied ({denied[0]})")
                 self.recorder.decision(decision_id, s.instrument_id, plan.algorithm_id, event_ns, now,
                                        f"DENIED:{why}", plan.rationale, record_inputs)
@@ -371,6 +406,11 @@ class DecisionPipeline:
     def on_execution(self, seq: int, execution: Execution) -> list[Message]:
         if self.orders.on_execution(execution):
             self.recorder.execution(seq, execution)
+            b = self.orders.brackets.get(execution.client_order_id)
+            if b is not None:  # an automated fill: the repeated-execution throttle counts it
+                for event in self.risk.on_execution(self.root(b.instrument_id), b.algorithm_id, self.account,
+                                                    execution.ts_event_ns):
+                    self.recorder.audit("risk_event", type(event).__name__, time.time_ns(), event.to_dict())
         else:
             self.recorder.audit("duplicate_execution", execution.execution_id, time.time_ns(), _fields(execution))
         for b in self.orders.closed:
@@ -386,6 +426,34 @@ class DecisionPipeline:
 
     def on_account(self, seq: int, account: Account) -> None:
         self.recorder.account(seq, account)
+
+
+def risk_engine_for(config: Config, instruments: list[SessionInstrument],
+                    is_open: Callable[[int, int], bool]) -> RiskEngine:
+    """The session's risk engine: desk-wide limits from ``[risk]``, ``[[risk_limits]]`` per scope, and
+    each instrument's trading hours from the instrument master (unless session hours are off)."""
+    rc = config.risk
+    throttle = rc.max_executions_per_window or None
+    limits: dict[Scope | str, Limits] = {"*": Limits(
+        collar_ticks=rc.collar_ticks, max_order_quantity=rc.max_order_quantity,
+        max_order_notional=rc.max_order_notional, max_net=rc.max_position, stale_data_s=rc.stale_data_s,
+        max_orders_per_s=rc.max_orders_per_s, max_changes_per_s=rc.max_changes_per_s,
+        max_cancels_per_s=rc.max_cancels_per_s, max_executions_per_window=throttle,
+        execution_window_s=rc.execution_window_s if throttle else None, max_daily_loss=rc.max_daily_loss or None,
+        self_trade_prevention=rc.self_trade_prevention)}
+    for entry in config.risk_limits:
+        fields = {k: v for k, v in entry.items() if k != "scope"}
+        limits[Scope.parse(entry["scope"])] = Limits(**fields)
+    if config.quality.check_session_hours:
+        for i in instruments:
+            scope = Scope.parse(f"instrument:{i.spec.root}")
+            base = limits.get(scope, Limits())
+            limits[scope] = dataclasses.replace(base, sessions=lambda ts, iid=i.instrument_id: is_open(iid, ts))
+    return RiskEngine(limits)
+
+
+def _finite(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _signal_fields(s: Any) -> dict[str, Any]:

@@ -109,6 +109,14 @@ time and is reported as an :class:`OverrideExpired` event in that call's result.
 an overridden value says so in its ``note``. :meth:`RiskEngine.set_limit` is the only other way to
 change limits after construction; every change is returned as an event for the audit log.
 
+Changes
+-------
+:meth:`RiskEngine.check_change` applies to a change of one working order: trading state, stale data
+and reference price, the collar on the new price, quantity and notional of the new quantity,
+position limits when an entry grows, self-trade prevention when a price moves, and the change rate.
+Sessions and blackouts are not checked (moving a protective stop must stay possible); the
+fail-closed rule is.
+
 Self-trade prevention
 ---------------------
 With ``self_trade_prevention`` set in any scope of the order, a new order (or a changed price) is
@@ -385,8 +393,8 @@ class Limits:
                 object.__setattr__(self, name, int(v))
             else:
                 object.__setattr__(self, name, float(v))
-        if (self.max_executions_per_window is None) != (self.execution_window_s is None):
-            raise ValueError("max_executions_per_window and execution_window_s go together: set both or neither")
+        if self.max_executions_per_window is not None and self.execution_window_s is None:
+            raise ValueError("max_executions_per_window needs execution_window_s (set the window first)")
         if self.execution_window_s is not None and self.execution_window_s <= 0:
             raise ValueError("execution_window_s must be > 0")
         if self.max_executions_per_window is not None and self.max_executions_per_window < 1:
@@ -941,12 +949,20 @@ class RiskEngine:
         return [c._replace(note=(c.note + "; " if c.note else "") + notes[(c.scope, c.name)])
                 if (c.scope, c.name) in notes else c for c in checks]
 
-    def _take_events(self, extra: list[Event] | None = None) -> tuple[Event, ...]:
-        if not self._pending and not extra:
+    def _take_events(self) -> tuple[Event, ...]:
+        if not self._pending:
             return ()
-        out = tuple(self._pending) + tuple(extra or ())
+        out = tuple(self._pending)
         self._pending.clear()
         return out
+
+    def _command_time(self, now_ns: int | None) -> int:
+        """The event time of an operator command: as given, else the latest event time seen."""
+        if now_ns is None:
+            if self._now == -_NEVER:
+                raise ValueError("now_ns is required before the engine has seen any event time")
+            now_ns = self._now
+        return self._advance(now_ns)
 
     def _result(self, kind: str, approved: bool, reason: RiskReason | None, r: _Route | None,
                 checks: list[RiskCheck], detail: str, order_id: str, now: int) -> RiskResult:
@@ -992,7 +1008,7 @@ class RiskEngine:
         operator = _require(operator, "operator")
         reason = _require(reason, "reason")
         s = Scope.parse(scope)
-        now = self._advance(self._now if now_ns is None else now_ns)
+        now = self._command_time(now_ns)
         ev = self._set_state(s, new, None, reason, operator, now, automatic=False)
         assert ev is not None
         return ev
@@ -1001,13 +1017,16 @@ class RiskEngine:
 
     def set_limit(self, scope: Scope | str, field_name: str, value: Any, operator: str, reason: str,
                   now_ns: int | None = None) -> LimitChange:
-        """Change one limit of one scope (None removes it). The only way to change limits at run time."""
+        """Change one limit of one scope (None removes it). The only way to change limits at run time.
+
+        The throttle's two fields go in order: ``execution_window_s`` before ``max_executions_per_window``
+        (a count without a window is refused), and the count before the window when removing them."""
         operator = _require(operator, "operator")
         reason = _require(reason, "reason")
         s = Scope.parse(scope)
         if field_name not in LIMIT_FIELDS:
             raise ValueError(f"unknown limit {field_name!r}; one of {', '.join(LIMIT_FIELDS)}")
-        now = self._advance(self._now if now_ns is None else now_ns)
+        now = self._command_time(now_ns)
         base = self._base.get(s, _EMPTY)
         new = replace(base, **{field_name: value})  # validates
         old = getattr(base, field_name)
@@ -1029,15 +1048,14 @@ class RiskEngine:
                              f"not {field_name!r}")
         if value is None:
             raise ValueError("an override cannot remove a limit; give a value")
-        now = self._advance(self._now if now_ns is None else now_ns)
+        now = self._command_time(now_ns)
         if not isinstance(expires_ns, int) or expires_ns <= now:
             raise ValueError(f"expires_ns {expires_ns!r} must be an event time after now ({now})")
         if expires_ns - now > self.max_override_s * _NS:
             raise ValueError(f"an override may last at most {self.max_override_s:g} s")
         eff = self._eff.get(s, _EMPTY)
-        replace(eff, **{field_name: value})  # validates the value
         previous = getattr(eff, field_name)
-        checked = getattr(replace(_EMPTY, **{field_name: value}), field_name)
+        checked = getattr(replace(eff, **{field_name: value}), field_name)  # validated and normalised
         o = Override(s, field_name, checked, previous, who, why, approved_by, now, expires_ns)
         self._ovr.setdefault(s, {})[field_name] = o
         self._next_expiry = min(self._next_expiry, expires_ns)

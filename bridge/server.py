@@ -409,7 +409,7 @@ class SidecarServer:
         recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks)
         pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
                                     strategies=self.strategy_factory(), timings=self.timings,
-                                    id_prefix=f"S{session_id}", switch=self.switch)
+                                    id_prefix=f"S{session_id}", switch=self.switch, account=hello.account)
         now = time.monotonic()
         session = Session(session_id, rid, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
         for i in instruments:

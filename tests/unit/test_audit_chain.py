@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -438,6 +439,57 @@ def test_tampered_journal_file_is_detected_at_the_right_line(paths: Paths) -> No
     check(lines, None, "20 records verified")
 
 
+def test_verify_journal_checks_chain_written_lines_without_parsing_them(paths: Paths, monkeypatch: Any) -> None:
+    build(paths, 12)
+    with paths.chain() as chain:  # non-ASCII text and a nested payload through the byte-level path too
+        chain.append("décision", "sujet-é", None, {"note": "€", "nested": {"a": [1, {"b": None}]}})
+
+    def no_parsing(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("json.loads called on a well-formed journal line")
+
+    monkeypatch.setattr(json, "loads", no_parsing)
+    result = verify_journal(paths.journal)
+    assert result.ok and result.records == 13
+
+
+def test_a_line_re_encoded_with_the_same_content_still_verifies(paths: Paths) -> None:
+    build(paths, 6)
+    lines = paths.journal.read_bytes().split(b"\n")[:-1]
+    d = json.loads(lines[2])
+    lines[2] = json.dumps(dict(reversed(list(d.items()))), ensure_ascii=True, indent=None).encode()  # spaces, \u
+    assert lines[2] != paths.journal.read_bytes().split(b"\n")[2]
+    paths.journal.write_bytes(b"".join(line + b"\n" for line in lines))
+    assert verify_journal(paths.journal, paths.checkpoints, load_public_key(str(paths.key) + ".pub")).ok
+    lines[2] = lines[2].replace(b'"quantity": 2', b'"quantity": 3')
+    paths.journal.write_bytes(b"".join(line + b"\n" for line in lines))
+    assert verify_journal(paths.journal).first_bad_seq == 3
+
+
+def test_checkpoints_are_written_only_after_the_journal_is_fsynced(paths: Paths, monkeypatch: Any) -> None:
+    import bridge.audit as audit
+
+    events: list[tuple[str, int]] = []
+    real_fsync, real_sign = AuditJournal.fsync, audit.sign_checkpoint
+
+    def fsync(self: AuditJournal) -> None:
+        real_fsync(self)
+        events.append(("journal fsync", self.path.stat().st_size))
+
+    def sign(key: Any, seq: int, h: str, ts_us: int) -> dict[str, Any]:
+        events.append(("checkpoint", seq))
+        return real_sign(key, seq, h, ts_us)
+
+    monkeypatch.setattr(AuditJournal, "fsync", fsync)
+    monkeypatch.setattr(audit, "sign_checkpoint", sign)
+    records = build(paths, 12, checkpoint_every=5)
+    line_ends = list(itertools.accumulate(len(r.to_line()) for r in records))
+    checkpoints = [i for i, e in enumerate(events) if e[0] == "checkpoint"]
+    assert [events[i][1] for i in checkpoints] == [5, 10, 12]
+    for i in checkpoints:
+        kind, size = events[i - 1]
+        assert kind == "journal fsync" and size >= line_ends[events[i][1] - 1]
+
+
 # --------------------------------------------------------------------------- crash and power loss
 
 
@@ -459,6 +511,40 @@ def test_torn_last_line_is_reported_not_fatal_and_moved_aside_on_reopen(paths: P
     read = AuditJournal.read(paths.journal)
     assert read == records + [r] and not read.torn_tail
     assert verify_journal(paths.journal, paths.checkpoints, pub).ok
+
+
+def test_a_torn_checkpoint_line_is_skipped_and_cut_off_on_reopen(paths: Paths) -> None:
+    build(paths, 6, checkpoint_every=3)
+    with paths.checkpoints.open("ab") as f:
+        f.write(b'{"hash":"a1b2')
+    assert [c["seq"] for c in read_checkpoints(paths.checkpoints)] == [3, 6]
+    with paths.chain(checkpoint_every=3) as chain:
+        for i in range(3):
+            chain.append("x", "y", None, {"i": i})
+    assert [c["seq"] for c in read_checkpoints(paths.checkpoints)] == [3, 6, 9]
+    assert list(paths.root.glob("audit.checkpoints.jsonl.torn-*"))[0].read_bytes() == b'{"hash":"a1b2'
+    assert verify_journal(paths.journal, paths.checkpoints, load_public_key(str(paths.key) + ".pub")).ok
+
+
+def test_a_failed_background_fsync_stops_appends(paths: Paths, monkeypatch: Any) -> None:
+    chain = paths.chain(fsync_interval_s=0.005)
+    chain.append("x", "y", None, {})
+    real_fsync = os.fsync
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    chain.append("x", "y", None, {})  # the background thread's next fsync fails
+    deadline = time.monotonic() + 60
+    while chain._journal.failed is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with pytest.raises(AuditError, match="background fsync/checkpoint failed"):
+        chain.append("x", "y", None, {})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    with pytest.raises(AuditError):
+        chain.close()
+    assert len(AuditJournal.read(paths.journal)) == 2
 
 
 def test_a_bad_line_before_the_last_is_corruption_not_a_torn_tail(paths: Paths) -> None:
@@ -507,6 +593,7 @@ def test_journal_survives_sigkill_of_the_writer(paths: Paths) -> None:
     assert read_checkpoints(paths.checkpoints) == []  # it never got to checkpoint or close
     assert verify(records).ok
     with paths.chain() as chain:  # the dead writer's lock is gone; the chain continues
+        assert [c["seq"] for c in read_checkpoints(paths.checkpoints)] == [n]  # the orphans, signed at open
         assert chain.append("restart", "sidecar", None, {}).seq == n + 1
     assert verify_journal(paths.journal, paths.checkpoints, load_public_key(str(paths.key) + ".pub")).records == n + 1
 

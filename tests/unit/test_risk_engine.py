@@ -315,16 +315,17 @@ def test_denial_reason_on_a_known_case(key):
 
 def test_automatic_states_say_why():
     """Throttle and loss limits move the scope by themselves; the event names the limit and the engine."""
-    e = engine(ES=Limits(max_executions_per_window=2, execution_window_s=5.0, max_daily_loss=100.0))
-    e.on_pnl("instrument:ES", 0.0, -150.0, T0)
-    ev = e.expire(T0)  # nothing pending any more: on_pnl returned it
-    assert ev == []
-    e2 = engine(ES=Limits(max_daily_loss=100.0))
-    (ev,) = e2.on_pnl("instrument:ES", -50.0, -60.0, T0)
+    e = engine(ES=Limits(max_daily_loss=100.0))
+    (ev,) = e.on_pnl("instrument:ES", -50.0, -60.0, T0)
     assert (ev.new, ev.cause, ev.operator, ev.automatic) == (TradingState.REDUCING, RiskReason.RISK_DAILY_LOSS,
                                                             AUTO_OPERATOR, True)
     assert "110" in ev.reason and "100" in ev.reason
-    json.dumps(ev.to_dict(), allow_nan=False)
+    assert e.expire(T0 + 1) == []  # reported once, by the call that caused it
+    assert e.states() == {"instrument:ES": (TradingState.REDUCING, ev.reason)}
+    d = ev.to_dict()
+    assert (d["event"], d["scope"], d["cause"], d["new"]) == ("StateChange", "instrument:ES", "RISK_DAILY_LOSS",
+                                                               "REDUCING")
+    json.dumps(d, allow_nan=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,8 +411,10 @@ def test_reducing_lets_reducing_orders_through_and_denies_increasing_ones():
     assert e.check_new(order(Side.SELL, 1), ctx(positions=LONG2, working=w)).reason is RiskReason.RISK_STATE_REDUCING
     # the state is the strategy's: another strategy on the same instrument and account is not affected
     assert e.check_new(order(Side.BUY, 1, algo="rev@1.0"), ctx(positions=LONG2)).approved
-    # a flat strategy has nothing to reduce
+    # a flat strategy has nothing to reduce, even when another strategy holds the instrument
     assert not e.check_new(order(Side.SELL, 1), ctx()).approved
+    others_long = {("A1", "rev@1.0", "ES"): 2}
+    assert e.check_new(order(Side.SELL, 1), ctx(positions=others_long)).reason is RiskReason.RISK_STATE_REDUCING
 
 
 def test_reducing_still_applies_the_other_checks():
@@ -468,8 +471,8 @@ def test_operator_commands_need_a_named_operator():
 def test_bad_scopes_are_refused():
     e = engine()
     for bad in ("ES", "instrument:", "venue:XCME", 3):
-        with pytest.raises(ValueError):
-            e.halt(bad, "x", "ivan")
+        with pytest.raises(ValueError, match="scope"):
+            e.halt(bad, "x", "ivan", T0)
     assert Scope.parse("strategy:mom@1.2.3") == Scope("strategy", "mom") == Scope.strategy("mom@9")
     assert str(Scope.parse("*")) == "*" and str(Scope.instrument("ES")) == "instrument:ES"
 
@@ -487,7 +490,7 @@ def test_override_needs_who_why_and_a_different_approver():
     with pytest.raises(ValueError, match="second person"):
         e.override(**args, who="Jane", why="roll", approved_by=" jane ")
     for who, why, appr in (("", "roll", "kim"), ("jane", "", "kim"), ("jane", "roll", "")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="is required"):
             e.override(**args, who=who, why=why, approved_by=appr)
     with pytest.raises(ValueError, match="numeric"):
         e.override("instrument:ES", "sessions", 1, "jane", "roll", "kim", T0 + S, T0)
@@ -495,7 +498,7 @@ def test_override_needs_who_why_and_a_different_approver():
         e.override("instrument:ES", "max_order_quantity", 8, "jane", "roll", "kim", T0, T0)
     with pytest.raises(ValueError, match="at most"):
         e.override("instrument:ES", "max_order_quantity", 8, "jane", "roll", "kim", T0 + 2 * DAY, T0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=">= 0"):
         e.override("instrument:ES", "max_order_quantity", -1, "jane", "roll", "kim", T0 + S, T0)
     assert e.overrides() == []
     assert not e.check_new(order(qty=3), ctx(T0)).approved  # no override took effect
@@ -532,14 +535,21 @@ def test_set_limit_is_the_run_time_change_and_returns_an_event():
     e = engine(ES=Limits(max_order_quantity=2))
     with pytest.raises(ValueError, match="unknown limit"):
         e.set_limit("instrument:ES", "max_size", 3, "nina", "x")
-    with pytest.raises(ValueError):
-        e.set_limit("instrument:ES", "max_order_quantity", 2.5, "nina", "x")
+    with pytest.raises(ValueError, match="whole number"):
+        e.set_limit("instrument:ES", "max_order_quantity", 2.5, "nina", "x", T0)
+    with pytest.raises(ValueError, match="now_ns is required"):
+        RiskEngine({"*": DESK}).halt("*", "no time yet", "nina")
     ch = e.set_limit("instrument:ES", "max_order_quantity", 4, "nina", "more size approved", T0)
     assert (ch.scope, ch.field, ch.old, ch.new, ch.operator) == (Scope("instrument", "ES"), "max_order_quantity",
                                                                  2, 4, "nina")
     assert e.check_new(order(qty=4), ctx(T0 + 1)).approved
     assert e.limits_in_force()["instrument:ES"] == {"max_order_quantity": 4}
     json.dumps(ch.to_dict(), allow_nan=False)
+    with pytest.raises(ValueError, match="execution_window_s"):
+        e.set_limit("instrument:ES", "max_executions_per_window", 3, "nina", "throttle")
+    e.set_limit("instrument:ES", "execution_window_s", 30.0, "nina", "throttle", T0 + 2)
+    e.set_limit("instrument:ES", "max_executions_per_window", 1, "nina", "throttle", T0 + 2)
+    assert [x.cause for x in e.on_execution("ES", "mom@1.0", "A1", T0 + 3)] == [RiskReason.RISK_EXECUTION_THROTTLE]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -621,7 +631,7 @@ def test_execution_throttle_halts_after_n_and_needs_enable():
     res = e.check_new(order(Side.SELL, 1), ctx(T0 + 3600 * S, positions=LONG2))
     assert res.reason is RiskReason.RISK_EXECUTION_THROTTLE
     assert e.check_cancel(CancelRequest("W", "ES", "mom@1.0", "A1"), T0 + 3600 * S).approved
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="operator"):
         e.enable("instrument:ES", "", "reviewed")
     e.enable("instrument:ES", "olga", "fills reviewed, strategy fine", T0 + 3600 * S)
     assert e.check_new(order(), ctx(T0 + 3600 * S + 1)).approved
@@ -783,8 +793,9 @@ def test_limits_are_validated():
         Limits(max_order_quantity=1.5)
     with pytest.raises(ValueError):
         Limits(collar_ticks=math.inf)
-    with pytest.raises(ValueError, match="together"):
+    with pytest.raises(ValueError, match="execution_window_s"):
         Limits(max_executions_per_window=3)
+    assert Limits(execution_window_s=5.0).execution_window_s == 5.0  # a window alone does nothing
     with pytest.raises(ValueError):
         Limits(sessions=[(10, 5)])
     assert Limits(sessions=[(5, 10), (0, 6), (20, 30)]).sessions == ((0, 10), (20, 30))
@@ -1101,7 +1112,8 @@ class _Model:
             # a passed check for every configured new-order limit of the scope
             for f in NEW_ORDER_FIELDS:
                 if getattr(lim, f) is not None:
-                    assert any(ch.name == f and ch.scope == s and ch.passed for ch in res.checks), (f, s, res.describe())
+                    assert any(ch.name == f and ch.scope == s and ch.passed for ch in res.checks), \
+                        (f, s, res.describe())
         assert all(ch.passed for ch in res.checks), res.describe()
 
 
