@@ -286,6 +286,31 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# --- audit --------------------------------------------------------------------------------------
+
+def cmd_audit_verify(args: argparse.Namespace, config: Config) -> int:
+    from bridge.audit_trail import audit_paths, verify_database
+    from bridge.storage.database import StorageError, safe_url
+    url = _db_url(args, config)
+    paths = audit_paths(config, url)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else paths.checkpoints
+    public_key = Path(args.public_key) if args.public_key else paths.public_key
+    try:
+        result = verify_database(url, checkpoints, public_key)
+    except StorageError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        import dataclasses
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    elif result.ok:
+        print(f"audit chain of {safe_url(url)} intact: {result.records:,} records, "
+              f"{result.checkpoints_verified} signed checkpoints verified ({checkpoints})")
+    else:
+        print(f"AUDIT CHAIN BROKEN in {safe_url(url)}: first bad record {result.first_bad_seq}: {result.reason}",
+              file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 # --- kill switch ----------------------------------------------------------------------------------
 
 def cmd_kill(args: argparse.Namespace, config: Config) -> int:
@@ -509,6 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for the generated NT8 files (default: a temporary folder)")
     playback_options(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("audit", help="the tamper-evident audit trail")
+    asub = s.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    d = asub.add_parser("verify", help="recompute the hash chain and the signed checkpoints; exit 0 when intact, 1 "
+                        "naming the first bad record")
+    d.add_argument("--checkpoints", help="checkpoint file (default: beside the journal, see audit.dir)")
+    d.add_argument("--public-key", help="public key of the checkpoints (default: audit.key_path + .pub)")
+    d.add_argument("--json", action="store_true")
+    db_option(d)
+    d.set_defaults(func=cmd_audit_verify)
 
     s = sub.add_parser("kill", help="KILL SWITCH: flatten every NT8 session and refuse new orders until enabled")
     s.add_argument("--reason", default="manual kill switch", help="why (recorded in the audit log)")

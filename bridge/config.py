@@ -54,6 +54,20 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    enabled: bool = _opt(True, "chain every decision, order, fill, kill and limit change (bridge/audit.py); off "
+                         "only for throwaway runs")
+    dir: str = _opt("", "folder of the journal and the signed checkpoints; empty: next to an SQLite database "
+                    "(<file>.audit/), else the user's data folder")
+    key_path: str = _opt("", "Ed25519 private key that signs checkpoints (created at first use, mode 600); empty: "
+                         "audit-ed25519.pem in the user's config folder")
+    checkpoint_every: int = _opt(1000, "records between signed checkpoints of the chain head", min=1,
+                                 max=10_000_000)
+    fsync_interval_ms: int = _opt(200, "the journal is fsynced at least this often: what a power loss can lose "
+                                  "(a killed process loses nothing)", min=0, max=60_000)
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = _opt(True, "serve Prometheus metrics over HTTP")
     host: str = _opt("127.0.0.1", "address of the metrics endpoint (loopback by default)")
@@ -217,6 +231,7 @@ class FillModelConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     bars: BarsConfig = field(default_factory=BarsConfig)

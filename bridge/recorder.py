@@ -8,8 +8,10 @@ NULL for them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 from typing import Any, Protocol
 
 from bridge.protocol.messages import (
@@ -46,6 +48,7 @@ ROW_FIELDS: dict[str, tuple[str, ...]] = {
     "account_values": ("session_id", "seq", "account", "cash_value", "realized_pnl", "unrealized_pnl",
                        "buying_power", "ts_event_ns"),
     "audit_log": ("session_id", "ts_sidecar_ns", "kind", "subject_id", "payload"),
+    "audit_chain": ("seq", "ts_us", "kind", "subject_id", "session_id", "payload", "prev_hash", "hash"),
     "instruments": ("name", "root", "tick_size", "point_value", "currency", "exchange", "first_seen_ns"),
     "sessions": ("session_id", "instance_id", "account", "peer", "protocol_version", "started_ns",
                  "ended_ns", "end_reason", "clock_offset_ns"),
@@ -88,10 +91,11 @@ def _json(obj: Any) -> str:
 class Recorder:
     """Everything one session stores."""
 
-    def __init__(self, sink: RowSink, session_id: int, store_ticks: bool = True) -> None:
+    def __init__(self, sink: RowSink, session_id: int, store_ticks: bool = True, chain: Any = None) -> None:
         self.sink = sink
         self.session_id = session_id
         self.store_ticks = store_ticks
+        self.chain = chain  # bridge.audit.AuditChain; None: plain audit_log rows (tests, tools)
         self._names: dict[int, str] = {}
 
     def set_instruments(self, names: dict[int, str]) -> None:
@@ -127,34 +131,41 @@ class Recorder:
 
     def decision(self, decision_id: str, instrument_id: int, strategy: str, ts_event_ns: int, now_ns: int,
                  outcome: str, rationale: str, inputs: dict[str, Any]) -> None:
+        text = _json(inputs)
         self.sink.write("decisions", (decision_id, self.session_id, self._names[instrument_id], strategy,
-                                      ts_event_ns, now_ns, outcome, rationale, _json(inputs)))
-        # the inputs live in the decisions row (subject_id links them): serialised once, not twice
-        self.sink.write("audit_log", (self.session_id, now_ns, "decision", decision_id,
-                                      _json({"outcome": outcome, "strategy": strategy, "rationale": rationale,
-                                             "ts_event_ns": ts_event_ns})))
+                                      ts_event_ns, now_ns, outcome, rationale, text))
+        # the inputs live in the decisions row (subject_id links them); the audit record carries their
+        # SHA-256, so a changed row is found without serialising them twice
+        self.audit("decision", decision_id, now_ns, {
+            "outcome": outcome, "strategy": strategy, "rationale": rationale, "ts_event_ns": ts_event_ns,
+            "instrument": self._names[instrument_id], "inputs_sha256": hashlib.sha256(text.encode()).hexdigest()})
 
     def order(self, b: Any, now_ns: int) -> None:
         self.sink.write("orders", (b.client_order_id, self.session_id, b.decision_id,
                                    self._names[b.instrument_id], Side(b.side).name, b.quantity,
                                    b.entry_type.name, b.entry_price, b.stop_price, b.target_price, "DAY",
                                    b.algorithm_id, now_ns))
-        self.sink.write("audit_log", (self.session_id, now_ns, "order_sent", b.client_order_id,
-                                      _json({"decision_id": b.decision_id, "side": Side(b.side).name,
-                                             "quantity": b.quantity, "entry_type": b.entry_type.name,
-                                             "entry_price": finite_or_none(b.entry_price), "stop_price": b.stop_price,
-                                             "target_price": b.target_price, "algorithm_id": b.algorithm_id})))
+        self.audit("order_sent", b.client_order_id, now_ns,
+                   {"decision_id": b.decision_id, "instrument": self._names[b.instrument_id], "side": Side(b.side).name,
+                    "quantity": b.quantity, "entry_type": b.entry_type.name,
+                    "entry_price": finite_or_none(b.entry_price), "stop_price": b.stop_price,
+                    "target_price": b.target_price, "time_in_force": "DAY", "algorithm_id": b.algorithm_id,
+                    "manual_order_indicator": "N"})
 
     def order_update(self, seq: int, u: OrderUpdate) -> None:
-        self.sink.write("order_updates", (self.session_id, seq, u.client_order_id, OrderRole(u.role).name,
-                                          u.nt8_order_id, OrderState(u.state).name, u.quantity, u.filled,
-                                          u.limit_price, u.stop_price, u.avg_fill_price, u.ts_event_ns,
-                                          u.error_code, u.comment))
+        row = (self.session_id, seq, u.client_order_id, OrderRole(u.role).name, u.nt8_order_id,
+               OrderState(u.state).name, u.quantity, u.filled, u.limit_price, u.stop_price, u.avg_fill_price,
+               u.ts_event_ns, u.error_code, u.comment)
+        self.sink.write("order_updates", row)
+        if self.chain is not None:  # acknowledgements, rejects, cancels: client and NT8 ids linked
+            self.audit("order_update", u.client_order_id, time.time_ns(), dict(zip(ROW_FIELDS["order_updates"][1:], row[1:])))
 
     def execution(self, seq: int, e: Execution) -> None:
-        self.sink.write("executions", (self.session_id, seq, e.execution_id, e.client_order_id,
-                                       OrderRole(e.role).name, e.nt8_order_id, self._names[e.instrument_id],
-                                       Side(e.side).name, e.price, e.quantity, e.commission, e.ts_event_ns))
+        row = (self.session_id, seq, e.execution_id, e.client_order_id, OrderRole(e.role).name, e.nt8_order_id,
+               self._names[e.instrument_id], Side(e.side).name, e.price, e.quantity, e.commission, e.ts_event_ns)
+        self.sink.write("executions", row)
+        if self.chain is not None:
+            self.audit("execution", e.execution_id, time.time_ns(), dict(zip(ROW_FIELDS["executions"][1:], row[1:])))
 
     def position(self, seq: int, p: Position) -> None:
         self.sink.write("positions", (self.session_id, seq, self._names[p.instrument_id],
@@ -166,4 +177,10 @@ class Recorder:
                                            a.unrealized_pnl, a.buying_power, a.ts_event_ns))
 
     def audit(self, kind: str, subject_id: str, now_ns: int, payload: dict[str, Any]) -> None:
-        self.sink.write("audit_log", (self.session_id, now_ns, kind, subject_id, _json(payload)))
+        """One audit record: chained and journaled (bridge/audit.py) before this returns, then stored."""
+        if self.chain is None:
+            self.sink.write("audit_log", (self.session_id, now_ns, kind, subject_id, _json(payload)))
+            return
+        r = self.chain.append(kind, subject_id, self.session_id, payload, ts_us=now_ns // 1000)
+        self.sink.write("audit_chain", (r.seq, r.ts_us, r.kind, r.subject_id, r.session_id, r.payload_json(),
+                                        r.prev_hash, r.hash))

@@ -98,7 +98,7 @@ class SidecarServer:
 
     def __init__(self, config: Config, sink: RowSink, master: InstrumentMaster,
                  strategy_factory: Callable[[], list[Strategy]],
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, chain: Any = None) -> None:
         self.config = config
         self.sink = sink
         self.master = master
@@ -114,6 +114,8 @@ class SidecarServer:
         self._last_session_id = 0
         self._log_window: dict[str, list] = {}  # code -> [window start, lines logged, lines suppressed]
         self.switch = TradingSwitch()  # desk-wide: a kill halts every session, the ones to come too
+        self.chain = chain  # the audit chain (bridge/audit.py), shared by every session; None: audit_log rows
+        self._desk = Recorder(sink, None, chain=chain)  # records that belong to no session (kill, enable)
         self.control_endpoint: str | None = None
         self._control: zmq.Socket | None = None
 
@@ -155,11 +157,12 @@ class SidecarServer:
         event = self.switch.kill(operator, reason, now)
         told = 0
         for session in list(self.sessions.values()):
-            session.recorder.audit("kill", event.operator, now, {"reason": event.reason, "operator": event.operator,
-                                                                 "state": str(self.switch.state)})
             if not session.peer_gone:
                 self._send(session, Flatten(ALL_INSTRUMENTS, f"kill switch: {event.reason}"[:200]))
                 told += 1
+        self._desk.audit("kill", event.operator, now, {"reason": event.reason, "operator": event.operator,
+                                                       "state": str(self.switch.state), "sessions_flattened": told,
+                                                       "sessions": sorted(s.session_id for s in self.sessions.values())})
         log.warning("KILL SWITCH by %s: %s; %d sessions flattened, new orders refused until enabled",
                     event.operator, event.reason, told)
         return told
@@ -167,9 +170,8 @@ class SidecarServer:
     def enable(self, operator: str, reason: str) -> None:
         now = time.time_ns()
         event = self.switch.enable(operator, reason, now)
-        for session in self.sessions.values():
-            session.recorder.audit("enable", event.operator, now, {"reason": event.reason, "operator": event.operator,
-                                                                   "state": str(self.switch.state)})
+        self._desk.audit("enable", event.operator, now, {"reason": event.reason, "operator": event.operator,
+                                                         "state": str(self.switch.state)})
         log.warning("trading re-enabled by %s: %s", event.operator, event.reason)
 
     def _on_control(self) -> None:
@@ -406,7 +408,7 @@ class SidecarServer:
         now_ns = time.time_ns()
         session_id = max(now_ns // 1000, self._last_session_id + 1)
         self._last_session_id = session_id
-        recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks)
+        recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks, chain=self.chain)
         pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
                                     strategies=self.strategy_factory(), timings=self.timings,
                                     id_prefix=f"S{session_id}", switch=self.switch, account=hello.account)

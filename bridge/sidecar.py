@@ -44,7 +44,11 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
     writer = StorageWriter(db_url, batch_rows=config.storage.batch_rows, queue_batches=config.storage.queue_batches,
                            flush_interval_s=config.storage.flush_interval_ms / 1000.0)
     writer.start()
-    server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config))
+    chain = None
+    if config.audit.enabled:
+        from bridge.audit_trail import open_chain
+        chain = open_chain(config, db_url, writer)
+    server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config), chain=chain)
     endpoint = server.bind(bind)
     try:
         control = server.bind_control(control_bind)
@@ -73,6 +77,8 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
     try:
         server.run()
     finally:
+        if chain is not None:
+            chain.close()  # fsync and a last signed checkpoint
         writer.close()
         stats = writer.stats
         log.info("storage closed: %d rows committed, %d rejected, %d backpressure waits",

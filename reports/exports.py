@@ -96,6 +96,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 from bridge.instruments import InstrumentMaster, parse_contract_name, third_friday
 from bridge.storage.database import StorageError, as_storage_error, create_engine_for, parse_url
 from bridge.storage.schema import (
+    audit_chain,
     audit_log,
     decisions,
     executions,
@@ -639,8 +640,30 @@ def _risk_checks(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+@dataclass(frozen=True)
+class _AuditRow:
+    ts_sidecar_ns: int
+    id: int  # audit_log id, or the chain's seq
+    kind: str
+    subject_id: str | None
+    session_id: int | None
+    payload: str | None
+
+
+def _audit_rows(conn: Connection, kinds: Iterable[str], period: Period) -> list[_AuditRow]:
+    """Audit records of these kinds in the period: the chained ones (audit_chain) and the older audit_log."""
+    kinds = tuple(kinds)
+    a, c = audit_log, audit_chain
+    rows = [_AuditRow(r.ts_sidecar_ns, r.id, r.kind, r.subject_id, r.session_id, r.payload) for r in conn.execute(
+        select(a).where(a.c.kind.in_(kinds), a.c.ts_sidecar_ns >= period.start_ns, a.c.ts_sidecar_ns < period.end_ns))]
+    rows += [_AuditRow(r.ts_us * 1000, r.seq, r.kind, r.subject_id, r.session_id, r.payload) for r in conn.execute(
+        select(c).where(c.c.kind.in_(kinds), c.c.ts_us >= period.start_ns // 1000, c.c.ts_us < period.end_ns // 1000))]
+    rows.sort(key=lambda r: (r.ts_sidecar_ns, r.id))
+    return rows
+
+
 def _breach_records(conn: Connection, period: Period, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
-    d, a = decisions, audit_log
+    d = decisions
     keyed: list[tuple[tuple[int, int, str], dict[str, Any]]] = []
     for r in conn.execute(
         select(d).where(d.c.outcome.startswith("DENIED:"), d.c.ts_sidecar_ns >= period.start_ns,
@@ -666,10 +689,7 @@ def _breach_records(conn: Connection, period: Period, kinds: tuple[str, ...]) ->
             "detail": r.rationale,
         }))
     if kinds:
-        for r in conn.execute(
-            select(a).where(a.c.kind.in_(kinds), a.c.ts_sidecar_ns >= period.start_ns,
-                            a.c.ts_sidecar_ns < period.end_ns)
-        ):
+        for r in _audit_rows(conn, kinds, period):
             p = _load_json(r.payload)
             keyed.append(((r.ts_sidecar_ns, 1, f"{r.id:020d}"), {
                 "ts_utc": iso_utc(r.ts_sidecar_ns),
@@ -722,12 +742,8 @@ def limit_breach_log(url: str, day: Any, *, end: Any = None,
 
 
 def _reconciliation_records(conn: Connection, period: Period) -> list[dict[str, Any]]:
-    a = audit_log
     records = []
-    for r in conn.execute(
-        select(a).where(a.c.kind == RECONCILIATION_KIND, a.c.ts_sidecar_ns >= period.start_ns,
-                        a.c.ts_sidecar_ns < period.end_ns).order_by(a.c.ts_sidecar_ns, a.c.id)
-    ):
+    for r in _audit_rows(conn, (RECONCILIATION_KIND,), period):
         p = _load_json(r.payload)
         records.append({
             "ts_utc": iso_utc(r.ts_sidecar_ns),

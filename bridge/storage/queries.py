@@ -40,7 +40,8 @@ def session_counts(url: str, session_id: int) -> SessionCounts:
             s = t["sessions"]
             end_reason = conn.execute(select(s.c.end_reason).where(s.c.session_id == session_id)).scalar_one_or_none()
             return SessionCounts(count("ticks"), dict(sorted(by_reason.items())), count("bars"), count("decisions"),
-                                 count("orders"), count("order_updates"), count("executions"), count("audit_log"),
+                                 count("orders"), count("order_updates"), count("executions"),
+                                 count("audit_log") + count("audit_chain"),
                                  end_reason)
     finally:
         engine.dispose()

@@ -41,6 +41,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
+from bridge.audit import audit_chain_table
+
 # Deterministic constraint names, so later migrations can refer to them on both back ends.
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -272,6 +274,11 @@ audit_log = Table(
     Column("payload", Text, nullable=True),  # JSON
 )
 
+# The tamper-evident audit chain (bridge/audit.py): append-only, rows rejected on UPDATE/DELETE by
+# triggers (migration 0002). Replaces audit_log, which stays for sessions recorded before it.
+audit_chain = audit_chain_table(metadata)
+Index("ix_audit_chain_session_id", audit_chain.c.session_id)
+
 storage_rejects = Table(
     "storage_rejects",
     metadata,
@@ -291,6 +298,7 @@ def _row_columns(table: Table) -> tuple[str, ...]:
 COLUMNS: dict[str, tuple[str, ...]] = {name: _row_columns(t) for name, t in metadata.tables.items()}
 """Per table, the order of the values in the row tuples handed to ``StorageWriter.write``."""
 
-IGNORE_DUPLICATES: frozenset[str] = frozenset({"instruments", "orders", "executions"})
+IGNORE_DUPLICATES: frozenset[str] = frozenset({"instruments", "orders", "executions", "audit_chain"})
 """Tables whose rows may be re-sent (instrument announcements, order re-submission after a
-reconnect, NT8's execution replay): a row whose key already exists is skipped, not rejected."""
+reconnect, NT8's execution replay, audit records replayed from the journal after a crash): a row whose
+key already exists is skipped, not rejected."""

@@ -60,7 +60,7 @@ def test_walk_forward_backtest_of_three_strategies_on_es_and_nq(shared_data, tmp
         stored = conn.execute("select count(*) from executions where session_id = ?", (sid,)).fetchone()[0]
         emitted = conn.execute("select inputs from decisions where session_id = ? and outcome = 'EMITTED'",
                                (sid,)).fetchall()
-        regimes = conn.execute("select subject_id, payload from audit_log where session_id = ? and kind = 'regime'",
+        regimes = conn.execute("select subject_id, payload from audit_chain where session_id = ? and kind = 'regime'",
                                (sid,)).fetchall()
     assert stored == report["test"]["fills"]
     for (inputs,) in emitted:

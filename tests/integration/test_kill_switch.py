@@ -93,10 +93,15 @@ def test_kill_flattens_every_session_and_refuses_orders_until_enabled(shared_dat
 
     with sqlite3.connect(db) as conn:
         decisions = conn.execute("select ts_sidecar_ns, outcome from decisions").fetchall()
-        audits = conn.execute("select kind, subject_id, payload from audit_log where kind in ('kill', 'enable')").fetchall()
+        audits = conn.execute("select kind, subject_id, payload from audit_chain where kind in ('kill', 'enable')"
+                              ).fetchall()
     between = [o for ts, o in decisions if marks["kill_done"] <= ts <= marks["enable"]]
     assert between and not any(o == "EMITTED" for o in between)  # nothing new left while halted
     assert any(o.startswith("DENIED:RISK_KILL_SWITCH") for o in between)
     assert any(o == "EMITTED" for ts, o in decisions if ts > marks["enable"] + 2_000_000_000), "trading resumed"
     assert {(k, s) for k, s, _ in audits} == {("kill", "alice"), ("enable", "bob")}
-    assert json.loads([p for k, _, p in audits if k == "kill"][0])["reason"] == "test kill"
+    kill = json.loads([p for k, _, p in audits if k == "kill"][0])
+    assert kill["reason"] == "test kill" and kill["sessions_flattened"] == 2
+    verify = subprocess.run([*CLI, "audit", "verify", "--db", f"sqlite:///{db}"], capture_output=True, text=True,
+                            timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
