@@ -185,6 +185,8 @@ class PortfolioConfig:
     hedge_root: str = _opt("", "root of the hedge instrument (e.g. ES or MES); empty: no hedge orders")
     hedge_threshold: float = _opt(3.0, "hedge when |beta-weighted exposure| exceeds this many benchmark "
                                   "contracts", min=0.0, max=1e6)
+    reconcile_grace_s: float = _opt(2.0, "a position NT8 reports that differs from the sidecar's ledger for this "
+                                    "long (event time) is a reconciliation break", min=0.0, max=3600.0)
     leg_timeout_s: float = _opt(30.0, "spread: a leg still unfilled this long after its partner filled is "
                                 "cancelled and the partner closed", min=0.0, max=86_400.0)
 

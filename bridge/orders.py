@@ -84,7 +84,8 @@ class OrderTracker:
         # their cost does not grow with the session's history
         self._active: dict[int, dict[str, BracketRecord]] = {}
         self.positions: dict[int, int] = {}  # signed contracts per instrument
-        self._execution_ids: set[str] = set()
+        self._executions: dict[str, tuple[float, int]] = {}  # execution id -> (price, quantity)
+        self.last_duplicate_differs = False
         self._next = 1
         self.duplicate_executions = 0
         self.unknown_order_events = 0
@@ -155,10 +156,12 @@ class OrderTracker:
 
     def on_execution(self, execution: Execution) -> bool:
         """Apply a fill; False when its execution id was seen before (a duplicate, ignored)."""
-        if execution.execution_id in self._execution_ids:
+        seen = self._executions.get(execution.execution_id)
+        if seen is not None:
             self.duplicate_executions += 1
+            self.last_duplicate_differs = seen != (execution.price, execution.quantity)
             return False
-        self._execution_ids.add(execution.execution_id)
+        self._executions[execution.execution_id] = (execution.price, execution.quantity)
         signed = Side(execution.side).sign * execution.quantity
         self.positions[execution.instrument_id] = self.positions.get(execution.instrument_id, 0) + signed
         b = self.brackets.get(execution.client_order_id)

@@ -37,6 +37,7 @@ from bridge.protocol.messages import (
     Flatten,
     CancelOrder,
     InstrumentDecl,
+    MarketPosition,
     Message,
     MsgType,
     OrderRole,
@@ -48,6 +49,7 @@ from bridge.protocol.messages import (
 )
 from bridge.quality import QualityGate, QualityReason, QualityVerdict
 from bridge.recorder import Recorder, finite_or_none
+from bridge.reconcile import Break, Reconciler
 from bridge.risk_engine import Limits, OrderRequest, RiskContext, RiskEngine, Scope, WorkingOrder
 from bridge.timing import StageTimings
 from strategies.base import Strategy
@@ -91,6 +93,7 @@ class DecisionPipeline:
         self.account = account
         self.risk = risk_engine_for(config, instruments, self.gate.is_open)
         self.orders = OrderTracker(id_prefix)
+        self.reconciler = Reconciler(config.portfolio.reconcile_grace_s)
         self._ticks_seen: set[int] = set()
         self._last_event_ns = 0
         self.realized = 0.0  # net P&L of the brackets closed this session (currency)
@@ -220,6 +223,7 @@ class DecisionPipeline:
         t1 = perf()
         self.timings.record("features", t1 - t0)
         self._last_event_ns = max(self._last_event_ns, event_ns)
+        self._reconcile(event_ns)
         replies = self._due_exits(event_ns, now)
         if not self.strategies:
             return replies
@@ -404,6 +408,7 @@ class DecisionPipeline:
         return out
 
     def on_execution(self, seq: int, execution: Execution) -> list[Message]:
+        unknown_before = self.orders.unknown_order_events
         if self.orders.on_execution(execution):
             self.recorder.execution(seq, execution)
             b = self.orders.brackets.get(execution.client_order_id)
@@ -411,8 +416,18 @@ class DecisionPipeline:
                 for event in self.risk.on_execution(self.root(b.instrument_id), b.algorithm_id, self.account,
                                                     execution.ts_event_ns):
                     self.recorder.audit("risk_event", type(event).__name__, time.time_ns(), event.to_dict())
+            if self.orders.unknown_order_events > unknown_before:
+                self._break(self.reconciler.fill_break(
+                    "EXTRA", execution.instrument_id, f"fill {execution.execution_id} of order "
+                    f"{execution.client_order_id or execution.nt8_order_id!r}, which the sidecar never sent",
+                    execution.ts_event_ns))
         else:
             self.recorder.audit("duplicate_execution", execution.execution_id, time.time_ns(), _fields(execution))
+            if self.orders.last_duplicate_differs:
+                self._break(self.reconciler.fill_break(
+                    "DIFFERENT", execution.instrument_id, f"execution {execution.execution_id} reported again with "
+                    f"price {execution.price} quantity {execution.quantity}", execution.ts_event_ns))
+        self._reconcile(execution.ts_event_ns)
         for b in self.orders.closed:
             pv = self.instruments[b.instrument_id].decl.point_value
             pnl = b.side.sign * (b.exit_value - b.entry_value) * pv - b.commission
@@ -423,6 +438,19 @@ class DecisionPipeline:
 
     def on_position(self, seq: int, position: Position) -> None:
         self.recorder.position(seq, position)
+        sign = {int(MarketPosition.LONG): 1, int(MarketPosition.SHORT): -1}.get(position.market_position, 0)
+        self.reconciler.on_position(position.instrument_id, sign * position.quantity, position.ts_event_ns)
+        self._reconcile(position.ts_event_ns)
+
+    def _reconcile(self, ts_ns: int) -> None:
+        for b in self.reconciler.check(self.orders.positions, ts_ns):
+            self._break(b)
+
+    def _break(self, b: Break) -> None:
+        name = self.instruments[b.instrument_id].decl.name if b.instrument_id in self.instruments else str(b.instrument_id)
+        log.warning("RECONCILIATION BREAK %s on %s: %s", b.kind, name, b.details)
+        self.recorder.audit("reconciliation_break", name, time.time_ns(),
+                            {"kind": b.kind, "instrument": name, "details": b.details, "ts_event_ns": b.ts_ns})
 
     def on_account(self, seq: int, account: Account) -> None:
         self.recorder.account(seq, account)
