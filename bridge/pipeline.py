@@ -321,6 +321,7 @@ class DecisionPipeline:
         perf = time.perf_counter_ns
         t1 = perf()
         checked = []
+        positions, working = self._positions(), self._working()  # the same for every leg: nothing is sent yet
         for plan in plans:
             s = plan.signal
             iid = s.instrument_id
@@ -328,8 +329,8 @@ class DecisionPipeline:
             decl = self.instruments[iid].decl
             request = OrderRequest(self.root(iid), plan.algorithm_id, self.account, s.side, plan.quantity, s.entry_type,
                                    s.entry_price, s.stop_price, s.target_price, decl.point_value, decl.tick_size)
-            context = RiskContext(event_ns, state.last, state.last_ts_ns or None, self._positions(),
-                                  self._working(), {"*": (self.realized, 0.0)})
+            context = RiskContext(event_ns, state.last, state.last_ts_ns or None, positions, working,
+                                  {"*": (self.realized, 0.0)})
             inputs = (self.orders.position(iid), self.orders.working_entry_quantity(iid))
             checked.append((plan, inputs, self.risk.check_new(request, context)))
         t2 = perf()

@@ -221,14 +221,7 @@ class SidecarServer:
                 if poller.poll(timeout_ms):
                     if self._control is not None and self._control.poll(0):
                         self._on_control()
-                    for _ in range(_DRAIN_BURST):
-                        try:
-                            frames = [recv(noblock)]
-                        except zmq.Again:
-                            break
-                        while more(rcvmore):
-                            frames.append(recv(noblock))
-                        self.handle(frames)
+                    self._read_burst(recv, more, noblock, rcvmore)
                 now = time.monotonic()
                 if now >= next_timers:
                     self._heartbeats_and_timeouts(now)
@@ -255,17 +248,21 @@ class SidecarServer:
         deadline = time.monotonic() + self.config.server.stop_drain_ms / 1000.0
         handled = 0
         while self.sessions and time.monotonic() < deadline and poller.poll(50):
-            for _ in range(_DRAIN_BURST):
-                try:
-                    frames = [recv(noblock)]
-                except zmq.Again:
-                    break
-                while more(rcvmore):
-                    frames.append(recv(noblock))
-                self.handle(frames)
-                handled += 1
+            handled += self._read_burst(recv, more, noblock, rcvmore)
         if handled:
             log.info("stopping: handled %d messages the sessions had already sent", handled)
+
+    def _read_burst(self, recv: Callable, more: Callable, noblock: int, rcvmore: int) -> int:
+        """Handle up to _DRAIN_BURST messages already queued; returns how many."""
+        for n in range(_DRAIN_BURST):
+            try:
+                frames = [recv(noblock)]
+            except zmq.Again:
+                return n
+            while more(rcvmore):
+                frames.append(recv(noblock))
+            self.handle(frames)
+        return _DRAIN_BURST
 
     # --- message handling -----------------------------------------------------------------------
 
