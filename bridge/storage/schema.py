@@ -290,6 +290,59 @@ storage_rejects = Table(
 )
 
 
+# --------------------------------------------------------------------------- ML models (migration 0003)
+# The files of a model directory are the source of truth for its artifacts (ml/registry.py); these
+# rows make the registry's list, promotions and rollbacks auditable and queryable.
+
+models = Table(
+    "models",
+    metadata,
+    Column("model_id", String, primary_key=True),  # e.g. "ens-20231120-ab12cd34"
+    _ns("created_ns"),
+    _text("status"),  # challenger, champion, retired
+    _text("feature_set_version"),
+    Column("feature_names", Text, nullable=False),  # JSON list
+    Column("label_config", Text, nullable=False),  # JSON
+    _ns("train_start_ns"),
+    _ns("train_end_ns"),
+    _text("data_sha256"),
+    _text("code_version"),
+    Column("metrics", Text, nullable=False),  # JSON
+    _ns("expires_ns", nullable=True),  # NULL: never expires
+    Column("path", Text, nullable=False),
+    Column("metadata_json", Text, nullable=False),  # the whole model.json as registered
+)
+
+model_events = Table(
+    "model_events",
+    metadata,
+    _id(),
+    _text("model_id"),
+    _text("event"),  # register, promote, retire, rollback, expire
+    _text("operator"),
+    Column("reason", Text, nullable=True),
+    _ns("ts_ns"),
+    _text("previous_champion", nullable=True),
+    Index("ix_model_events_model_id", "model_id"),
+)
+
+drift_alerts = Table(
+    "drift_alerts",
+    metadata,
+    _id(),
+    _text("model_id"),
+    _text("feature"),  # a feature name, or "*" for the overall alert
+    _text("metric"),  # psi, ks, wasserstein_norm, drifted_features, di
+    _price("value"),
+    _price("threshold"),
+    _ns("ts_ns"),
+    _ns("window_start_ns"),
+    _ns("window_end_ns"),
+    Column("n_rows", Integer, nullable=False),
+    Index("ix_drift_alerts_model_id_ts_ns", "model_id", "ts_ns"),
+)
+
+
 def _row_columns(table: Table) -> tuple[str, ...]:
     # Autoincrement ids are assigned by the database, so the hot path never supplies them.
     return tuple(c.name for c in table.columns if not (c.primary_key and c.autoincrement is True))
