@@ -13,12 +13,11 @@ from typing import Any
 
 from bridge import __version__
 from bridge.config import Config, ConfigError, load_config, to_toml
+from bridge.errors import UserError
 
 log = logging.getLogger("nt8bridge")
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed without a traceback, exit code 2."""
 
 
 def _setup_logging(level: str) -> None:
@@ -597,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--to", help="destination file")
     db_option(d)
     d.set_defaults(func=cmd_db)
+
+    from bridge import cli_ops
+    cli_ops.register(sub, db_option)
 
     s = sub.add_parser("config", help="the effective configuration")
     csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

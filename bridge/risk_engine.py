@@ -823,6 +823,7 @@ class RiskEngine:
         self._pnl: dict[Scope, _Pnl] = {}
         self._now = -_NEVER
         self._next_expiry = _NEVER
+        self._deferred: list[Callable[[int], Any]] = []  # operator commands waiting for a first event time
         self._pending: list[Event] = []
 
     # ---------------------------------------------------------------- queries
@@ -846,6 +847,26 @@ class RiskEngine:
 
     def overrides(self) -> list[Override]:
         return [o for per in self._ovr.values() for o in per.values()]
+
+    def at_first_event(self, command: Callable[[int], Any]) -> None:
+        """Run an operator command (``command(now_ns)`` returning its event) at the engine's first event
+        time, or now if it has one: an engine that has seen no event has no clock to stamp the command
+        with or to count an override's duration from. The command's event comes out with the results
+        of the call that ran it, like every other event."""
+        if self._now == -_NEVER:
+            self._deferred.append(command)
+        else:
+            self._pending.append(command(self._now))
+
+    def _run_deferred(self, now: int) -> None:
+        commands, self._deferred = self._deferred, []
+        for command in commands:
+            self._pending.append(command(now))
+
+    @property
+    def event_time_ns(self) -> int | None:
+        """The latest event time the engine has seen (None before the first)."""
+        return None if self._now == -_NEVER else self._now
 
     def limits_in_force(self) -> dict[str, dict[str, Any]]:
         """Every scope's configured limits in force, JSON-friendly (for the limits report)."""
@@ -874,6 +895,8 @@ class RiskEngine:
             now = self._now
         else:
             self._now = now
+            if self._deferred:
+                self._run_deferred(now)
         if now >= self._next_expiry:
             self._expire(now)
         return now

@@ -24,7 +24,7 @@ from bridge import __version__
 from bridge.config import Config
 from bridge.control import ControlError, TradingSwitch, parse_request
 from bridge.instruments import InstrumentMaster
-from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument
+from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument, risk_engine_for
 from bridge.protocol import codec
 from bridge.protocol.codec import ProtocolError
 from bridge.protocol.messages import (
@@ -42,6 +42,7 @@ from bridge.protocol.messages import (
 )
 from bridge.quality import QualityReason
 from bridge.recorder import Recorder, RowSink
+from bridge.risk_commands import DeskLimitCommands, command_from_request
 from bridge.timing import StageTimings
 from strategies.base import Strategy
 
@@ -53,6 +54,9 @@ HARD_MAX_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE: beyond this libzmq drops the
 _LOG_BURST = 20
 _LOG_WINDOW_S = 10.0
 _DRAIN_BURST = 512  # messages handled before the timers get a look in
+# How often a session's clock offset (NT8 send stamp against the sidecar's clock at receipt) is
+# sampled into the audit trail: a regulator asks how far apart the two clocks were, and when.
+CLOCK_SAMPLE_S = 60.0
 # Message types as plain ints for the dispatch: comparing with an IntEnum member costs 245 ns
 # against 39 ns for an int, several times per message.
 _HELLO, _TICK, _TICKS, _HEARTBEAT, _BAR = (int(MsgType.HELLO), int(MsgType.TICK), int(MsgType.TICKS),
@@ -91,6 +95,7 @@ class Session:
     last_tick_wall: dict[int, float] = field(default_factory=dict)
     stale_flagged: set[int] = field(default_factory=set)
     peer_gone: bool = False  # a send found its connection closed; what it sent before is still being read
+    last_clock_sample: float = -math.inf  # monotonic seconds
 
 
 class SidecarServer:
@@ -118,6 +123,8 @@ class SidecarServer:
         self._desk = Recorder(sink, None, chain=chain)  # records that belong to no session (kill, enable)
         self.control_endpoint: str | None = None
         self._control: zmq.Socket | None = None
+        # run-time limit changes and overrides, validated on a scratch engine, applied to every session
+        self.limit_commands = DeskLimitCommands(lambda: risk_engine_for(config, [], lambda iid, ts: True))
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -174,6 +181,30 @@ class SidecarServer:
                                                          "state": str(self.switch.state)})
         log.warning("trading re-enabled by %s: %s", event.operator, event.reason)
 
+    def change_limit(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        """A ``set_limit`` or ``override`` command: validated, applied to every session (and the ones to
+        come), recorded in the audit trail; returns each session's resulting event."""
+        cmd = command_from_request(req)
+        sessions = list(self.sessions.values())
+        events = self.limit_commands.submit(cmd, [s.pipeline.risk for s in sessions])
+        now = time.time_ns()
+        kind = "limit_change" if cmd.kind == "set_limit" else "override"
+        self._desk.audit(kind, cmd.operator, now, {**cmd.to_dict(), "sessions": [s.session_id for s in sessions],
+                                                   "events": events})
+        log.warning("%s %s.%s = %r by %s%s: %s (%d sessions)", kind, cmd.scope, cmd.field, cmd.value, cmd.operator,
+                    f" approved by {cmd.approved_by} for {cmd.duration_s:g} s" if cmd.approved_by else "",
+                    cmd.reason, len(sessions))
+        return events
+
+    def limits_report(self) -> dict[str, Any]:
+        """What is in force: the accepted commands, and each session's limits, overrides and states."""
+        return {"commands": [c.to_dict() for c in self.limit_commands.accepted],
+                "sessions": {str(s.session_id): {"limits": s.pipeline.risk.limits_in_force(),
+                                                 "overrides": [o.to_dict() for o in s.pipeline.risk.overrides()],
+                                                 "states": {k: [str(st), why] for k, (st, why)
+                                                            in s.pipeline.risk.states().items()}}
+                             for s in self.sessions.values()}}
+
     def _on_control(self) -> None:
         sock = self._control
         assert sock is not None
@@ -189,6 +220,10 @@ class SidecarServer:
                 reply["sessions_flattened"] = self.kill(req.get("operator", ""), req.get("reason", ""))
             elif cmd == "enable":
                 self.enable(req.get("operator", ""), req.get("reason", ""))
+            elif cmd in ("set_limit", "override"):
+                reply["applied"] = self.change_limit(req)
+            elif cmd == "limits":
+                reply["limits"] = self.limits_report()
             reply |= {"state": str(self.switch.state), "sessions": len(self.sessions),
                       "events": [dataclasses.asdict(e) for e in self.switch.events[-5:]]}
         except ControlError as exc:
@@ -313,6 +348,9 @@ class SidecarServer:
             log.warning("session %s: seq jumped from %d to %d (%d messages missing)", session.session_id,
                         session.last_seq_in, seq, seq - session.last_seq_in - 1)
         session.last_seq_in = seq
+        if session.last_heard - session.last_clock_sample >= CLOCK_SAMPLE_S:
+            session.last_clock_sample = session.last_heard
+            self._clock_sample(session, header)
         p = session.pipeline
         t = header.msg_type
         replies: tuple | list = ()
@@ -409,6 +447,8 @@ class SidecarServer:
         pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
                                     strategies=self.strategy_factory(), timings=self.timings,
                                     id_prefix=f"S{session_id}", switch=self.switch, account=hello.account)
+        for event in self.limit_commands.replay(pipeline.risk):  # run-time changes made before it connected
+            recorder.audit("risk_event", event["event"], now_ns, event)
         now = time.monotonic()
         session = Session(session_id, rid, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
         for i in instruments:
@@ -428,6 +468,8 @@ class SidecarServer:
     def _end_session(self, session: Session, reason: str) -> None:
         if self.sessions.get(session.routing_id) is not session:
             return
+        if reason == "LOST":
+            self._flatten_lost(session)
         del self.sessions[session.routing_id]
         p = session.pipeline
         self.stats.ticks_accepted += p.ticks_accepted
@@ -439,6 +481,21 @@ class SidecarServer:
             self.stats.sessions_lost += 1
         log.info("session %s ended: %s (%d ticks accepted, %d refused, %d orders)", session.session_id, reason,
                  p.ticks_accepted, p.ticks_rejected, p.orders_sent)
+
+    def _flatten_lost(self, session: Session) -> None:
+        """A lost heartbeat does what the kill switch does, for that session: FLATTEN (delivered if the
+        peer is only slow, not gone; NT8's own OnSidecarLost covers the rest), and an audit record."""
+        self._send(session, Flatten(ALL_INSTRUMENTS, "sidecar lost the heartbeat of this session"))
+        session.recorder.audit("kill", "heartbeat", time.time_ns(),
+                               {"reason": "heartbeat lost", "operator": "sidecar", "scope": "session",
+                                "session_id": session.session_id, "instance_id": session.hello.instance_id})
+
+    def _clock_sample(self, session: Session, header: codec.Header) -> None:
+        """Store the offset between NT8's send stamp and the sidecar's clock (it includes the one-way latency)."""
+        now_ns = time.time_ns()
+        session.recorder.audit("clock_offset", str(session.session_id), now_ns,
+                               {"nt8_ts_send_ns": header.ts_send_ns, "sidecar_ns": now_ns,
+                                "offset_ns": header.ts_send_ns - now_ns, "seq": header.seq})
 
     # --- timers ---------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import sqlite3
 import struct
 import threading
 import time
@@ -209,8 +211,40 @@ def test_sidecar_sends_heartbeats_and_marks_a_silent_session_lost(sidecar_factor
         time.sleep(0.05)
     assert s.server.stats.sessions_lost == 1
     assert s.server.sessions == {}
+    # a lost heartbeat does what the kill switch does, for that session: FLATTEN (this peer is only silent)
+    received = []
+    while peer.sock.poll(1000):
+        received.append(peer.recv())
+    flattens = [msg for msg in received if isinstance(msg, m.Flatten)]
+    assert len(flattens) == 1 and flattens[0].instrument_id == m.ALL_INSTRUMENTS, received
     s.stop()
     assert session_counts(s.db_url, welcome.session_id).end_reason == "LOST"
+    assert audit_rows(s.db_url, "kill") == [("heartbeat", welcome.session_id)]
+    peer.close()
+
+
+def audit_rows(db_url: str, kind: str) -> list[tuple]:
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        return conn.execute("select subject_id, session_id from audit_log where kind = ? order by id", (kind,)).fetchall()
+
+
+def test_the_clock_offset_to_nt8_is_sampled_into_the_audit_trail(sidecar):
+    peer = RawPeer(sidecar.endpoint)
+    peer.send(codec.encode(hello(lockstep=False), 1, time.time_ns()))
+    welcome = peer.recv()
+    behind = 5_000_000_000  # this NT8 host's clock runs 5 s behind the sidecar's
+    peer.send(codec.encode(m.Heartbeat(0), 2, time.time_ns() - behind))
+    peer.send(codec.encode(m.Heartbeat(0), 3, time.time_ns() - behind))  # within a minute: not sampled again
+    deadline = time.monotonic() + 5
+    while sidecar.server.stats.messages_in < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sidecar.stop()
+    with sqlite3.connect(sidecar.db_url.removeprefix("sqlite:///")) as conn:
+        rows = [json.loads(p) for (p,) in conn.execute("select payload from audit_log where kind = 'clock_offset'")]
+    assert len(rows) == 1, rows
+    assert rows[0]["seq"] == 2
+    # the offset includes the one-way latency (loopback: well under a second)
+    assert -behind - 1_000_000_000 < rows[0]["offset_ns"] <= -behind
     peer.close()
 
 
