@@ -112,7 +112,14 @@ def _build_lstm(n_features: int, hidden_size: int, num_layers: int, dropout: flo
 
 
 def _build_transformer(
-    n_features: int, seq_len: int, d_model: int, n_heads: int, num_layers: int, dim_feedforward: int, dropout: float
+    n_features: int,
+    seq_len: int,
+    d_model: int,
+    n_heads: int,
+    num_layers: int,
+    dim_feedforward: int,
+    dropout: float,
+    pooling: str,
 ) -> Any:
     import torch
     from torch import nn
@@ -146,7 +153,7 @@ def _build_transformer(
             return h + self.drop(self.ff(self.norm2(h)))
 
     class TransformerNet(nn.Module):
-        """Standardise, project to d_model, add a learned position embedding, encode, mean-pool, head."""
+        """Standardise, project to d_model, add a learned position embedding, encode, pool, head."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -164,7 +171,8 @@ def _build_transformer(
             h = self.inp((x - self.mean) / self.std) + self.pos
             for block in self.blocks:
                 h = block(h)
-            return self.head(self.norm(h).mean(dim=1))
+            h = self.norm(h)
+            return self.head(h[:, -1, :] if pooling == "last" else h.mean(dim=1))
 
     return TransformerNet()
 
@@ -354,7 +362,7 @@ class LSTMClassifier(_SequenceClassifierBase):
 
 
 class TransformerClassifier(_SequenceClassifierBase):
-    """A small Transformer encoder on windows ``(n, T, k)``; learned positions, mean pooling.
+    """A small Transformer encoder on windows ``(n, T, k)`` with learned position embeddings.
 
     Parameters
     ----------
@@ -368,6 +376,9 @@ class TransformerClassifier(_SequenceClassifierBase):
         Width of each block's feed-forward layer.
     dropout : float
         Dropout in the blocks during training.
+    pooling : {"last", "mean"}
+        What the head reads: the last position's encoding (the current bar, which attends to the
+        whole window) or the mean over positions.
     learning_rate, weight_decay, batch_size, max_epochs, patience, validation_fraction, n_threads, random_state
         As for :class:`LSTMClassifier`.
 
@@ -385,7 +396,8 @@ class TransformerClassifier(_SequenceClassifierBase):
         num_layers: int = 1,
         dim_feedforward: int = 64,
         dropout: float = 0.1,
-        learning_rate: float = 2e-3,
+        pooling: str = "last",
+        learning_rate: float = 3e-3,
         weight_decay: float = 1e-4,
         batch_size: int = 512,
         max_epochs: int = 20,
@@ -399,6 +411,7 @@ class TransformerClassifier(_SequenceClassifierBase):
         self.num_layers = num_layers
         self.dim_feedforward = dim_feedforward
         self.dropout = dropout
+        self.pooling = pooling
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -409,8 +422,17 @@ class TransformerClassifier(_SequenceClassifierBase):
         self.random_state = random_state
 
     def _build(self, n_features: int, seq_len: int) -> Any:
+        if self.pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         return _build_transformer(
-            n_features, seq_len, self.d_model, self.n_heads, self.num_layers, self.dim_feedforward, self.dropout
+            n_features,
+            seq_len,
+            self.d_model,
+            self.n_heads,
+            self.num_layers,
+            self.dim_feedforward,
+            self.dropout,
+            self.pooling,
         )
