@@ -215,13 +215,13 @@ class _RollingMoments:
     def zscore(self, x: float) -> float:
         """z-score of ``x`` against the window (0 for a flat window)."""
         n = self.n
-        mean = self.shift + self.s1 / n
-        std = math.sqrt(max(self.s2 - self.s1 * self.s1 / n, 0.0) / (n - 1))
-        return _z(x, mean, std)
-
-
-def _z(x: float, mean: float, std: float) -> float:
-    return (x - mean) / std if std > _FLAT_STD * max(abs(mean), 1.0) else 0.0
+        mean_dev = self.s1 / n
+        std = math.sqrt(max(self.s2 - self.s1 * mean_dev, 0.0) / (n - 1))
+        if not std > _FLAT_STD * max(abs(self.shift + mean_dev), 1.0):
+            return 0.0
+        # x - mean as (x - shift) - mean deviation: the mean itself is never rounded to a float, whose
+        # last bit, divided by a deviation far smaller than the level, would swamp the z-score
+        return ((x - self.shift) - mean_dev) / std
 
 
 class _RollingExtreme:
@@ -479,11 +479,14 @@ def _rolling_zscore(x: np.ndarray, w: int) -> np.ndarray:
     if len(x) < w:
         return np.full(len(x), np.nan)
     windows = sliding_window_view(x, w)
-    mean = windows.sum(axis=1) / w
-    std = np.sqrt(((windows - mean[:, None]) ** 2).sum(axis=1) / (w - 1))
     last = windows[:, -1]
-    flat = ~(std > _FLAT_STD * np.maximum(np.abs(mean), 1.0))
-    z = np.where(flat, 0.0, (last - mean) / np.where(flat, 1.0, std))
+    # deviations from the value being scored, as online: small numbers, so the mean and the
+    # deviation carry no rounding of the (much larger) level
+    dev = windows - last[:, None]
+    mean_dev = dev.sum(axis=1) / w
+    std = np.sqrt(((dev - mean_dev[:, None]) ** 2).sum(axis=1) / (w - 1))
+    flat = ~(std > _FLAT_STD * np.maximum(np.abs(last + mean_dev), 1.0))
+    z = np.where(flat, 0.0, -mean_dev / np.where(flat, 1.0, std))
     return _pad(np.where(np.isnan(std), np.nan, z), len(x))
 
 
