@@ -35,8 +35,13 @@ sums exactly (``math.fsum``) every ``w`` updates, which costs O(1) amortised and
 ``w`` roundings whatever the length of the history. The session VWAP sums are sequential on both
 sides (``np.cumsum`` adds in order, as the online loop does) and restart each session, so they
 agree bit for bit. The Wilder ATR is a contractive recursion, so its rounding differences do not
-grow. Measured on the real minute files the two evaluations agree within 1e-12
-(``tests/integration/test_ml_feature_parity.py``).
+grow. z-scores are computed from deviations (from the shift online, from the scored value
+offline), never from a rounded mean, because a z-score's rounding error is the level's rounding
+divided by the deviation: for ``spread_z`` (log MYM/ES ~ 2, deviation ~ 5e-5) one ulp of the level
+is already 1e-11. Measured on the real minute files (``tests/integration/test_ml_feature_parity.py``)
+the two evaluations agree within 7e-12, all of it in ``spread_z``, and that remainder is numpy's
+vectorised ``log`` differing from ``math.log`` by one ulp (the online value matches an exact rational
+computation to 4e-16).
 
 ``TickFlow`` classifies ticks into buy and sell volume per bar (quote rule where a two-sided quote
 exists, tick rule otherwise); ``classify_ticks`` and ``ticks_to_flow_bars`` are its vectorised twin.
