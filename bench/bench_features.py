@@ -1,0 +1,162 @@
+"""What the ML features cost: per bar online, per tick for the order flow, and offline throughput.
+
+    .venv/bin/python bench/bench_features.py [--bars N] [--ticks N] [--repeat R] [--json]
+
+Real data from ../shared/data/nt8. Each figure has a baseline measured in the same run on the same
+input, reported as a ratio (the machines are small and shared; absolute numbers drift run to run):
+
+- ``OnlineFeatures.on_bar`` (ES bars, NQ partner bars interleaved by time; only ES's ``on_bar`` is
+  timed) against ``bridge.features.FeatureEngine.on_bar``, the rule strategies' features;
+- ``TickFlow.on_tick`` (ES 06-18 ticks, tick rule; SPY ticks, quote rule) against
+  ``bridge.market.BarBuilder`` (``close_due`` + ``on_trade``), the sidecar's own bar building;
+- ``offline_features`` and ``ticks_to_flow_bars``, in bars or ticks per second, against the online
+  loop over the same input (the speed-up of the vectorised path).
+
+Each call is timed alone with ``perf_counter_ns`` (the timer's own cost, ~0.1 us, is included in
+both sides of a ratio). The runs of a pair alternate ``--repeat`` times and the best of each is kept,
+so a burst of outside load does not land on one side only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bridge.data.nt8files import read_nt8  # noqa: E402
+from bridge.features import FeatureEngine  # noqa: E402
+from bridge.market import BarBuilder, BarData  # noqa: E402
+from ml.features import FeatureConfig, OnlineFeatures, TickFlow, offline_features, ticks_to_flow_bars  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nt8"
+_NS = 1_000_000_000
+
+
+def percentiles_us(samples_ns: list[int]) -> dict[str, float]:
+    a = np.asarray(samples_ns, dtype=np.float64) / 1000.0
+    return {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)), "mean_us": float(a.mean())}
+
+
+def time_online_features(bars: pd.DataFrame, partner: pd.DataFrame) -> list[int]:
+    f = OnlineFeatures(FeatureConfig(), has_partner=True)
+    p_ts, p_close = partner["ts_ns"].tolist(), partner["close"].tolist()
+    cols = [bars[k].tolist() for k in ("ts_ns", "open", "high", "low", "close", "volume")]
+    j, out, clock = 0, [], time.perf_counter_ns
+    for ts, o, h, lo, c, v in zip(*cols):
+        while j < len(p_ts) and p_ts[j] <= ts:  # the partner's bars up to this minute, as they arrive
+            f.on_partner_bar(p_ts[j], p_close[j])
+            j += 1
+        t = clock()
+        f.on_bar(ts, o, h, lo, c, v)
+        out.append(clock() - t)
+    return out
+
+
+def time_rule_features(bars: pd.DataFrame) -> list[int]:
+    engine = FeatureEngine()
+    cols = [bars[k].tolist() for k in ("ts_ns", "open", "high", "low", "close", "volume")]
+    messages = [BarData(0, 60, ts - 60 * _NS, ts, o, h, lo, c, int(v), 1) for ts, o, h, lo, c, v in zip(*cols)]
+    out, clock = [], time.perf_counter_ns
+    for bar in messages:
+        t = clock()
+        engine.on_bar(bar)
+        out.append(clock() - t)
+    return out
+
+
+def tick_columns(ticks: pd.DataFrame) -> list[list]:
+    return [ticks[k].tolist() for k in ("ts_ns", "price", "volume", "bid", "ask")]
+
+
+def time_tickflow(ticks: pd.DataFrame) -> list[int]:
+    flow, out, clock = TickFlow(60), [], time.perf_counter_ns
+    for ts, p, v, b, a in zip(*tick_columns(ticks)):
+        t = clock()
+        flow.on_tick(ts, p, v, b, a)
+        out.append(clock() - t)
+    return out
+
+
+def time_bar_builder(ticks: pd.DataFrame) -> list[int]:
+    builder, out, clock = BarBuilder(0, 60), [], time.perf_counter_ns
+    for ts, p, v, _, _ in zip(*tick_columns(ticks)):
+        t = clock()
+        builder.close_due(ts)
+        builder.on_trade(ts, p, v)
+        out.append(clock() - t)
+    return out
+
+
+def best_pair(a, b, repeat: int) -> tuple[list[int], list[int]]:
+    """Alternate two timed runs ``repeat`` times; keep the run with the lowest median of each."""
+    runs_a, runs_b = [], []
+    for _ in range(repeat):
+        runs_a.append(a())
+        runs_b.append(b())
+    return min(runs_a, key=np.median), min(runs_b, key=np.median)
+
+
+def wall(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bars", type=int, default=40_000, help="ES minute bars (all of them by default)")
+    ap.add_argument("--ticks", type=int, default=200_000, help="ticks per tick file")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    es = read_nt8(DATA / "ES 12-23.Last.txt").head(args.bars)
+    nq = read_nt8(DATA / "NQ 12-23.Last.txt")
+    nq = nq[nq["ts_ns"] <= es["ts_ns"].iloc[-1]]
+    results: dict[str, dict] = {}
+
+    ml, rule = best_pair(lambda: time_online_features(es, nq), lambda: time_rule_features(es), args.repeat)
+    results["OnlineFeatures.on_bar"] = percentiles_us(ml)
+    results["baseline FeatureEngine.on_bar"] = percentiles_us(rule)
+    results["OnlineFeatures.on_bar"]["ratio_p50"] = float(np.median(ml) / np.median(rule))
+    results["OnlineFeatures.on_bar"]["ratio_p99"] = float(np.percentile(ml, 99) / np.percentile(rule, 99))
+
+    for name, path in (("ES 06-18 (tick rule)", "ES 06-18.Last.txt.gz"), ("SPY (quote rule)", "SPY.Last.txt.gz")):
+        ticks = read_nt8(DATA / path).head(args.ticks)
+        flow, builder = best_pair(lambda: time_tickflow(ticks), lambda: time_bar_builder(ticks), args.repeat)
+        results[f"TickFlow.on_tick {name}"] = {**percentiles_us(flow),
+                                               "ratio_p50": float(np.median(flow) / np.median(builder))}
+        results[f"baseline BarBuilder {name}"] = percentiles_us(builder)
+        vec = wall(lambda: ticks_to_flow_bars(ticks, 60), args.repeat)
+        results[f"ticks_to_flow_bars {name}"] = {"ticks_per_s": len(ticks) / vec,
+                                                 "speedup_vs_online": float(np.sum(flow)) / 1e9 / vec}
+
+    off = wall(lambda: offline_features(es, nq, FeatureConfig()), args.repeat)
+    results["offline_features ES+NQ"] = {"bars_per_s": len(es) / off, "seconds": off,
+                                         "speedup_vs_online": float(np.sum(ml)) / 1e9 / off}
+
+    print(f"{'what':46s} {'p50 us':>9s} {'p99 us':>9s} {'ratio':>8s}  throughput")
+    for name, r in results.items():
+        if "p50_us" in r:
+            ratio = f"{r['ratio_p50']:.2f}x" if "ratio_p50" in r else "1"
+            print(f"{name:46s} {r['p50_us']:9.2f} {r['p99_us']:9.2f} {ratio:>8s}")
+        else:
+            rate = r.get("bars_per_s") or r.get("ticks_per_s")
+            unit = "bars/s" if "bars_per_s" in r else "ticks/s"
+            print(f"{name:46s} {'':9s} {'':9s} {'':8s}  {rate:,.0f} {unit} ({r['speedup_vs_online']:.0f}x the online loop)")
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
