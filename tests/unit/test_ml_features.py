@@ -218,13 +218,14 @@ def test_time_of_day_and_session_phase_in_chicago_time(local, minutes_after_open
     n = SMALL.warmup_bars
     bars = random_bars(n, seed=4)
     bars["ts_ns"] = end - np.arange(n)[::-1] * MIN
-    row = offline_features(bars, None, SMALL).iloc[-1]
+    offline = offline_features(bars, None, SMALL)
+    row = offline.iloc[-1]
     angle = 2 * math.pi * minutes_after_open / 1440
     assert row["tod_sin"] == pytest.approx(math.sin(angle), abs=1e-12)
     assert row["tod_cos"] == pytest.approx(math.cos(angle), abs=1e-12)
     assert [p for p in ("overnight", "rth_open", "rth_mid", "rth_close") if row[f"phase_{p}"] == 1.0] == [phase]
     online, _ = run_online(bars, None, SMALL)
-    np.testing.assert_allclose(online[-1], offline_features(bars, None, SMALL).iloc[-1].to_numpy()[:-1], atol=1e-12)
+    np.testing.assert_allclose(online[-1], row[list(feature_names(SMALL))].to_numpy(dtype=float), atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ cross features
@@ -299,11 +300,11 @@ def test_online_windows_do_not_drift_over_a_long_history():
     assert_parity(bars, partner, FeatureConfig())
 
 
-bar_lists = st.integers(min_value=0, max_value=2**32 - 1)
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=bar_lists, n=st.integers(min_value=1, max_value=80), flow=st.booleans(), with_partner=st.booleans(),
+@given(seed=seeds, n=st.integers(min_value=1, max_value=80), flow=st.booleans(), with_partner=st.booleans(),
        gap=st.sampled_from([0, 7, 25]), lag_s=st.sampled_from([0, 30, -30]))
 def test_property_online_equals_offline_on_random_walks(seed, n, flow, with_partner, gap, lag_s):
     bars = random_bars(n, seed=seed, gap_every=gap, flow=flow)
@@ -375,7 +376,7 @@ def online_flow_bars(frame: pd.DataFrame, period_s: int = 60) -> pd.DataFrame:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=bar_lists, n=st.integers(min_value=1, max_value=300), quoted=st.floats(min_value=0, max_value=1))
+@given(seed=seeds, n=st.integers(min_value=1, max_value=300), quoted=st.floats(min_value=0, max_value=1))
 def test_property_tickflow_online_equals_vectorised(seed, n, quoted):
     rng = np.random.default_rng(seed)
     price = 100 + np.cumsum(rng.integers(-2, 3, n)) * 0.25
