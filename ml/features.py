@@ -315,7 +315,6 @@ class OnlineFeatures:
     def __init__(self, config: FeatureConfig | None = None, has_partner: bool = False) -> None:
         c = self.config = config or FeatureConfig()
         self.has_partner = has_partner
-        self.names = feature_names(c)
         self._phase_ns = tuple(m * _MIN_NS for m in c.phase_bounds_min)
         self._closes: deque[float] = deque(maxlen=max(max(c.return_horizons), c.rel_bars) + 1)
         self._sq_returns = _RollingSum(c.rvol_bars)
@@ -352,7 +351,7 @@ class OnlineFeatures:
         ts_ns : int
             End of the bar, UTC ns; strictly increasing.
         open, high, low, close, volume : float
-            The bar (prices positive).
+            The bar (prices positive); ``open`` is part of the bar contract but no feature uses it.
         buy_volume, sell_volume : float, optional
             Classified volume (``TickFlow``); NaN when unknown, then the bar tick rule is used.
 
