@@ -89,7 +89,9 @@ def identity_session() -> tuple[object, object, np.ndarray]:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), sess_options=session_options(), providers=["CPUExecutionProvider"]
+    )
     inp, out = np.zeros((1, K), dtype=np.float32), np.zeros((1, K), dtype=np.float32)
     binding = session.io_binding()
     binding.bind_input("input", "cpu", 0, np.float32, [1, K], inp.ctypes.data)

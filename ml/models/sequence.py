@@ -83,6 +83,25 @@ def make_sequences(
     return X_seq, valid
 
 
+def _feature_moments(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and sample std over all windows and steps of ``X`` ``(n, T, k)``, as float32.
+
+    Two passes in float64 over chunks: a float64 copy of 100k windows would be 400 MB, and the
+    one-pass sum of squares loses precision when a feature's mean is large against its spread.
+    """
+    k = X.shape[2]
+    count = X.shape[0] * X.shape[1]
+    mean = np.zeros(k)
+    for lo in range(0, len(X), chunk):
+        mean += X[lo : lo + chunk].sum(axis=(0, 1), dtype=np.float64)
+    mean /= count
+    squares = np.zeros(k)
+    for lo in range(0, len(X), chunk):
+        squares += ((X[lo : lo + chunk] - mean) ** 2).sum(axis=(0, 1))
+    std = np.sqrt(squares / max(count - 1, 1))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 def _build_lstm(n_features: int, hidden_size: int, num_layers: int, dropout: float) -> Any:
     import torch
     from torch import nn
@@ -191,6 +210,8 @@ class _SequenceClassifierBase(ClassifierMixin, BaseEstimator):
         """
         import torch
 
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be at least 1, got {self.max_epochs}")
         X, y = check_binary_xy(X, y, ndim=3)
         X = np.ascontiguousarray(X, dtype=np.float32)
         n, seq_len, n_features = X.shape
@@ -199,9 +220,10 @@ class _SequenceClassifierBase(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{n} samples are too few for a validation tail of {self.validation_fraction}")
         n_train = n - n_val
 
-        previous_threads = torch.get_num_threads()
+        previous_threads, previous_rng = torch.get_num_threads(), torch.get_rng_state()
         torch.set_num_threads(self.n_threads)
         try:
+            # seeded initialisation; the caller's global torch RNG state is restored afterwards
             torch.manual_seed(self.random_state)
             gen = torch.Generator().manual_seed(self.random_state)
             net = self._build(n_features, seq_len)
@@ -210,11 +232,10 @@ class _SequenceClassifierBase(ClassifierMixin, BaseEstimator):
             train_x, train_y = xt[:n_train], yt[:n_train]
             val_x, val_y = xt[n_train:], yt[n_train:]
             # standardisation statistics from the training part only (the tail is "the future")
-            flat = train_x.reshape(-1, n_features).double()
-            std = flat.std(dim=0)
-            net.mean.copy_(flat.mean(dim=0).float())
+            mean, std = _feature_moments(X[:n_train])
+            net.mean.copy_(torch.from_numpy(mean))
             # a constant feature would divide by zero; leave it unscaled
-            net.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)).float())
+            net.std.copy_(torch.from_numpy(np.where(std > 1e-8, std, 1.0).astype(np.float32)))
 
             opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
             loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -236,10 +257,13 @@ class _SequenceClassifierBase(ClassifierMixin, BaseEstimator):
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 elif epoch - best_epoch >= self.patience:
                     break
+            if best_state is None:
+                raise ValueError(f"training diverged: validation log-loss per epoch {history}")
             net.load_state_dict(best_state)
             net.eval()
         finally:
             torch.set_num_threads(previous_threads)
+            torch.set_rng_state(previous_rng)
 
         self.module_ = net
         self.classes_ = np.array([0, 1])
