@@ -233,9 +233,6 @@ class XGBoostClassifierModel(ClassifierMixin, BaseEstimator):
             random_state=self.random_state,
             tree_method="hist",
             objective="binary:logistic",
-            # a fixed base score (instead of one estimated from the labels) keeps the ONNX converter's
-            # reading of it unambiguous across XGBoost versions
-            base_score=0.5,
             device="cpu",
         )
         self.model_.fit(X, y)

@@ -60,6 +60,16 @@ def test_member_parity_on_held_out_data(name: str, fitted: dict) -> None:
     assert check_parity(model, proto, X[:1]) < PARITY
 
 
+@pytest.mark.parametrize("name", ROW_MODELS)
+def test_tree_parity_with_a_skewed_base_rate(name: str) -> None:
+    # XGBoost starts boosting from the label's base rate, stored in its config; the converter must read it
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2000, N_FEATURES))
+    y = (X[:, 0] + rng.normal(size=2000) > 1.2).astype(np.int64)  # about 20% wins
+    model = MODELS[name]().fit(X[:1500], y[:1500])
+    assert check_parity(model, to_onnx(model, N_FEATURES), X[1500:]) < PARITY
+
+
 def test_meta_model_parity(fitted: dict) -> None:
     meta, P = meta_on_holdout(fitted)
     proto = to_onnx(meta, P.shape[1])
