@@ -319,18 +319,21 @@ class Registry:
         Raises
         ------
         ArtifactError
-            Naming the first missing or altered file.
+            Naming every missing or altered file.
         """
+        problems = []
         for rel, expected in sorted(record.artifacts.items()):
             path = record.path / rel
             if not path.is_file():
-                raise ArtifactError(f"model {record.model_id}: file {path} is missing; restore the folder from a "
-                                    "backup, or retrain and register a new model")
+                problems.append(f"file {path} is missing")
+                continue
             actual = sha256_file(path)
             if actual != expected:
-                raise ArtifactError(f"model {record.model_id}: file {path} is corrupted or was changed (SHA-256 "
-                                    f"{actual[:12]}..., registered {expected[:12]}...); restore it from a backup, or "
-                                    "retrain and register a new model")
+                problems.append(f"file {path} is corrupted or was changed (SHA-256 {actual[:12]}..., "
+                                f"registered {expected[:12]}...)")
+        if problems:
+            raise ArtifactError(f"model {record.model_id}: {'; '.join(problems)}. Restore the folder from a backup, "
+                                "or retrain and register a new model")
 
     # ------------------------------------------------------------------ champion changes
 
