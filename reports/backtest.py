@@ -132,6 +132,13 @@ def calibrated_priors(config: Config, trades: list[TradeRecord]) -> tuple[Config
     return replace(config, strategy=replace(config.strategy, **changes)), report
 
 
+def strategy_status(config: Config) -> dict[str, str]:
+    """Each strategy's status line (``ready``, or e.g. the ML strategy's "no model" and why), so that a
+    strategy that cannot trade says so in the report instead of showing zero trades without a reason."""
+    from strategies.registry import build_strategies
+    return {s.name: s.status for s in build_strategies(config.strategy)}
+
+
 def run_backtest(stream: TickStream, config: Config, master: InstrumentMaster, db_url: str, *,
                  split: str | None = None, window: int = 256,
                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
@@ -141,6 +148,7 @@ def run_backtest(stream: TickStream, config: Config, master: InstrumentMaster, d
     first, last = int(stream.ts_ns[0]), int(stream.ts_ns[-1])
     report: dict[str, Any] = {"instruments": stream.names, "files": stream.sources,
                               "strategies": list(config.strategy.strategy_names()),
+                              "strategy_status": strategy_status(config),
                               "data_from_ns": first, "data_to_ns": last}
     test_config = config
     start_ns = first

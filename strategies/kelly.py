@@ -39,6 +39,12 @@ class KellySizing:
                 f"{self.reason}")
 
 
+def whole_contracts(x: float) -> int:
+    """``floor(x)``, forgiving floating-point error just below a whole number (absolute 1e-9 and relative
+    1e-12, so that 0.03125 * 1e12 / 200 is 156,250,000 contracts, not 156,249,999)."""
+    return int(math.floor(x + 1e-9 + 1e-12 * abs(x)))
+
+
 def discrete_kelly(p: float, b: float) -> float:
     """``f* = p - q / b`` for win probability ``p`` and payoff ratio ``b`` (win / loss); 0 without an edge.
 
@@ -100,7 +106,7 @@ def bracket_contracts(*, p: float, entry: float, stop: float, target: float, poi
     f = discrete_kelly(p, b)
     f_shrunk = discrete_kelly(shrink_probability(p, b, shrinkage), b)
     applied = f_shrunk * fraction
-    uncapped = int(math.floor(applied * equity / risk + 1e-9))
+    uncapped = whole_contracts(applied * equity / risk)
     contracts = min(uncapped, cap)
     if f == 0.0:
         reason = f"no edge: p={p:.3f} at payoff {b:.3f} is at or below break-even {1 / (1 + b):.3f}"
@@ -123,7 +129,7 @@ def leverage_contracts(*, mu: float, sigma: float, r: float = 0.0, price: float,
     f = continuous_kelly(mu, sigma, r)
     f_shrunk = continuous_kelly(r + (mu - r) * (1.0 - shrinkage), sigma, r)
     applied = f_shrunk * fraction
-    uncapped = int(math.floor(applied * max(equity, 0.0) / (price * point_value) + 1e-9))
+    uncapped = whole_contracts(applied * max(equity, 0.0) / (price * point_value))
     contracts = min(uncapped, cap)
     reason = "no edge" if f == 0.0 else (f"capped at {cap}" if contracts < uncapped else
                                         f"mu={mu:g}, sigma={sigma:g}, {fraction:g} Kelly, {shrinkage:g} shrinkage")

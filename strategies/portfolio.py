@@ -36,7 +36,7 @@ from bridge.protocol.messages import EntryType, Side
 from strategies.base import Exit, MarketView, Signal, Strategy, round_to_tick, safe_on_bar
 from strategies.exposure import Holding, ReturnCorrelation, beta_weighted_exposure, es_equivalent_contracts, \
     hedge_order, max_contracts_within_limit
-from strategies.kelly import bracket_contracts, discrete_kelly, shrink_probability
+from strategies.kelly import bracket_contracts, discrete_kelly, shrink_probability, whole_contracts
 from strategies.regime import RegimeDetector, RegimePolicy, RegimeState
 
 log = logging.getLogger("nt8bridge.portfolio")
@@ -244,7 +244,7 @@ class Portfolio:
         f = discrete_kelly(p, b)
         f_shrunk = discrete_kelly(shrink_probability(p, b, sc.shrinkage), b)
         applied = f_shrunk * sc.kelly_fraction * weight
-        uncapped = int(math.floor(applied * equity / loss + 1e-9))
+        uncapped = whole_contracts(applied * equity / loss)
         units = min(uncapped, cap_units)
         explain = (f"{units} units: Kelly f*={f:.4f} at p={p:.3f}, payoff {b:.3f}, shrunk {f_shrunk:.4f}, applied "
                    f"{applied:.4f} -> {uncapped} before the cap of {cap_units}")

@@ -73,6 +73,7 @@ class _Pair:
     b: deque = field(default_factory=deque)
     entry_z: float = math.nan  # |z| when the held trade was opened
     active: bool = False  # this pair opened the strategy's trade on its legs (pairs may share a leg)
+    filled: set = field(default_factory=set)  # legs of the held trade seen with a position
     last: dict[int, tuple[int, float]] = field(default_factory=dict)  # iid -> (ts, close)
 
 
@@ -143,6 +144,16 @@ class SpreadArbitrage(Strategy):
                                     or market.position_of(ib, self.algorithm_id))
         if pair.active and not held and market.is_flat(ia) and market.is_flat(ib):
             pair.active = False  # closed (or never filled): the pair may trade again
+            pair.filled.clear()
+        if held:
+            pos = {i: market.position_of(i, self.algorithm_id) for i in (ia, ib)}
+            pair.filled.update(i for i, q in pos.items() if q)
+            gone = [i for i in (ia, ib) if i in pair.filled and not pos[i]]
+            if gone:  # a leg closed on its own (its protective stop or target): what is left is unhedged
+                lost = market.root(gone[0])
+                text = (f"{name} spread lost its {lost} leg (closed by its protective order): closing the unhedged "
+                        f"leg")
+                return [Exit(i, text) for i in (ia, ib) if pos[i]]
         if st is None:
             if held:  # the hedge ratio is no longer defined: the spread cannot be measured, close it
                 text = f"{name} spread can no longer be measured (hedge ratio undefined): closing"
@@ -177,6 +188,7 @@ class SpreadArbitrage(Strategy):
                f"{abs(st.z) + cfg.spread_stop_z:.2f}")
         pair.entry_z = abs(st.z)
         pair.active = True
+        pair.filled = set()
         legs = []
         for iid, side, n, snap in ((ia, side_a, st.n_a, fa), (ib, side_b, st.n_b, fb)):
             close = snap.values["close"]

@@ -80,3 +80,22 @@ def test_an_unknown_strategy_is_named(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "'martingale' is not one of momentum, reversion, spread, ml" in proc.stderr
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_the_ml_strategy_without_a_model_does_not_trade_and_the_report_says_why(shared_data, tmp_path):
+    es = trimmed(shared_data / "nt8" / "ES 12-23.Last.txt", tmp_path / "ES 12-23.Last.txt", "20231010", "20231012")
+    db = tmp_path / "bt.sqlite"
+    proc = subprocess.run([*CLI, "backtest", "--data", str(es), "--strategies", "ml", "--split", "2023-10-11",
+                           "--json", "--quiet", "--trades", "--db", f"sqlite:///{db}"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["strategy_status"]["ml"].startswith("no model")
+    assert report["trades"] == [] and report["test"]["brackets"] == 0
+    assert report["test"]["summary"]["total"]["trades"] == 0
+    with sqlite3.connect(db) as conn:   # and the session's audit chain records the state, once per session
+        rows = conn.execute("select payload from audit_chain where kind = 'strategy_status' and subject_id = 'ml@0.2.0'"
+                            ).fetchall()
+    assert len(rows) == 2 and all("no model" in json.loads(p)["status"] for (p,) in rows)

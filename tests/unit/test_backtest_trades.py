@@ -69,3 +69,13 @@ def test_calibration_updates_the_stated_prior_with_the_earlier_windows_record():
     assert math.isclose(new.strategy.spread_win_prior, (c.strategy.spread_win_prior * k + 1) / (k + 2))
     assert report["spread"]["bets"] == 2 and report["momentum"]["wins"] == 1
     assert "reversion" not in report  # not asked for
+
+
+def test_the_report_says_why_a_strategy_cannot_trade():
+    from reports.backtest import strategy_status
+    c = Config()
+    c = replace(c, strategy=replace(c.strategy, names="momentum,ml", ml_model=""))
+    status = strategy_status(c)
+    assert list(status) == ["momentum", "ml"]
+    assert status["momentum"] == "ready"
+    assert status["ml"].startswith("no model") and "does not trade" in status["ml"]

@@ -114,3 +114,67 @@ def test_more_equity_never_means_fewer_contracts(p, a, k):
     small = bracket_contracts(p=p, equity=a, cap=10**9, **ES).contracts
     large = bracket_contracts(p=p, equity=a * k, cap=10**9, **ES).contracts
     assert large >= small
+
+
+# --------------------------------------------------------------------------- extremes, with the numbers worked out here
+# Each expected value below follows from the formulas by hand (b = reward / risk, p' = be + (p - be)(1 - s),
+# f = p' - (1 - p') / b, contracts = floor(f * fraction * equity / risk)), not from the code under test.
+
+
+@pytest.mark.parametrize("p", [0.0, 1e-12, 1e-6, 0.01])
+def test_p_near_zero_never_trades_even_on_a_huge_account(p):
+    s = bracket_contracts(p=p, equity=1e15, cap=10**9, **ES)   # break-even is 1/3 at b = 2
+    assert s.contracts == 0 and s.kelly_fraction == 0.0 and s.uncapped_contracts == 0
+    assert "no edge" in s.reason
+
+
+def test_p_near_one_bets_the_bounded_fraction_and_the_cap_still_wins():
+    # p = 1 - 1e-12 at b = 2: f* = p - (1 - p) / 2 ~ 1; shrunk halfway to break-even 1/3: p' ~ 2/3,
+    # f(p') = 2/3 - (1/3) / 2 = 0.5; a quarter of it: 0.125 of equity at risk.
+    s = bracket_contracts(p=1 - 1e-12, equity=1_000_000, cap=10**6, **ES)
+    assert s.kelly_fraction == pytest.approx(1.0, abs=1e-9)
+    assert s.shrunk_fraction == pytest.approx(0.5, abs=1e-9)
+    assert s.applied_fraction == pytest.approx(0.125, abs=1e-9)
+    assert s.contracts == 625                                   # 125,000 at risk / 200 per contract
+    assert bracket_contracts(p=1.0, equity=1_000_000, cap=7, **ES).contracts == 7
+    # p = 1 exactly, no shrinkage, full Kelly: the whole account at risk, one stop per contract
+    full = bracket_contracts(p=1.0, equity=1_000_000, cap=10**6, fraction=1.0, shrinkage=0.0, **ES)
+    assert full.applied_fraction == 1.0 and full.contracts == 5_000
+    assert bracket_contracts(p=1.0, equity=1_000_000, cap=3, fraction=1.0, shrinkage=0.0, **ES).contracts == 3
+
+
+def test_huge_accounts_are_exact_and_capped():
+    # 0.03125 of $1e12 at $200 per ES contract: 156,250,000 contracts before the cap; no float trouble.
+    s = bracket_contracts(p=0.5, equity=1e12, cap=10, **ES)
+    assert s.uncapped_contracts == 156_250_000 and s.contracts == 10 and "capped at 10" in s.reason
+    lev = leverage_contracts(mu=0.10, sigma=0.20, price=4000.0, point_value=50.0, equity=1e12, cap=25)
+    assert lev.uncapped_contracts == 1_562_500 and lev.contracts == 25   # 0.3125 * 1e12 / 200,000
+
+
+@pytest.mark.parametrize("equity, root, expected", [
+    (0.0, "ES", 0), (-5_000.0, "ES", 0),    # no equity: nothing, never a negative count
+    (6_399.0, "ES", 0), (6_400.0, "ES", 1),  # 0.03125 * 6,400 = 200 = one ES stop
+    (639.0, "MES", 0), (640.0, "MES", 1),    # MES: $20 per contract at risk
+    (64.0, "MYM", 1), (63.0, "MYM", 0),      # MYM ($0.50 a point), 4-point stop: $2 per contract
+])
+def test_tiny_accounts_size_to_whole_contracts_or_nothing(equity, root, expected):
+    pv = {"ES": 50.0, "MES": 5.0, "MYM": 0.5}[root]
+    s = bracket_contracts(p=0.5, entry=4000.0, stop=3996.0, target=4008.0, point_value=pv, equity=equity, cap=100)
+    assert s.contracts == expected
+    if equity <= 0:
+        assert s.reason == "no equity"
+    elif expected == 0:
+        assert "too small" in s.reason
+
+
+@given(p=st.one_of(st.floats(0.0, 1e-3), st.floats(1 - 1e-3, 1.0)), equity=st.floats(0.0, 1e13),
+       cap=st.integers(0, 10**6), b_ticks=st.integers(1, 400))
+def test_extreme_p_and_equity_stay_within_cap_and_kelly(p, equity, cap, b_ticks):
+    s = bracket_contracts(p=p, entry=4000.0, stop=3999.0, target=4000.0 + 0.25 * b_ticks, point_value=50.0,
+                          equity=equity, cap=cap)
+    assert 0 <= s.contracts <= cap
+    assert 0.0 <= s.shrunk_fraction <= s.kelly_fraction <= 1.0
+    assert s.contracts * 50.0 <= s.applied_fraction * equity * (1 + 1e-9) + 1e-6
+    b = 0.25 * b_ticks                                  # reward 12.5 * b_ticks / risk 50
+    if p <= 1 / (1 + b):
+        assert s.contracts == 0

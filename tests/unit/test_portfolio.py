@@ -303,3 +303,27 @@ def test_a_spread_group_counts_once_in_the_track_record():
     assert pf.records["spread@x"].wins == 0 and pf.records["spread@x"].losses == 0  # the other leg is open
     pf.on_trade_closed("spread@x", "g", 1, 2, -500.0)
     assert (pf.records["spread@x"].wins, pf.records["spread@x"].losses) == (0, 1)
+
+
+def test_netting_uses_each_instruments_point_value_and_costs():
+    # NQ ($20 a point, tick 0.25) and MES ($5 a point): two strategies' opposite signals net contract for
+    # contract, each sized from its own instrument's point value and round-trip costs (computed here).
+    for iid, price, pv in ((NQ, 15000.0, 20.0), (MES, 4500.0, 5.0)):
+        c = config()
+        a, b = Scripted("a", on_instrument=iid), Scripted("b", on_instrument=iid)
+        pf = Portfolio(c, [a, b], INFO)
+        long_ = Signal(iid, Side.BUY, EntryType.MARKET, math.nan, price - 20, price + 60, 0.7, "long")
+        short = Signal(iid, Side.SELL, EntryType.MARKET, math.nan, price + 10, price - 30, 0.6, "short")
+        d = decide(pf, {a: [long_], b: [short]}, bar(iid, price), equity=2e5)
+        cost = 2 * (c.sizing.commission_per_contract + c.sizing.slippage_ticks * 0.25 * pv)
+        qa = expected_kelly(0.7, price, price - 20, price + 60, pv, 2e5, cost)
+        qb = expected_kelly(0.6, price, price + 10, price - 30, pv, 2e5, cost)
+        assert qa > 0 and qb > 0 and qa != qb, (iid, qa, qb)
+        (plan,) = d.plans
+        assert plan.signal.instrument_id == iid and plan.quantity == abs(qa - qb)
+        assert plan.signal.side == (Side.BUY if qa > qb else Side.SELL)
+        assert plan.sizing["netting"] == f"a {qa:+d}, b {-qb:+d}"
+        lead = [x for x in (("a", qa), ("b", qb)) if x[1] == max(qa, qb)][0][0]
+        assert any(x.reason.startswith(f"netted into {lead}") for x in d.dropped)
+        assert math.isclose(plan.sizing["risk_per_contract"],
+                            (20 if lead == "a" else 10) * pv + cost)

@@ -930,3 +930,35 @@ def test_registry_spread_instances_do_not_share_state():
     feed.rows.pop()
     feed.prev.clear()
     assert len(feed.step(n - 1, a[-1], b[-1])[-1]) == 2
+
+
+def test_spread_closes_the_unhedged_leg_when_the_other_leg_was_closed_by_its_protective_order():
+    """Regression (ES/NQ, 2023-11-02 in the issue-5 backtest): the NQ leg's protective stop filled and the
+    ES leg stayed open, unhedged, for 16 minutes until the spread's z-score exit. Once both legs have
+    filled, a leg gone flat on its own means the spread no longer exists: the other leg is closed."""
+    cfg = spread_cfg()
+    feed, a, b, entry_abs = _entered_feed(cfg)
+    m, algo = len(a), feed.strategy.algorithm_id
+    assert feed.step(m, a[-1], b[-1])[-1] == []              # both legs held, |z| between exit and stop
+    feed.market.positions[(feed.ib, algo)] = 0               # NQ's protective stop filled
+    out = feed.step(m + 1, a[-1], b[-1])[-1]
+    assert [type(o) for o in out] == [Exit] and out[0].instrument_id == feed.ia
+    assert "unhedged" in out[0].rationale and "NQ" in out[0].rationale
+
+
+def test_spread_does_not_close_a_leg_whose_partner_has_not_filled_yet():
+    """One leg filled and the other still working is the pipeline's leg-risk case (portfolio.leg_timeout_s),
+    not a lost leg: the strategy owes nothing."""
+    cfg = spread_cfg()
+    n = 90
+    a, b = quiet_co_moving(n, cfg)
+    a[-1] += 5.0
+    feed = PairFeed(cfg)
+    for m in range(n - 1):
+        feed.step(m, a[m], b[m])
+    out = feed.step(n - 1, a[-1], b[-1])[-1]
+    z, sd, h = spread_z(feed.rows, cfg.spread_window)
+    sa, sb = check_entry(feed, out, z, sd, h)
+    feed.market.positions[(feed.ia, feed.strategy.algorithm_id)] = sa.side.sign * sa.ratio   # ES filled, NQ not yet
+    feed.market.busy.add(feed.ib)                                                             # NQ entry working
+    assert feed.step(n, a[-1], b[-1])[-1] == []
