@@ -116,3 +116,32 @@ def test_bad_inputs_say_what_to_do() -> None:
         evaluate_probabilities(np.array([0, 1]), np.array([0.5]))
     with pytest.raises(ValueError, match="0 or 1"):
         evaluate_probabilities(np.array([0, 2]), np.array([0.5, 0.5]))
+
+
+def test_model_report_renders_charts_and_escapes(labelled: tuple[np.ndarray, np.ndarray], tmp_path) -> None:
+    import re
+    import xml.etree.ElementTree as ET
+
+    from ml.drift import DriftDetector, DriftReference
+    from reports.model_report import nice_ticks, render_model_report, write_model_report
+
+    y, p = labelled
+    report = evaluate(y, p, np.where(y == 1, 1.0, -1.0), threshold=0.6, cost_per_trade=0.1)
+    rng = np.random.default_rng(0)
+    reference = DriftReference.from_training(rng.normal(size=(5000, 3)), ["a", "b", "<c>"], window=500)
+    drift = DriftDetector(reference).check(rng.normal(size=(500, 3)) + 1.0)
+    record = {"model_id": "ens-20231120-<x>", "status": "challenger", "created_ns": 1_700_438_400 * 10**9,
+              "feature_names": ["a", "b", "<c>"], "label_config": {"upper_ticks": 8}}
+    page = render_model_report(record, report, drift)
+    assert "<x>" not in page and "&lt;x&gt;" in page and "&lt;c&gt;" in page
+    assert "DRIFT ALERT" in page and "2023-11-20T00:00:00" in page
+    svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
+    assert len(svgs) == 2
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed
+    assert svgs[0].count("<circle") == sum(1 for b in report.scores["calibration"] if b["count"])
+    assert "<script" not in page
+    path = write_model_report(page, tmp_path / "report.html")
+    assert path.read_text(encoding="utf-8") == page
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert "no drift check supplied" in render_model_report({}, report)
