@@ -598,7 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_db)
 
     from bridge import cli_ops
+    from ml import cli as ml_cli
     cli_ops.register(sub, db_option)
+    ml_cli.register(sub, db_option)
 
     s = sub.add_parser("config", help="the effective configuration")
     csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

@@ -141,8 +141,16 @@ class StrategyConfig:
                                    min=0.0, max=1.0)
     spread_time_limit_min: float = _opt(240.0, "spread: close both legs after this long (0: never)", min=0.0,
                                         max=100_000.0)
-    ml_model: str = _opt("", "ml: registered model id to trade (empty: the ml strategy has no model and does "
-                         "not trade)")
+    ml_model: str = _opt("", "ml: registered model id to trade, or 'champion' for the promoted one (empty: the "
+                         "ml strategy has no model and does not trade)")
+    ml_registry: str = _opt("", "ml: the model registry folder (empty: 'models' in the user's data folder)")
+    ml_margin: float = _opt(0.03, "ml: trade when the win probability beats break-even (1/2) by this much",
+                            min=0.0, max=0.5)
+    ml_shadow: str = _opt("", "ml: a challenger to run in shadow beside the model that trades (a model id, or "
+                          "'latest': the newest challenger registered after the champion; empty: none)")
+    ml_di_quantile: float = _opt(0.995, "ml: withhold predictions whose dissimilarity index (distance to the "
+                                 "training rows) is above this quantile of the training rows' own (0: no guard)",
+                                 min=0.0, max=1.0)
 
     def strategy_names(self) -> tuple[str, ...]:
         names = tuple(n.strip().lower() for n in self.names.split(",") if n.strip())
