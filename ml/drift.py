@@ -19,8 +19,8 @@ PSI rule of thumb):
 ================  ==========  ===========================================================
 metric            level       meaning
 ================  ==========  ===========================================================
-PSI               0.10        "moderate" shift (Evidently's and the credit-risk warning level)
-PSI               0.25        "major" shift (the action level)
+PSI               0.10        "moderate" shift (Evidently's and the credit-risk warning level;
+                              0.25 is their "major" level)
 Wasserstein/std   0.10        Evidently's default for numerical columns with > 1000 rows
 KS p-value        0.05        the usual test level, here on *effective* sample sizes
 ================  ==========  ===========================================================
@@ -36,10 +36,12 @@ rolling volatility: lag-1 autocorrelation 0.9 to 0.99 on ES, NQ, MES and MYM), s
 bars carries the information of a few dozen independent draws, and ``ks_2samp``'s p-value, which
 assumes independence, is tiny for differences that are only the market's ordinary day-to-day
 variation. The KS statistic itself is fine; its p-value is recomputed with the effective sample size
-of an AR(1) process, ``n (1 - rho) / (1 + rho)`` (rho the lag-1 autocorrelation, of the training
-rows in time order for the reference and of the window for the recent rows). PSI and the Wasserstein
-distance are effect sizes, not tests, and need no correction, but a single feature crossing them is
-common on real data (volatility moves by day), hence the several-features rule.
+of an AR(1) process, ``n (1 - rho) / (1 + rho)``, rho the larger lag-1 autocorrelation of the
+feature and of its absolute deviation from the median (one-bar returns have almost none of the
+first and much of the second: volatility clusters), of the training rows in time order for the
+reference and of the window for the recent rows. PSI and the Wasserstein distance are effect
+sizes, not tests, but they too vary from window to window far more than independent draws would,
+hence the band below and the several-features rule.
 
 False-alarm rate, measured (``tests/integration/test_ml_drift_real.py``): eight simple features
 (log returns over 1, 5, 15 and 60 bars, range / close, 60-bar volume z-score, 30-bar realised
@@ -55,8 +57,10 @@ cannot call it drift; a lasting change shows in window after window. Reference =
 in time, hold-out = the rest (Oct -> Nov 2023, when volatility fell): 50 % of windows alert,
 which is the real change the detector is for.
 
-Why the band: the fixed levels alone alert on every session of that data (a session's volatility
-differs from a six-week average by more than PSI 0.25 as a matter of course), so each feature's
+Why the band: fixed levels alone do not work on this data. A first version of this rule (drifted
+at PSI >= 0.25, or PSI >= 0.1 with Wasserstein >= 0.1 and the effective-n KS test) alerted on 41 of
+the 56 unshifted windows (73 %): a session's volatility differs from a several-week average by
+more than PSI 0.25 as a matter of course. So each feature's
 levels are raised to the mean + 3 standard deviations of the metric over the training data's own
 windows, each against the rest (NannyML's default univariate threshold); the band is stored in
 the reference, so it travels with the model.
@@ -67,8 +71,10 @@ The dissimilarity index
 standard deviations, ``r_j`` a subsample of a few hundred training rows and ``mean_nn`` the mean
 distance from each of them to its nearest other one. A typical training-like row has a DI near 1.
 The threshold is a quantile (99.5 % by default) of the DI of training rows *outside* the subsample,
-so about 0.5 % of rows like the training ones are withheld; ``bench/bench_drift.py`` measures its
-cost per row.
+so about 0.5 % of rows like the training ones are withheld. On the real hold-out above (eight
+features, 300 points) the thresholds came out at 4.1 to 4.9 and 0.7 to 1.0 % of hold-out rows were
+withheld. ``bench/bench_drift.py`` measures the cost per row (about 6 us at p50, 17 us at p99 for
+24 features, 3.6 times a bare matrix-vector product of the same size).
 """
 
 from __future__ import annotations

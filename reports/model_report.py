@@ -187,7 +187,8 @@ def _drift_section(drift: Mapping[str, Any]) -> str:
                          row_class=lambda row: "BREACH" if row[7] else None)
 
 
-def render_model_report(record: Any, evaluation: Any, drift: Any = None,
+def render_model_report(record: Any, evaluation: Any, calibration: Sequence[Mapping[str, Any]] | None = None,
+                        equity: Sequence[float] | None = None, drift: Any = None, *,
                         generated_at: dt.datetime | None = None) -> str:
     """The model's evaluation page.
 
@@ -199,6 +200,11 @@ def render_model_report(record: Any, evaluation: Any, drift: Any = None,
     evaluation
         ``ml.evaluate.EvaluationReport`` or its ``to_dict()``: ``scores`` (with ``calibration``),
         trade figures and ``equity``.
+    calibration
+        Reliability table rows (``mean_p``, ``frac_pos``, ``count``, ``lo``, ``hi``); None takes
+        ``evaluation["scores"]["calibration"]``.
+    equity
+        Cumulative P&L per trade; None takes ``evaluation["equity"]``.
     drift
         ``ml.drift.DriftReport`` or its ``to_dict()``; None shows "no drift check supplied".
     generated_at
@@ -212,7 +218,9 @@ def render_model_report(record: Any, evaluation: Any, drift: Any = None,
     rec = record.to_json() if hasattr(record, "to_json") else _as_mapping(record)
     ev = _as_mapping(evaluation)
     scores = dict(ev.get("scores", {}))
-    calibration = scores.pop("calibration", [])
+    from_scores = scores.pop("calibration", [])
+    calibration = list(from_scores if calibration is None else calibration)
+    equity = list(ev.get("equity", []) if equity is None else equity)
     dr = _as_mapping(drift)
     when = (generated_at or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     title = f"Model report {rec.get('model_id', '(unregistered)')}"
@@ -234,7 +242,7 @@ def render_model_report(record: Any, evaluation: Any, drift: Any = None,
                                                                  "sharpe_per_trade", "deflated_sharpe", "n_trials",
                                                                  "threshold", "cost_per_trade") if k in ev],
                numeric=(1,)),
-        equity_svg(ev.get("equity", [])),
+        equity_svg(equity),
         "<h2>Drift</h2>", _drift_section(dr),
         '<p class="note">Produced by nt8bridge from out-of-sample predictions; a model\'s past scores do not '
         "promise its future ones.</p></body></html>\n",

@@ -132,7 +132,7 @@ def test_model_report_renders_charts_and_escapes(labelled: tuple[np.ndarray, np.
     drift = DriftDetector(reference).check(rng.normal(size=(500, 3)) + 1.0)
     record = {"model_id": "ens-20231120-<x>", "status": "challenger", "created_ns": 1_700_438_400 * 10**9,
               "feature_names": ["a", "b", "<c>"], "label_config": {"upper_ticks": 8}}
-    page = render_model_report(record, report, drift)
+    page = render_model_report(record, report, drift=drift)
     assert "<x>" not in page and "&lt;x&gt;" in page and "&lt;c&gt;" in page
     assert "DRIFT ALERT" in page and "2023-11-20T00:00:00" in page
     svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
@@ -144,4 +144,5 @@ def test_model_report_renders_charts_and_escapes(labelled: tuple[np.ndarray, np.
     path = write_model_report(page, tmp_path / "report.html")
     assert path.read_text(encoding="utf-8") == page
     assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert "no drift check supplied" in render_model_report({}, report)
+    bare = render_model_report({}, report, calibration=[], equity=[1.0, -2.0])
+    assert "no drift check supplied" in bare and "<circle" not in bare
