@@ -26,9 +26,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine
 
 log = logging.getLogger("nt8bridge.ml.registry")
+
+T = TypeVar("T")
 
 STATUSES = ("challenger", "champion", "retired")
 MODEL_JSON = "model.json"
@@ -149,7 +154,7 @@ class Registry:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_url = db_url
-        self._engine = None
+        self._engine: Engine | None = None
         if db_url is not None:
             from bridge.storage.database import create_engine_for, upgrade
 
@@ -422,8 +427,9 @@ class Registry:
         if self._engine is not None:
             from bridge.storage.schema import models
 
-            with self._engine.begin() as conn:
-                conn.execute(models.update().where(models.c.model_id == record.model_id).values(status=status))
+            self._write(lambda conn: conn.execute(
+                models.update().where(models.c.model_id == record.model_id).values(status=status)),
+                f"setting the status of {record.model_id}")
 
     def _history(self) -> list[dict[str, Any]]:
         path = self.root / HISTORY
@@ -461,16 +467,16 @@ class Registry:
         query = model_events.select().order_by(model_events.c.id)
         if model_id is not None:
             query = query.where(model_events.c.model_id == model_id)
-        with self._engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+        return self._read_db(lambda conn: [dict(row._mapping) for row in conn.execute(query)], "reading model events")
 
     def _db_ids(self) -> set[str] | None:
         if self._engine is None:
             return None
         from bridge.storage.schema import models
 
-        with self._engine.connect() as conn:
-            return {row[0] for row in conn.execute(models.select().with_only_columns(models.c.model_id))}
+        return self._read_db(
+            lambda conn: {row[0] for row in conn.execute(models.select().with_only_columns(models.c.model_id))},
+            "listing models")
 
     def _db_insert_model(self, record: ModelRecord) -> None:
         if self._engine is None:
@@ -486,8 +492,8 @@ class Registry:
                "data_sha256": record.data_sha256, "code_version": record.code_version,
                "metrics": json.dumps(record.metrics, sort_keys=True), "expires_ns": record.expires_ns,
                "path": str(record.path), "metadata_json": json.dumps(doc, sort_keys=True)}
-        with self._engine.begin() as conn:
-            conn.execute(models.insert(), [row])
+        self._write(lambda conn: conn.execute(models.insert(), [row]),
+                    f"recording model {record.model_id} (its folder is in place; Registry.sync() adds the row later)")
 
     def _db_event(self, model_id: str, event: str, operator: str, reason: str | None, ts_ns: int,
                   previous_champion: str | None = None) -> None:
@@ -495,10 +501,29 @@ class Registry:
             return
         from bridge.storage.schema import model_events
 
-        with self._engine.begin() as conn:
-            conn.execute(model_events.insert(), [{"model_id": model_id, "event": event, "operator": operator,
-                                                  "reason": reason, "ts_ns": ts_ns,
-                                                  "previous_champion": previous_champion}])
+        row = {"model_id": model_id, "event": event, "operator": operator, "reason": reason, "ts_ns": ts_ns,
+               "previous_champion": previous_champion}
+        self._write(lambda conn: conn.execute(model_events.insert(), [row]), f"recording the {event} of {model_id}")
+
+    def _write(self, work: Callable[[Connection], object], doing: str) -> None:
+        from bridge.storage.database import as_storage_error
+
+        assert self._engine is not None and self.db_url is not None
+        try:
+            with self._engine.begin() as conn:
+                work(conn)
+        except Exception as exc:  # translated into a message that says what to do, original chained
+            raise as_storage_error(self.db_url, exc, doing) from exc
+
+    def _read_db(self, work: Callable[[Connection], T], doing: str) -> T:
+        from bridge.storage.database import as_storage_error
+
+        assert self._engine is not None and self.db_url is not None
+        try:
+            with self._engine.connect() as conn:
+                return work(conn)
+        except Exception as exc:  # translated, original chained
+            raise as_storage_error(self.db_url, exc, doing) from exc
 
 
 def _named(operator: str, reason: str, doing: str) -> tuple[str, str]:

@@ -10,6 +10,8 @@ import pytest
 import sqlalchemy as sa
 from scipy import stats
 
+from bridge.storage.database import create_engine_for
+
 from ml.drift import (
     DissimilarityGuard,
     DriftDetector,
@@ -153,17 +155,16 @@ def test_di_by_hand(reference: DriftReference) -> None:
     assert guard.index(row) == pytest.approx(np.sqrt(((z_points - z) ** 2).sum(1)).min() / guard.mean_nn)
 
 
-def test_alerts_are_stored(reference: DriftReference, tmp_path: Path) -> None:
+def test_alerts_are_stored(reference: DriftReference, storage_url: str) -> None:
     window = _ar1(np.random.default_rng(8), 1000, len(NAMES)) + 0.5
     report = DriftDetector(reference).check(window)
     rows = alert_rows(report, "ens-20231120-00000000", 30, 10, 20)
     assert len(rows) == 3 * report.n_drifted + 1 and rows[-1]["feature"] == "*"
-    url = f"sqlite:///{tmp_path / 'rec.sqlite'}"
-    assert store_alerts(url, report, "ens-20231120-00000000", 30, 10, 20) == len(rows)
-    engine = sa.create_engine(url)
+    assert store_alerts(storage_url, report, "ens-20231120-00000000", 30, 10, 20) == len(rows)
+    engine = create_engine_for(storage_url)
     try:
         with engine.connect() as conn:
-            stored = conn.execute(sa.text("SELECT feature, metric, value, threshold, n_rows FROM drift_alerts")).all()
+            stored = conn.execute(sa.text("SELECT feature, metric, value, threshold, n_rows FROM drift_alerts ORDER BY id")).all()
     finally:
         engine.dispose()
     assert len(stored) == len(rows) and stored[-1][0] == "*" and stored[0][4] == 1000
