@@ -183,7 +183,7 @@ class ShadowComparison:
     lags: int | None = None
     n_boot: int = 2000
     seed: int = 0
-    _events: dict[object, _Event] = field(default_factory=dict, repr=False)
+    _events: dict[object, _Event] = field(default_factory=dict, init=False, repr=False)
 
     def record(self, event_id: object, p_champion: float, p_challenger: float) -> None:
         """Both models' probabilities for one event (in stream order)."""
