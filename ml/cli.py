@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -146,7 +147,8 @@ def _print_records(rows: list[dict[str, Any]]) -> None:
 
 
 def cmd_drift(args: argparse.Namespace, config: Config) -> int:
-    from ml.drift import DriftDetector, DriftReference
+    from bridge.cli import _db_url
+    from ml.drift import DriftDetector, DriftReference, report_json, store_alerts
     from ml.registry import RegistryError
     from ml.train import TrainConfig, build_dataset
     reg = _registry(args, config)
@@ -163,9 +165,10 @@ def cmd_drift(args: argparse.Namespace, config: Config) -> int:
     if list(ds.names) != list(meta["feature_names"]):
         raise UserError(f"model {rec.model_id} was trained on another feature set; retrain it")
     report = DriftDetector(reference).check(ds.X.astype(float))
-    out = report.to_dict() if hasattr(report, "to_dict") else report
-    print(json.dumps(out, indent=2, default=str))
-    return 1 if getattr(report, "alert", False) else 0
+    store_alerts(_db_url(args, config), report, rec.model_id, time.time_ns(), int(ds.t0.min()), int(ds.t0.max()))
+    print(report_json(report))
+    print(report.summary(), file=sys.stderr)
+    return 1 if report.alert else 0
 
 
 def cmd_retrain(args: argparse.Namespace, config: Config) -> int:

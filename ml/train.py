@@ -297,7 +297,7 @@ def _code_version() -> str:
 def train(paths: list[Path], registry_root: Path, db_url: str | None, cfg: TrainConfig | None = None,
           progress: Progress | None = None) -> Any:
     """Train, evaluate out of sample, export, and register a challenger; returns its registry record."""
-    from ml.drift import DriftReference
+    from ml.drift import DriftDetector, DriftReference
     from ml.evaluate import evaluate_probabilities
     from ml.models import StackingMetaModel
     from ml.onnx_export import check_parity, export_ensemble, to_onnx
@@ -341,7 +341,9 @@ def train(paths: list[Path], registry_root: Path, db_url: str | None, cfg: Train
                                            _inputs(ds, name, rows)))
                   for name, m in members.items()}
         parity["meta"] = float(check_parity(meta, to_onnx(meta, len(members)), member_p[: len(rows)].astype(np.float32)))
-        DriftReference.from_training(ds.X[split.train].astype(np.float64), list(ds.names)).save(staging / "reference.npz")
+        reference = DriftReference.from_training(ds.X[split.train].astype(np.float64), list(ds.names))
+        reference.save(staging / "reference.npz")
+        test_drift = DriftDetector(reference).check(ds.X[test].astype(np.float64))
         metadata = {
             "feature_names": list(ds.names), "feature_set_version": FEATURE_SET_VERSION,
             "feature_config": _jsonable(asdict(cfg.features)), "label_config": _jsonable(asdict(cfg.labels)),
@@ -358,7 +360,8 @@ def train(paths: list[Path], registry_root: Path, db_url: str | None, cfg: Train
             "expires_ns": time.time_ns() + int(cfg.expires_days * 86_400 * _NS),
             "train_seconds": round(time.perf_counter() - started, 1),
         }
-        _write_report(staging, metadata, evaluation, pnl)
+        metadata["test_window_drift"] = {"alert": bool(test_drift.alert), "drifted": test_drift.drifted}
+        _write_report(staging, metadata, evaluation, pnl, test_drift)
         record = Registry(registry_root, db_url).register(staging, metadata)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -366,10 +369,24 @@ def train(paths: list[Path], registry_root: Path, db_url: str | None, cfg: Train
     return record
 
 
-def _write_report(staging: Path, metadata: dict[str, Any], evaluation: dict[str, Any], pnl: dict[str, Any]) -> None:
+def _write_report(staging: Path, metadata: dict[str, Any], evaluation: dict[str, Any], pnl: dict[str, Any],
+                  drift: Any) -> None:
+    """report.html: the ensemble's scores beside its members' and the base rate's, calibration, the equity
+    of its signals after costs, and the drift of the test window against the training reference."""
     from reports.model_report import render_model_report
-    html = render_model_report(metadata, evaluation, pnl)
-    (staging / "report.html").write_text(html, encoding="utf-8")
+    scores = {k: v for k, v in evaluation["ensemble"].items()}
+    for name, ev in evaluation.items():
+        if name != "ensemble":
+            scores[f"log_loss ({name})"] = ev["log_loss"]
+            scores[f"auc ({name})"] = ev["auc"]
+    r = pnl
+    page = render_model_report(metadata, {
+        "scores": scores, "n_trades": r["trades"], "pnl_total": r["total_atr"], "pnl_per_trade": r["mean_atr"],
+        "hit_rate": r.get("win_rate"), "sharpe_per_trade": r["sharpe_per_trade"],
+        "deflated_sharpe": r["deflated_sharpe"], "n_trials": len(MEMBERS) + 1,
+        "threshold": "break-even after costs", "cost_per_trade": "per trade, in ATRs", "equity": r.get("equity_atr", [])},
+        drift=drift)
+    (staging / "report.html").write_text(page, encoding="utf-8")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -58,7 +58,7 @@ def test_quick_training_registers_all_four_members_and_the_meta_model_as_onnx(tr
     assert max(meta["parity_max_abs"].values()) < 1e-4, meta["parity_max_abs"]
     # honest split: the test window starts where training ends, and training saw none of it
     assert meta["train_start_ns"] < meta["train_end_ns"] == meta["test_start_ns"] < meta["test_end_ns"]
-    assert meta["rows"]["test"] > 10_000 and meta["rows"]["train"] > 50_000
+    assert meta["rows"]["test"] > 10_000 and meta["rows"]["train"] > 20_000  # quick: every 5th training row
     # the data hash is the files' own
     h = hashlib.sha256()
     for f in sorted(trained["data"], key=lambda p: Path(p).name):
@@ -75,12 +75,19 @@ def test_quick_training_registers_all_four_members_and_the_meta_model_as_onnx(tr
 
 
 def test_the_sidecar_needs_no_torch_to_load_and_run_the_ensemble(trained):
-    code = ("import sys; sys.modules['torch'] = None\n"
+    # an import hook, not sys.modules['torch'] = None: scipy probes sys.modules for torch and trips on None
+    code = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ImportError('no torch in a sidecar')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
             "import numpy as np, json\n"
             "from ml.serving import load_model\n"
             f"m = load_model({str(trained['registry'])!r}, {trained['summary']['model_id']!r})\n"
             "k = len(m.meta['feature_names'])\n"
             "p = m.ensemble.predict(np.zeros(k, np.float32), np.zeros((m.seq_len, k), np.float32))\n"
+            "assert 'torch' not in sys.modules\n"
             "print(json.dumps([p.probability, sorted(p.members)]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
