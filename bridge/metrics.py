@@ -47,6 +47,18 @@ class SidecarCollector(Collector):
         yield CounterMetricFamily("nt8bridge_send_failures", "replies that could not be sent", value=s.send_failures)
         yield CounterMetricFamily("nt8bridge_internal_errors", "messages the sidecar failed on",
                                   value=s.internal_errors)
+        counters = CounterMetricFamily("nt8bridge_strategy_events", "what strategies counted (e.g. ml predictions, "
+                                       "predictions the dissimilarity guard withheld), over the connected sessions",
+                                       labels=["strategy", "event"])
+        totals: dict[tuple[str, str], float] = {}
+        for session in list(self.server.sessions.values()):
+            for strategy in session.pipeline.strategies:
+                for event, value in strategy.metrics().items():
+                    key = (strategy.name, event)
+                    totals[key] = totals.get(key, 0.0) + value
+        for (name, event), value in sorted(totals.items()):
+            counters.add_metric([name, event], value)
+        yield counters
         hist = HistogramMetricFamily("nt8bridge_stage_latency_microseconds", "decision pipeline stage durations",
                                      labels=["stage"])
         for stage, h in self.server.timings.histograms.items():

@@ -25,7 +25,8 @@ if [[ ! -f "$stamp" ]]; then
     echo "bootstrap: setting up $root/.venv (a few minutes the first time)" >&2
     "$py" -m venv "$root/.venv"
     "$root/.venv/bin/python" -m pip install --quiet --upgrade pip
-    "$root/.venv/bin/python" -m pip install --quiet -e "$root[dev]"
+    # dev: the tests; train: the ML members and ONNX converters, which the tests train and check
+    "$root/.venv/bin/python" -m pip install --quiet -e "$root[dev,train]"
     rm -f "$root"/.venv/.installed-*
     touch "$stamp"
 fi

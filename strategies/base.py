@@ -115,6 +115,10 @@ class Strategy(ABC):
         """One line for operators: ready, warming up, no model, ..."""
         return "ready"
 
+    def metrics(self) -> dict[str, float]:
+        """Counters for the Prometheus endpoint (``nt8bridge_strategy_events``); none by default."""
+        return {}
+
     @abstractmethod
     def on_bar(self, bar: BarData, market: MarketView) -> StrategyOutput | Outputs | None:
         """Called at each closed bar of any instrument; return Signals, Exits or None."""

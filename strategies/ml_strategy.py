@@ -103,6 +103,12 @@ class MLEnsembleStrategy(Strategy):
     def status(self) -> str:
         return self._why_not if self.model is None else f"ready: model {self.model.model_id}"
 
+    def metrics(self) -> dict[str, float]:
+        out = {"predictions": float(self.predictions), "di_withheld": float(self.withheld)}
+        if self.shadow is not None:
+            out["shadow_labelled"] = float(self.shadow.labelled)
+        return out
+
     # ------------------------------------------------------------------------------------ per bar
 
     def _state(self, iid: int, market: MarketView):

@@ -269,8 +269,11 @@ def test_metrics_endpoint_reports_counters(tmp_path):
         c.connect()
         c.step(tick(2670.0))
         c.step(tick(float("nan")))
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        strategy = next(iter(s.server.sessions.values())).pipeline.strategies[0]
+        strategy.metrics = lambda: {"predictions": 3.0}  # what a strategy counts reaches the endpoint
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     s.stop()
+    assert f'nt8bridge_strategy_events_total{{event="predictions",strategy="{strategy.name}"}} 3.0' in text
     assert 'nt8bridge_quality_events_total{reason="QUALITY_NONFINITE_PRICE"} 1.0' in text
     assert "nt8bridge_ticks_accepted_total 1.0" in text
     assert 'nt8bridge_stage_latency_microseconds_count{stage="quality"}' in text
