@@ -10,6 +10,7 @@ message becomes INTERNAL_ERROR for that message, never a dead server.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import zmq
 
 from bridge import __version__
-from bridge.config import Config
+from bridge.config import Config, to_toml
 from bridge.control import ControlError, TradingSwitch, parse_request
 from bridge.instruments import InstrumentMaster
 from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument, risk_engine_for
@@ -155,6 +156,13 @@ class SidecarServer:
         self.control_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("control channel on %s (nt8bridge kill / enable)", self.control_endpoint)
         return self.control_endpoint
+
+    def record_config(self) -> None:
+        """The configuration in force is an audit record at every start: a change of config between two
+        runs shows in the chain as two different records (what it was, and from when)."""
+        text = to_toml(self.config)
+        self._desk.audit("config", "start", time.time_ns(),
+                         {"sha256": hashlib.sha256(text.encode()).hexdigest(), "toml": text})
 
     # --- kill switch ----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
         from bridge.audit_trail import open_chain
         chain = open_chain(config, db_url, writer)
     server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config), chain=chain)
+    server.record_config()
     endpoint = server.bind(bind)
     try:
         control = server.bind_control(control_bind)

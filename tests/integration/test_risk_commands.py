@@ -58,6 +58,9 @@ def test_limit_change_reaches_later_sessions_and_bad_commands_change_nothing(sha
         decisions = [(o, json.loads(i)) for o, i in conn.execute("select outcome, inputs from decisions")]
         audits = conn.execute("select kind, subject_id, payload from audit_chain "
                               "where kind in ('limit_change', 'override', 'risk_event')").fetchall()
+        config = conn.execute("select payload from audit_chain where kind = 'config'").fetchall()
+    # the configuration in force at start is in the chain, with its hash
+    assert len(config) == 1 and "[risk]" in json.loads(config[0][0])["toml"]
     buys = [(o, i) for o, i in decisions if i.get("signal", {}).get("side") == "BUY"]
     sells = [(o, i) for o, i in decisions if i.get("signal", {}).get("side") == "SELL"]
     assert buys and sells, "the data should give the strategy both long and short signals"
