@@ -382,6 +382,7 @@ class DecisionPipeline:
 
     def on_order_update(self, seq: int, update: OrderUpdate) -> list[Message]:
         self.recorder.order_update(seq, update)
+        self.reconciler.on_order_update(update.nt8_order_id, update.instrument_id, update.filled, update.ts_event_ns)
         b = self.orders.on_order_update(update)
         if (b is None or not b.group or update.role != OrderRole.ENTRY or b.entry_filled
                 or update.state not in (OrderState.REJECTED, OrderState.CANCELLED) or b.exit_requested):
@@ -412,6 +413,7 @@ class DecisionPipeline:
         unknown_before = self.orders.unknown_order_events
         if self.orders.on_execution(execution):
             self.recorder.execution(seq, execution)
+            self.reconciler.on_execution(execution.nt8_order_id, execution.quantity, execution.ts_event_ns)
             b = self.orders.brackets.get(execution.client_order_id)
             if b is not None:  # an automated fill: the repeated-execution throttle counts it
                 for event in self.risk.on_execution(self.root(b.instrument_id), b.algorithm_id, self.account,
