@@ -190,11 +190,8 @@ def _inputs(ds: Dataset, name: str, idx: np.ndarray) -> np.ndarray:
 
 
 def _fit_members(ds: Dataset, idx: np.ndarray, cfg: TrainConfig) -> dict[str, Any]:
-    from sklearn.base import clone
-    members = {}
-    for name, model in make_members(cfg).items():
-        members[name] = clone(model).fit(_inputs(ds, name, idx), ds.y[idx])
-    return members
+    # make_members builds fresh, unfitted estimators on every call: nothing to clone
+    return {name: model.fit(_inputs(ds, name, idx), ds.y[idx]) for name, model in make_members(cfg).items()}
 
 
 def _member_probs(members: dict[str, Any], ds: Dataset, idx: np.ndarray) -> np.ndarray:
