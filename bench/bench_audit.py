@@ -1,4 +1,4 @@
-"""Benchmark the tamper-evident audit chain (bridge/audit.py).
+"""Benchmark the tamper-evident audit chain (bridge/audit/chain.py).
 
     .venv/bin/python bench/bench_audit.py [--appends N] [--verify-records M] [--block B] [--json] [--keep]
 
@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.audit import AuditChain, _encode, read_checkpoints, verify_journal  # noqa: E402
+from bridge.audit.chain import AuditChain, _encode, read_checkpoints, verify_journal  # noqa: E402
 
 
 def make_payloads(n: int) -> list[dict[str, Any]]:

@@ -6,9 +6,9 @@ Real data from ../shared/data/nt8. Each figure has a baseline measured in the sa
 input, reported as a ratio (the machines are small and shared; absolute numbers drift run to run):
 
 - ``OnlineFeatures.on_bar`` (ES bars, NQ partner bars interleaved by time; only ES's ``on_bar`` is
-  timed) against ``bridge.features.FeatureEngine.on_bar``, the rule strategies' features;
+  timed) against ``strategies.features.FeatureEngine.on_bar``, the rule strategies' features;
 - ``TickFlow.on_tick`` (ES 06-18 ticks, tick rule; SPY ticks, quote rule) against
-  ``bridge.market.BarBuilder`` (``close_due`` + ``on_trade``), the sidecar's own bar building;
+  ``bridge.core.market.BarBuilder`` (``close_due`` + ``on_trade``), the sidecar's own bar building;
 - ``offline_features`` and ``ticks_to_flow_bars``, in bars or ticks per second, against the online
   loop over the same input (the speed-up of the vectorised path).
 
@@ -31,8 +31,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.data.nt8files import read_nt8  # noqa: E402
-from bridge.features import FeatureEngine  # noqa: E402
-from bridge.market import BarBuilder, BarData  # noqa: E402
+from strategies.features import FeatureEngine  # noqa: E402
+from bridge.core.market import BarBuilder, BarData  # noqa: E402
 from ml.features import FeatureConfig, OnlineFeatures, TickFlow, offline_features, ticks_to_flow_bars  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nt8"

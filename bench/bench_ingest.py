@@ -51,11 +51,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from bridge.nt8client.client import Nt8Client
-from bridge.playback import load_stream
+from bridge.nt8.client import Nt8Client
+from bridge.nt8.playback import load_stream
 from bridge.protocol import codec
 from bridge.protocol.messages import Bye, Error, InstrumentDecl, SubmitBracket, Tick, TickKind
-from bridge.sidecar import SidecarProcess
+from bridge.transport.sidecar import SidecarProcess
 from bridge.storage.queries import session_counts
 
 NS = 1_000_000_000

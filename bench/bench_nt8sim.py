@@ -4,7 +4,7 @@
                                            [--event-warmup E] [--samples N] [--warmup W] [--block B]
                                            [--no-acker] [--no-after] [--keep] [--json]
 
-What runs: ``bridge.nt8sim.run_nt8sim``, as ``nt8bridge playback --engine nt8sim`` does: the NinjaScript
+What runs: ``bridge.nt8.simulator.run_nt8sim``, as ``nt8bridge playback --engine nt8sim`` does: the NinjaScript
 strategy (ninjascript/Strategies/Nt8Bridge.cs) in the NT8 simulator, hosted by pythonnet in this process,
 plays a data file against a sidecar child process (``SidecarProcess``: ``nt8bridge serve``, a fresh SQLite
 file, storage on, the momentum strategy), a fresh sidecar for every run. The engine times every event in
@@ -63,9 +63,9 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_roundtrip as rt  # noqa: E402  (the echo child, its workload, the Python tick -> ack, summarize)
 
-from bridge.config import load_config  # noqa: E402
+from bridge.core.config import load_config  # noqa: E402
 from bridge.protocol.messages import MsgType  # noqa: E402
-from bridge.sidecar import SidecarProcess, master_for  # noqa: E402
+from bridge.transport.sidecar import SidecarProcess, master_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "nt8" / "ES 06-18.Last.txt.gz"
@@ -213,8 +213,8 @@ namespace Nt8BridgeBench
 def load_dotnet(workdir: Path) -> Any:
     """Start Mono (once per process), load the simulator and the NinjaScript, compile and load the C# echo."""
     warnings.filterwarnings("ignore", message="Hosting Mono versions before")
-    from bridge.ninjascript import build, compile_library
-    from bridge.nt8sim import load_runtime
+    from bridge.nt8.ninjascript import build, compile_library
+    from bridge.nt8.simulator import load_runtime
 
     assemblies = build()
     load_runtime(assemblies)
@@ -417,7 +417,7 @@ def play(args: argparse.Namespace, workdir: Path, label: str, *, lockstep: bool,
     right before and right after the playback, against the same acker (up to 10,000 times each, after
     ``--event-warmup``): a reference taken under the same load, for the simulator's and the strategy's share
     of an event."""
-    from bridge.nt8sim import run_nt8sim
+    from bridge.nt8.simulator import run_nt8sim
 
     config_path = workdir / "sidecar.toml"
     config = load_config(config_path)

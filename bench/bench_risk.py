@@ -1,4 +1,4 @@
-"""What a pre-trade check costs: bridge.risk_engine.RiskEngine against the basic engine it replaces.
+"""What a pre-trade check costs: bridge.risk.engine.RiskEngine against the basic engine it replaces.
 
     .venv/bin/python bench/bench_risk.py [--orders 20000] [--json]
 
@@ -32,10 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.config import RiskConfig  # noqa: E402
+from bridge.core.config import RiskConfig  # noqa: E402
 from bridge.protocol.messages import EntryType, OrderRole, Side  # noqa: E402
 from bridge.risk import BasicRiskEngine, OrderIntent, RiskInputs  # noqa: E402
-from bridge.risk_engine import (  # noqa: E402
+from bridge.risk.engine import (  # noqa: E402
     CancelRequest,
     Limits,
     OrderChange,

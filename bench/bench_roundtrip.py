@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from bridge.config import load_config
-from bridge.nt8client.client import ClientError, Nt8Client
+from bridge.core.config import load_config
+from bridge.nt8.client import ClientError, Nt8Client
 from bridge.protocol import codec
 from bridge.protocol.messages import (
     Error,
@@ -59,8 +59,8 @@ from bridge.protocol.messages import (
     Tick,
     TickKind,
 )
-from bridge.server import SidecarServer
-from bridge.sidecar import SidecarProcess, make_strategy_factory, master_for
+from bridge.transport.server import SidecarServer
+from bridge.transport.sidecar import SidecarProcess, make_strategy_factory, master_for
 from bridge.storage.writer import StorageWriter
 
 INSTRUMENT = InstrumentDecl("ES 06-18", 0.25, 50.0)
@@ -220,7 +220,7 @@ class BracketWorkload:
     no gap reaches the 30 s stale-feed limit). The first trade of bar j+1 closes bar j, whose
     close is above every high before it: the breakout strategy buys. After the BRACKET, an entry
     fill and a target fill are reported (EXECUTION), which makes the session flat again, as
-    bridge/orders.py defines it, before the next bar closes. A session is used for at most
+    bridge/engine/orders.py defines it, before the next bar closes. A session is used for at most
     ``per_session`` samples (at most 1200: they must fit in 00:00-20:40 UTC, since the strategy
     takes no entry in the last 15 minutes before the 21:00 UTC close). Keep it to a busy day's
     worth: the sidecar's cost per decision grows with the brackets a session has seen
@@ -303,7 +303,7 @@ class BracketWorkload:
         t_ack = time.perf_counter_ns()
         if bracket is None:
             raise RuntimeError(f"no BRACKET after the bar closing at {self.minute}: the workload no longer "
-                               "makes the strategy break out (check bridge/pipeline.py, strategies/momentum.py)")
+                               "makes the strategy break out (check bridge/engine/pipeline.py, strategies/momentum.py)")
         self.ack_ns.append(t_ack - t0)
         # Fill the entry and the target: the position is flat and the bracket CLOSED again.
         ts = self.minute + 1_000_000

@@ -25,13 +25,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.config import Config  # noqa: E402
+from bridge.core.config import Config  # noqa: E402
 from bridge.data.nt8files import read_nt8  # noqa: E402
-from bridge.instruments import InstrumentMaster  # noqa: E402
-from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument  # noqa: E402
+from bridge.core.instruments import InstrumentMaster  # noqa: E402
+from bridge.engine.pipeline import STAGES, DecisionPipeline, SessionInstrument  # noqa: E402
 from bridge.protocol.messages import Bar, InstrumentDecl  # noqa: E402
-from bridge.recorder import Recorder  # noqa: E402
-from bridge.timing import StageTimings  # noqa: E402
+from bridge.audit.recorder import Recorder  # noqa: E402
+from bridge.core.timing import StageTimings  # noqa: E402
 from strategies.registry import build_strategies  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nt8"

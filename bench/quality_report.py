@@ -21,11 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.config import QualityConfig  # noqa: E402
-from bridge.instruments import InstrumentMaster  # noqa: E402
-from bridge.playback import load_stream  # noqa: E402
+from bridge.core.config import QualityConfig  # noqa: E402
+from bridge.core.instruments import InstrumentMaster  # noqa: E402
+from bridge.nt8.playback import load_stream  # noqa: E402
 from bridge.protocol.messages import Bar, Tick  # noqa: E402
-from bridge.quality import QualityGate  # noqa: E402
+from bridge.engine.quality import QualityGate  # noqa: E402
 
 
 def gate_file(path: Path, master: InstrumentMaster, config: QualityConfig) -> dict:

@@ -23,6 +23,10 @@ Modules, each with one job:
 - ``train``      the end-to-end training run behind ``nt8bridge train``.
 - ``retrain``    the apscheduler job that trains challengers.
 
+May import: the ground floor of ``bridge`` (``core``, ``protocol``, ``data``, ``storage``) and
+``reports``; never the engine, transport, NT8 hosting or CLI of ``bridge`` (its commands live in
+``bridge.cli.ml``).
+
 The contract between them
 -------------------------
 - A *bar frame* is a DataFrame with ``ts_ns`` (int64 UTC ns, end of bar), ``open``, ``high``,

@@ -8,7 +8,7 @@ Every feature is scale-free, so one model can pool ES, NQ and the micros:
 - ``bar_range_atr``: this bar's high - low in ATRs;
 - ``vwap_dist_atr``: the close's distance from the session VWAP (typical price, volume-weighted, a
   bar with no volume counting once) in ATRs; a session starts after a gap of more than
-  ``session_gap_s`` between bars, as in ``bridge.features``;
+  ``session_gap_s`` between bars, as in ``strategies.features``;
 - ``flow_imb_{w}``: order-flow imbalance over ``w`` bars, sum(buy - sell) / sum(buy + sell), with
   each bar's ``buy_volume``/``sell_volume`` where known and the bar tick rule otherwise
   (sign(close - previous close) * volume against volume);

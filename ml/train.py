@@ -112,7 +112,7 @@ def _file_sha256(paths: list[Path]) -> str:
 def load_bars(paths: list[Path]) -> dict[str, tuple[pd.DataFrame, Any]]:
     """Minute bars per instrument root from NT8 exports (ticks become minute bars with buy/sell volume)."""
     from bridge.data.nt8files import Nt8Format, instrument_from_filename, read_nt8
-    from bridge.instruments import InstrumentMaster
+    from bridge.core.instruments import InstrumentMaster
     from ml.features import ticks_to_flow_bars
 
     master = InstrumentMaster.default()

@@ -2,7 +2,7 @@
 
 Working records for review, reconciliation with the broker and regulators' requests (see
 ``../shared/reference/compliance.md``): they are *not* filings. Everything is read from the tables
-``bridge.recorder`` writes, through any SQLAlchemy URL ``bridge.storage.database`` accepts, inside one
+``bridge.audit.recorder`` writes, through any SQLAlchemy URL ``bridge.storage.database`` accepts, inside one
 read transaction (one consistent snapshot on SQLite WAL and PostgreSQL REPEATABLE READ), and nothing
 is ever written to the database.
 
@@ -93,7 +93,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, and_, func, or_, select
 
-from bridge.instruments import InstrumentMaster, parse_contract_name, third_friday
+from bridge.core.instruments import InstrumentMaster, parse_contract_name, third_friday
 from bridge.storage.database import StorageError, as_storage_error, create_engine_for, parse_url
 from bridge.storage.schema import (
     audit_chain,
@@ -1200,7 +1200,7 @@ def _render_html(bundle: _Bundle, verify_result: Any, limits: Mapping[str, Any] 
 
     add("<h2>Audit log verification</h2>")
     if verify_result is not None and not isinstance(verify_result, Mapping) and is_dataclass(verify_result):
-        verify_result = asdict(verify_result)  # e.g. bridge.audit.VerifyResult
+        verify_result = asdict(verify_result)  # e.g. bridge.audit.chain.VerifyResult
     if verify_result is None:
         add('<p class="muted">not run</p>')
     else:

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from bridge.features import FeatureSnapshot
-from bridge.market import BarData
+from strategies.features import FeatureSnapshot
+from bridge.core.market import BarData
 from bridge.protocol.messages import EntryType, Side
 
 log = logging.getLogger("nt8bridge.strategy")

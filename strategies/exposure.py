@@ -12,7 +12,7 @@ Four pieces, all measured in *benchmark contracts* (ES by convention, hence "ES-
 - ``hedge_order``: the whole number of hedge contracts that brings a net exposure back toward a target.
 
 Point values are never hard-coded here: callers take them from the instrument master
-(``bridge.instruments``), e.g. ES 50, MES 5, NQ 20, MNQ 2, YM 5, MYM 0.5, RTY 50, M2K 5.
+(``bridge.core.instruments``), e.g. ES 50, MES 5, NQ 20, MNQ 2, YM 5, MYM 0.5, RTY 50, M2K 5.
 
 Conventions
 -----------

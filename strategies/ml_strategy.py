@@ -26,8 +26,8 @@ from collections import deque
 
 import numpy as np
 
-from bridge.config import StrategyConfig
-from bridge.market import BarData
+from bridge.core.config import StrategyConfig
+from bridge.core.market import BarData
 from bridge.protocol.messages import EntryType, Side
 from strategies.base import MarketView, Signal, Strategy, round_to_tick
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from bridge.config import StrategyConfig
-from bridge.market import BarData
+from bridge.core.config import StrategyConfig
+from bridge.core.market import BarData
 from bridge.protocol.messages import EntryType, Side
 from strategies.base import MarketView, Signal, Strategy, entry_features, round_to_tick
 

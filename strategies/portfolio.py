@@ -30,8 +30,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.config import Config, parse_utc
-from bridge.market import BarData
+from bridge.core.config import Config, parse_utc
+from bridge.core.market import BarData
 from bridge.protocol.messages import EntryType, Side
 from strategies.base import Exit, MarketView, Signal, Strategy, round_to_tick, safe_on_bar
 from strategies.exposure import Holding, ReturnCorrelation, beta_weighted_exposure, es_equivalent_contracts, \

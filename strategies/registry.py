@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bridge.config import StrategyConfig
+from bridge.core.config import StrategyConfig
 from strategies.base import Strategy
 
 

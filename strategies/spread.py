@@ -19,7 +19,7 @@ a closed bar:
   in case the sidecar is lost.
 
 Leg risk (one leg filled, the other rejected, cancelled or stuck) is the pipeline's job: it
-closes the filled leg at market (see ``bridge/pipeline.py``).
+closes the filled leg at market (see ``bridge/engine/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bridge.config import StrategyConfig
-from bridge.market import BarData
+from bridge.core.config import StrategyConfig
+from bridge.core.market import BarData
 from bridge.protocol.messages import EntryType, Side
 from strategies.base import Exit, MarketView, Signal, Strategy, StrategyOutput, round_to_tick
 

@@ -208,13 +208,13 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def nt8(tmp_path_factory):
     """The NinjaScript and the NT8 simulator, compiled with mcs and loaded into Mono through
     pythonnet, once per test session (Mono can be hosted once per process): the runtime dict of
-    ``bridge.nt8sim.load_runtime``."""
+    ``bridge.nt8.simulator.load_runtime``."""
     import shutil
 
     if shutil.which("mcs") is None:
         pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
-    from bridge.ninjascript import build
-    from bridge.nt8sim import load_runtime
+    from bridge.nt8.ninjascript import build
+    from bridge.nt8.simulator import load_runtime
 
     return load_runtime(build(tmp_path_factory.mktemp("nt8build")))
 

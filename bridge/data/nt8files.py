@@ -638,7 +638,7 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
         the root is a known instrument ``declared_tick_size`` and ``off_grid_prices``.
     """
     # Imported here so the reader itself does not depend on the instrument master.
-    from bridge.instruments import InstrumentMaster, prices_on_grid
+    from bridge.core.instruments import InstrumentMaster, prices_on_grid
 
     p = Path(path)
     df = read_nt8(p, on_error="skip")

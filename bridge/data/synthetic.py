@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from bridge.data.nt8files import Nt8Format, instrument_from_filename, read_nt8, ticks_to_minute_bars
-from bridge.instruments import InstrumentMaster, InstrumentSpec, SessionClock, parse_contract_name
+from bridge.core.instruments import InstrumentMaster, InstrumentSpec, SessionClock, parse_contract_name
 
 __all__ = [
     "CALIBRATIONS",
@@ -160,7 +160,7 @@ def _one_minute_changes(bars: pd.DataFrame, tick: float) -> np.ndarray:
 
 
 def _grid_tick(prices: np.ndarray, declared: float | None) -> float:
-    from bridge.instruments import prices_on_grid
+    from bridge.core.instruments import prices_on_grid
 
     if declared is not None and prices_on_grid(prices, declared).all():
         return declared

@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
-from bridge.audit import audit_chain_table
+from bridge.storage.audit_table import audit_chain_table
 
 # Deterministic constraint names, so later migrations can refer to them on both back ends.
 NAMING_CONVENTION: dict[str, str] = {
@@ -274,7 +274,7 @@ audit_log = Table(
     Column("payload", Text, nullable=True),  # JSON
 )
 
-# The tamper-evident audit chain (bridge/audit.py): append-only, rows rejected on UPDATE/DELETE by
+# The tamper-evident audit chain (bridge/audit/chain.py): append-only, rows rejected on UPDATE/DELETE by
 # triggers (migration 0002). Replaces audit_log, which stays for sessions recorded before it.
 audit_chain = audit_chain_table(metadata)
 Index("ix_audit_chain_session_id", audit_chain.c.session_id)

@@ -13,11 +13,11 @@ import sys
 import pytest
 from sqlalchemy import text
 
-from bridge.config import load_config
-from bridge.nt8client.client import Nt8Client
-from bridge.playback import load_stream, run_playback
+from bridge.core.config import load_config
+from bridge.nt8.client import Nt8Client
+from bridge.nt8.playback import load_stream, run_playback
 from bridge.protocol.messages import InstrumentDecl, SubmitBracket, Tick
-from bridge.sidecar import SidecarProcess, master_for
+from bridge.transport.sidecar import SidecarProcess, master_for
 from bridge.storage.database import create_engine_for
 from tests.conftest import PLUMBING_CONFIG
 

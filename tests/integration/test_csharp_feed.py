@@ -1,6 +1,6 @@
 """The simulator's C# data-file reader (ninjascript/Simulator/Engine/DataFiles.cs) under Mono through
 pythonnet, against the Python reader it twins (bridge/data/nt8files.py) and load_stream's merge
-(bridge/playback.py): the same files give the same events, bit for bit, the same lines are refused,
+(bridge/nt8/playback.py): the same files give the same events, bit for bit, the same lines are refused,
 and whatever is wrong with a file comes out as a FeedException naming the file and the line."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bridge.data.nt8files import DataFileError, instrument_from_filename, read_nt8
-from bridge.playback import PlaybackError, load_stream
+from bridge.nt8.playback import PlaybackError, load_stream
 from tests.conftest import SHARED_DATA
 
 # read_nt8 on a volume like "1e19" (refused) has numpy warn about the cast; not this module's concern

@@ -24,7 +24,7 @@ import zmq
 from bridge.protocol import codec
 from bridge.protocol import messages as m
 from bridge.protocol.messages import MsgType
-from bridge.sidecar import SidecarProcess
+from bridge.transport.sidecar import SidecarProcess
 from bridge.storage.queries import session_counts
 
 HEADER = struct.Struct("<4sBBHQqq")
@@ -37,7 +37,7 @@ def probe(cs, tmp_path_factory):
     """LinkProbe.cs compiled against the shipped library the ``cs`` fixture loaded."""
     import clr
 
-    from bridge.ninjascript import find_mcs
+    from bridge.nt8.ninjascript import find_mcs
 
     shipped = Path(clr.GetClrType(cs.BridgeLink).Assembly.Location)  # whichever assembly the fixture built
     out = tmp_path_factory.mktemp("probe") / "Nt8BridgeLinkProbe.dll"

@@ -11,7 +11,7 @@ import zmq
 
 from bridge.protocol import codec
 from bridge.protocol import messages as m
-from bridge.sidecar import SidecarProcess
+from bridge.transport.sidecar import SidecarProcess
 from tests.integration.dotnet import net_frames
 
 ES = m.InstrumentDecl("ES 06-18", 0.25, 50.0)

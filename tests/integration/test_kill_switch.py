@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from bridge.config import load_config
-from bridge.control import ControlError, send_command
-from bridge.playback import load_stream, run_playback
-from bridge.sidecar import SidecarProcess, master_for
+from bridge.core.config import load_config
+from bridge.transport.control import ControlError, send_command
+from bridge.nt8.playback import load_stream, run_playback
+from bridge.transport.sidecar import SidecarProcess, master_for
 from tests.conftest import PLUMBING_CONFIG
 
 CLI = [sys.executable, "-m", "bridge.cli"]

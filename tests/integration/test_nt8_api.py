@@ -1,6 +1,6 @@
 """The NT8 members the strategy uses are those of the Help Guide (ninjascript/Simulator/nt8-api.txt).
 
-bridge/nt8api.py reads the compiled strategy with Mono.Cecil (in the Mono that pythonnet hosts) and
+bridge/nt8/api_check.py reads the compiled strategy with Mono.Cecil (in the Mono that pythonnet hosts) and
 checks every member of the simulator's NinjaTrader.* types it uses against the list; the list is in
 turn checked against the simulator assembly, both ways. Sample strategies under nt8api_sample/ prove
 that the checker passes what it should and fails what it should; the last test checks the real
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import nt8api
-from bridge.ninjascript import (FRAMEWORK_REFERENCES, NINJASCRIPT, SIMULATOR_DLL, BuildError, build, compile_library,
+from bridge.nt8 import api_check as nt8api
+from bridge.nt8.ninjascript import (FRAMEWORK_REFERENCES, NINJASCRIPT, SIMULATOR_DLL, BuildError, build, compile_library,
                                 find_mcs, simulator_sources)
 
 SAMPLE = Path(__file__).parent / "nt8api_sample"

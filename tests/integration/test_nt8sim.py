@@ -1,7 +1,7 @@
 """The real NinjaScript strategy in the NT8 simulator under Mono, against the real sidecar.
 
 Each playback starts ``nt8bridge serve`` in a child process on a fresh SQLite file, runs the
-compiled strategy through ``bridge.nt8sim.run_nt8sim`` and then reads back what the sidecar stored.
+compiled strategy through ``bridge.nt8.simulator.run_nt8sim`` and then reads back what the sidecar stored.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bridge.config import load_config
-from bridge.sidecar import SidecarProcess, master_for
+from bridge.core.config import load_config
+from bridge.transport.sidecar import SidecarProcess, master_for
 from bridge.storage.database import create_engine_for
 from bridge.storage.queries import execution_ids, session_counts, sessions_of_instance
 from bridge.storage.schema import metadata
@@ -27,7 +27,7 @@ CONFIG = load_config(PLUMBING_CONFIG)
 
 
 def play(files, tmp_path: Path, name: str, **kwargs):
-    from bridge.nt8sim import run_nt8sim
+    from bridge.nt8.simulator import run_nt8sim
 
     db = f"sqlite:///{tmp_path / (name + '.sqlite')}"
     proc = SidecarProcess(db, PLUMBING_CONFIG)
@@ -179,7 +179,7 @@ def test_two_instruments_es_with_nq(nt8, tmp_path):
 def test_the_strategy_survives_broker_faults(shared_data, nt8, tmp_path):
     """Rejected submissions, order updates that never arrive and executions reported before their
     order update: brackets stay sound, nothing crashes, every fill is still reported."""
-    from bridge.nt8sim import FaultSpec
+    from bridge.nt8.simulator import FaultSpec
 
     faults = FaultSpec(seed=3, reject_rate=0.15, drop_order_update_rate=0.3, execution_first_rate=0.5)
     result, db = play([shared_data / ES_FILE], tmp_path, "faults", faults=faults)
@@ -240,7 +240,7 @@ def test_free_running_with_order_latency(shared_data, nt8, tmp_path):
 def test_sidecar_lost_mid_playback_applies_the_configured_behaviour(shared_data, nt8, tmp_path, behaviour):
     """The sidecar is killed while a position is open: in lockstep the next message times out
     (the heartbeat timeout), the link reports the loss, and the strategy applies OnSidecarLost."""
-    from bridge.nt8sim import run_nt8sim
+    from bridge.nt8.simulator import run_nt8sim
 
     reference, _ = play([shared_data / ES_FILE], tmp_path, f"ref-{behaviour}", max_events=40_000)
     entry_fills = [f for f in reference.fills if f["order_name"].endswith(":E")]

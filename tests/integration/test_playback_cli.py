@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.nt8client.client import Nt8Client
+from bridge.nt8.client import Nt8Client
 from bridge.protocol import messages as m
 from tests.conftest import PLUMBING_CONFIG
 
@@ -169,7 +169,7 @@ def test_data_inspect_and_db_commands(tmp_path, shared_data):
 
 @pytest.mark.shared_data
 def test_playback_against_a_running_sidecar(shared_data, tmp_path):
-    from bridge.sidecar import SidecarProcess
+    from bridge.transport.sidecar import SidecarProcess
     with SidecarProcess(f"sqlite:///{tmp_path}/ext.sqlite", PLUMBING_CONFIG) as sidecar:
         summary = playback_json("--data", str(shared_data / "nt8" / "ES 06-18.Last.txt.gz"),
                                 "--sidecar", sidecar.endpoint)

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from bridge.config import load_config
-from bridge.playback import load_stream, run_playback
-from bridge.sidecar import SidecarProcess, master_for
+from bridge.core.config import load_config
+from bridge.nt8.playback import load_stream, run_playback
+from bridge.transport.sidecar import SidecarProcess, master_for
 from tests.conftest import PLUMBING_CONFIG
 
 CLI = [sys.executable, "-m", "bridge.cli"]

@@ -15,13 +15,13 @@ from datetime import datetime, timezone
 import pytest
 import zmq
 
-from bridge.config import Config, QualityConfig, ServerConfig
-from bridge.nt8client.client import ClientError, Nt8Client
+from bridge.core.config import Config, QualityConfig, ServerConfig
+from bridge.nt8.client import ClientError, Nt8Client
 from bridge.protocol import codec
 from bridge.protocol import messages as m
 from bridge.protocol.messages import ErrorCode, MsgType
-from bridge.server import SidecarServer
-from bridge.sidecar import make_strategy_factory, master_for
+from bridge.transport.server import SidecarServer
+from bridge.transport.sidecar import make_strategy_factory, master_for
 from bridge.storage.queries import session_counts, sessions_of_instance
 from bridge.storage.writer import StorageWriter
 
@@ -262,7 +262,7 @@ def test_a_second_hello_from_the_same_instance_replaces_the_old_session(sidecar)
 
 
 def test_metrics_endpoint_reports_counters(tmp_path):
-    from bridge.metrics import serve_metrics
+    from bridge.transport.metrics import serve_metrics
     s = RunningSidecar(Config(), f"sqlite:///{tmp_path}/m.sqlite")
     port = serve_metrics(s.server, s.writer, "127.0.0.1", 0)
     with Nt8Client(s.endpoint, instance_id="metrics", account="a", instruments=[ES]) as c:

@@ -1,4 +1,4 @@
-"""The tamper-evident audit chain (bridge/audit.py): canonical bytes, the hash chain, the journal's
+"""The tamper-evident audit chain (bridge/audit/chain.py): canonical bytes, the hash chain, the journal's
 durability, checkpoints, verification of every kind of tampering, and the append-only table triggers.
 
 No timing thresholds here: the cost of append and verify is measured by bench/bench_audit.py.
@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.audit import (
-    AUDIT_TABLE_DDL_TRIGGERS,
+from bridge.storage.audit_table import AUDIT_TABLE_DDL_TRIGGERS, apply_audit_triggers, audit_chain_table
+from bridge.audit.chain import (
     GENESIS_HASH,
     AuditChain,
     AuditError,
@@ -38,8 +38,6 @@ from bridge.audit import (
     JournalCorruptError,
     _body_text,
     _json_text,
-    apply_audit_triggers,
-    audit_chain_table,
     canonical_bytes,
     key_id_of,
     load_public_key,
@@ -117,7 +115,7 @@ def test_canonical_bytes_is_the_same_under_other_hash_seeds() -> None:
     # a dict built from a set: its insertion order depends on PYTHONHASHSEED, its canonical bytes must not
     code = textwrap.dedent("""
         import json, sys
-        from bridge.audit import canonical_bytes
+        from bridge.audit.chain import canonical_bytes
         keys = {f"k{i}" for i in range(50)}
         value = {k: [k, len(k) / 3] for k in keys}
         sys.stdout.write(json.dumps([list(value)[:5], canonical_bytes(value).hex()]))
@@ -214,7 +212,7 @@ def test_signing_key_is_created_once_and_its_public_key_written_next_to_it(paths
     assert paths.key.read_bytes() == key_text  # reused, not regenerated
     checkpoints = read_checkpoints(paths.checkpoints)
     assert [c["seq"] for c in checkpoints] == [2, 3]
-    for cp in checkpoints:  # checked here with cryptography directly, not through bridge.audit.verify
+    for cp in checkpoints:  # checked here with cryptography directly, not through bridge.audit.chain.verify
         assert cp["key_id"] == hashlib.sha256(pub).hexdigest()[:16]
         message = json.dumps({"seq": cp["seq"], "hash": cp["hash"], "ts_us": cp["ts_us"]}, sort_keys=True,
                              separators=(",", ":")).encode()
@@ -466,7 +464,7 @@ def test_a_line_re_encoded_with_the_same_content_still_verifies(paths: Paths) ->
 
 
 def test_checkpoints_are_written_only_after_the_journal_is_fsynced(paths: Paths, monkeypatch: Any) -> None:
-    import bridge.audit as audit
+    import bridge.audit.chain as audit
 
     events: list[tuple[str, int]] = []
     real_fsync, real_sign = AuditJournal.fsync, audit.sign_checkpoint
@@ -575,7 +573,7 @@ def test_journal_survives_sigkill_of_the_writer(paths: Paths) -> None:
     n = 500
     code = textwrap.dedent(f"""
         import os, signal
-        from bridge.audit import AuditChain
+        from bridge.audit.chain import AuditChain
         # no fsync ever runs in this process (interval 1 h, no checkpoint): only the page cache holds the lines
         chain = AuditChain({str(paths.journal)!r}, {str(paths.checkpoints)!r}, {str(paths.key)!r},
                            checkpoint_every=10**9, checkpoint_interval_s=10**9, fsync_interval_s=3600)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from bridge.config import Config
-from bridge.nt8client.fillmodel import Fill
-from reports.backtest import calibrated_priors, trades_from_fills
+from bridge.core.config import Config
+from bridge.nt8.fillmodel import Fill
+from bridge.research.backtest import calibrated_priors, trades_from_fills
 from reports.performance import TradeRecord
 
 NAMES = ["ES 12-23", "NQ 12-23"]
@@ -72,7 +72,7 @@ def test_calibration_updates_the_stated_prior_with_the_earlier_windows_record():
 
 
 def test_the_report_says_why_a_strategy_cannot_trade():
-    from reports.backtest import strategy_status
+    from bridge.research.backtest import strategy_status
     c = Config()
     c = replace(c, strategy=replace(c.strategy, names="momentum,ml", ml_model=""))
     status = strategy_status(c)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.config import Config, ConfigError, build_config, load_config, to_toml
+from bridge.core.config import Config, ConfigError, build_config, load_config, to_toml
 
 
 def test_defaults_are_valid_and_round_trip_through_show():

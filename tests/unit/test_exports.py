@@ -1,7 +1,7 @@
 """Compliance exports (reports/exports.py) over small SQLite recordings with known contents.
 
 The databases are built with the real schema (``upgrade``) and filled with Core inserts shaped like
-``bridge.recorder``'s rows: outcome strings, enum names, canonical JSON payloads.
+``bridge.audit.recorder``'s rows: outcome strings, enum names, canonical JSON payloads.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _check(name: str, passed: bool, value: float, limit: float) -> dict[str, Any
     return {"check": name, "passed": passed, "value": value, "limit": limit}
 
 
-# bridge.risk_engine's form: "name" for "check", with a scope and a note
+# bridge.risk.engine's form: "name" for "check", with a scope and a note
 D3_CHECKS = [{"name": "market_open", "passed": True, "value": 1.0, "limit": 1.0, "scope": "*", "note": ""},
              {"name": "data_age_s", "passed": False, "value": 12.5, "limit": 5.0, "scope": "instrument:NQ",
               "note": "stale"}]
@@ -201,7 +201,7 @@ def desk_rows() -> dict[Any, list[dict[str, Any]]]:
         audit_log: [
             _audit("decision", T0, {"outcome": "EMITTED"}, "d1"),
             _audit("order_sent", T0 + 1_000_000, {"decision_id": "d1"}, "c1"),
-            # bridge.risk_engine's Override: the limit it replaces is "previous", its own is "value"
+            # bridge.risk.engine's Override: the limit it replaces is "previous", its own is "value"
             _audit("override", T0 + 5 * S, {"who": "alice", "why": "spread test", "approved_by": "bob",
                                              "ts_ns": T0 + 5 * S, "expires_ns": T0 + 3600 * S, "scope": "ES",
                                              "field": "max_position", "previous": 5, "value": 10}, "ov-1"),
@@ -605,7 +605,7 @@ def test_html_summary_without_verification_says_not_run(db: str) -> None:
     assert 'class="ok">PASS' in page and "<td>records</td><td>9</td>" in page
 
     @dataclasses.dataclass
-    class Verified:  # the shape of bridge.audit.VerifyResult
+    class Verified:  # the shape of bridge.audit.chain.VerifyResult
         ok: bool
         records: int
         first_bad_seq: int | None

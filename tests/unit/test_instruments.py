@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.instruments import (
+from bridge.core.instruments import (
     InstrumentMaster,
     SessionClock,
     TradingHours,

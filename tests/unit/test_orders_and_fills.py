@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import FillModelConfig
-from bridge.nt8client.fillmodel import SimBroker
-from bridge.orders import BracketRecord, BracketStatus, OrderTracker
+from bridge.core.config import FillModelConfig
+from bridge.nt8.fillmodel import SimBroker
+from bridge.engine.orders import BracketRecord, BracketStatus, OrderTracker
 from bridge.protocol.messages import (
     EntryType,
     Execution,

@@ -6,9 +6,9 @@ import math
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from bridge.config import Config
-from bridge.instruments import InstrumentMaster
-from bridge.pipeline import STAGES, DecisionPipeline, SessionInstrument
+from bridge.core.config import Config
+from bridge.core.instruments import InstrumentMaster
+from bridge.engine.pipeline import STAGES, DecisionPipeline, SessionInstrument
 from bridge.protocol.messages import (
     Bar,
     CancelOrder,
@@ -22,8 +22,8 @@ from bridge.protocol.messages import (
     Side,
     SubmitBracket,
 )
-from bridge.recorder import Recorder
-from bridge.timing import StageTimings
+from bridge.audit.recorder import Recorder
+from bridge.core.timing import StageTimings
 from strategies.base import Exit, Signal, Strategy
 
 ES, NQ = 0, 1

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.config import ConfigError, build_config
+from bridge.core.config import ConfigError, build_config
 from tests.unit.test_pipeline_exits import ES, NQ, feed, long_es, make
 
 
@@ -19,7 +19,7 @@ def test_an_instrument_scope_limit_from_the_config_denies_with_its_value():
     config = build_config({"sizing": {"mode": "fixed", "quantity": 2}, "portfolio": {"regime_filter": False},
                            "risk_limits": [{"scope": "instrument:ES", "max_order_quantity": 1}]}, env={})
     p2, s2, rows2 = make()
-    from bridge.pipeline import risk_engine_for
+    from bridge.engine.pipeline import risk_engine_for
     p2.config = config
     p2.risk = risk_engine_for(config, list(p2.instruments.values()), p2.gate.is_open)
     p2.portfolio.config = config

@@ -11,8 +11,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import Config
-from bridge.market import BarData
+from bridge.core.config import Config
+from bridge.core.market import BarData
 from bridge.protocol.messages import EntryType, Side
 from strategies.base import Exit, Signal, Strategy
 from strategies.portfolio import InstrumentInfo, Portfolio

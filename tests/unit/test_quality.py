@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bridge.config import QualityConfig
-from bridge.instruments import InstrumentMaster
+from bridge.core.config import QualityConfig
+from bridge.core.instruments import InstrumentMaster
 from bridge.protocol.messages import Bar, Tick, TickKind
-from bridge.quality import QualityGate, QualityReason
+from bridge.engine.quality import QualityGate, QualityReason
 
 ES = InstrumentMaster.default().resolve("ES 06-18")
 # Tuesday 2018-05-08 14:30 UTC = 09:30 CT: the market is open
@@ -179,7 +179,7 @@ def test_bars_outside_hours_or_out_of_order_are_refused():
 # --- real data ------------------------------------------------------------------------------
 
 def _run_gate(path: Path):
-    from bridge.playback import load_stream
+    from bridge.nt8.playback import load_stream
     stream = load_stream([path])
     spec = InstrumentMaster.default().resolve(stream.names[0])
     g = QualityGate(QualityConfig())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.control import ControlError
-from bridge.risk_commands import DeskLimitCommands, command_from_request
-from bridge.risk_engine import Limits, RiskEngine
+from bridge.transport.control import ControlError
+from bridge.risk.commands import DeskLimitCommands, command_from_request
+from bridge.risk.engine import Limits, RiskEngine
 
 T = 1_525_700_000 * 1_000_000_000  # an event time in 2018, as in a playback
 S = 1_000_000_000

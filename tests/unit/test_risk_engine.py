@@ -1,4 +1,4 @@
-"""The full pre-trade risk engine (bridge/risk_engine.py): every denial reason on a known case, fail
+"""The full pre-trade risk engine (bridge/risk/engine.py): every denial reason on a known case, fail
 closed, trading states, overrides, rate windows, the execution throttle, loss limits, self-trade
 prevention, and a property test that recomputes every limit independently over random order streams.
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.protocol.messages import EntryType, OrderRole, Side
-from bridge.risk_engine import (
+from bridge.risk.engine import (
     AUTO_OPERATOR,
     CancelRequest,
     Limits,

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge.config import StrategyConfig
-from bridge.features import FeatureEngine, FeatureWindows
-from bridge.market import BarData
+from bridge.core.config import StrategyConfig
+from strategies.features import FeatureEngine, FeatureWindows
+from bridge.core.market import BarData
 from bridge.protocol.messages import EntryType, Side
 from strategies.base import Exit, Signal, Strategy, safe_on_bar
 from strategies.mean_reversion import MeanReversion

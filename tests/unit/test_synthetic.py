@@ -21,7 +21,7 @@ from bridge.data.synthetic import (
     generate_session,
     measure_correlation,
 )
-from bridge.instruments import InstrumentMaster, SessionClock, prices_on_grid
+from bridge.core.instruments import InstrumentMaster, SessionClock, prices_on_grid
 
 UTC = dt.UTC
 # Monday 2023-11-13 17:00 CST (Sunday's session closed at 16:00): one full 23-hour CME session.

@@ -9,7 +9,7 @@ using System.Text.RegularExpressions;
 #endregion
 
 // Reader of NinjaTrader 8 text exports for the simulator: the C# twin of bridge/data/nt8files.py
-// (read_nt8, detect_format, instrument_from_filename) and of the merge in bridge/playback.py
+// (read_nt8, detect_format, instrument_from_filename) and of the merge in bridge/nt8/playback.py
 // load_stream. The Python reader is the reference: the same files give the same events, the same
 // lines are refused with the same reasons (tests/integration/test_csharp_feed.py checks both).
 //

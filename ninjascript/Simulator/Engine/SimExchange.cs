@@ -8,7 +8,7 @@ using NinjaTrader.NinjaScript;
 namespace Nt8Bridge.Simulator
 {
 	// How the simulated exchange fills orders. Defaults match the Python engine's fill model
-	// (bridge/nt8client/fillmodel.py) so that both engines can be compared on the same data.
+	// (bridge/nt8/fillmodel.py) so that both engines can be compared on the same data.
 	public sealed class FillModel
 	{
 		public int SlippageTicks = 1;                 // market, stop and MIT fills: ticks worse than the reference price

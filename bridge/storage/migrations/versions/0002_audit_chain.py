@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-25
 
-Each row is one record of bridge/audit.py's hash chain (seq, time, kind, subject, session, canonical
+Each row is one record of bridge/audit/chain.py's hash chain (seq, time, kind, subject, session, canonical
 JSON payload, previous hash, hash). Triggers reject UPDATE and DELETE (and TRUNCATE on PostgreSQL);
 the chain and its signed checkpoints outside the database are what prove integrity, the triggers
 stop accidents and the application itself. audit_log stays for sessions recorded before this.

@@ -1,0 +1,607 @@
+"""``nt8bridge``: the command line of the sidecar. ``nt8bridge --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bridge import __version__
+from bridge.core.config import Config, ConfigError, load_config, to_toml
+from bridge.core.errors import UserError
+from bridge.cli import ml, ops
+from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
+
+log = logging.getLogger("nt8bridge")
+
+
+# --- serve --------------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from bridge.transport.sidecar import run_sidecar
+    try:
+        run_sidecar(config, _db_url(args, config), args.bind, Path(args.ready_file) if args.ready_file else None,
+                    metrics=False if args.no_metrics else None, control_bind=args.control_bind)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+# --- playback and demo --------------------------------------------------------------------------
+
+def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from bridge.transport.sidecar import SidecarProcess, master_for
+
+    if args.window < 1:
+        raise UserError("--window must be at least 1")
+    if args.latency_ms and not args.free_running:
+        raise UserError("--latency-ms is a free-running setting: add --free-running (lockstep orders act at once)")
+    if args.engine == "python" and args.free_running:
+        raise UserError("--free-running needs --engine nt8sim (the Python engine always runs in lockstep)")
+    master = master_for(config)
+    console = _console()
+    db = _db_url(args, config)
+    proc = None
+    endpoint = args.sidecar
+    if endpoint is None:
+        proc = SidecarProcess(db, Path(args.config) if args.config else None)
+        endpoint = proc.start()
+    try:
+        if args.engine == "nt8sim":
+            summary, session_ids = _playback_nt8sim(files, args, config, master, endpoint, console)
+        else:
+            summary, session_ids = _playback_python(files, args, config, master, endpoint, console)
+    except BaseException:
+        if proc is not None:
+            proc.stop()
+            console.print(f"[red]the playback failed; the sidecar's log is {proc.log_path}:\n{proc.tail()}")
+        raise
+    if proc is not None:
+        code = proc.stop()
+        if code != 0:
+            raise RuntimeError(f"the sidecar exited with code {code}; its log: {proc.log_path}\n{proc.tail()}")
+        summary.update(_stored(db, session_ids, summary))
+    return summary
+
+
+def _progress(console: Any, total: int, quiet: bool, unit: str) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn("[bold]playback"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} " + unit),
+                    TimeRemainingColumn(), console=console, transient=True, disable=quiet)
+
+
+def _playback_python(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
+                     console: Any) -> tuple[dict[str, Any], list[int]]:
+    from bridge.nt8.playback import PlaybackError, load_stream, run_playback
+    try:
+        with console.status("reading data files"):
+            stream = load_stream(files, args.instrument)
+    except (PlaybackError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    for name in stream.names:
+        try:
+            master.resolve(name)
+        except ValueError as exc:
+            raise UserError(f"{exc} (or name the instrument with --instrument)") from None
+    with _progress(console, len(stream), args.quiet, "ticks") as progress:
+        task = progress.add_task("playback", total=len(stream))
+        result = run_playback(stream, endpoint, config, master, window=args.window,
+                              progress=lambda n: progress.update(task, completed=n))
+    summary: dict[str, Any] = {
+        "engine": "python", "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
+        "ticks_read": result.ticks_read, "ticks_rejected": result.ticks_rejected,
+        "ticks_rejected_by_reason": result.rejected_by_reason, "bars_read": result.bars_read,
+        "bars_rejected_by_reason": result.bars_rejected_by_reason, "brackets": result.brackets, "fills": result.fills,
+        "realized_pnl": result.realized_pnl, "commission": result.commission,
+        "net_pnl": round(sum(result.realized_pnl.values()) - result.commission, 2),
+        "final_position": result.final_position, "refused_commands": result.refused_commands,
+        "digest": result.digest, "window": args.window, "elapsed_s": round(result.elapsed_s, 3),
+        "events_per_s": round((result.ticks_read + result.bars_read) / result.elapsed_s) if result.elapsed_s else None,
+    }
+    return summary, [result.session_id]
+
+
+def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
+                     console: Any) -> tuple[dict[str, Any], list[int]]:
+    from bridge.nt8.ninjascript import BuildError, build
+    from bridge.nt8.simulator import Nt8SimError, run_nt8sim
+
+    try:
+        with console.status("compiling the NinjaScript and the NT8 simulator (mcs)"):
+            build()
+    except BuildError as exc:
+        raise UserError(str(exc)) from None
+    with _progress(console, 0, args.quiet, "events") as progress:
+        task = progress.add_task("playback", total=0)
+        try:
+            result = run_nt8sim(files, endpoint, config, master, instrument=args.instrument,
+                                lockstep=not args.free_running, window=args.window, latency_ms=args.latency_ms,
+                                speed=args.speed,
+                                timezone=args.timezone,
+                                progress=lambda n, total: progress.update(task, completed=n, total=total))
+        except Nt8SimError as exc:
+            raise UserError(str(exc)) from None
+    if result.strategy_error:
+        raise UserError(f"the NinjaScript strategy stopped with an error (as NT8 would disable it):\n{result.strategy_error}")
+    from collections import Counter
+    summary: dict[str, Any] = {
+        "engine": "nt8sim",
+        "mode": (f"lockstep, window {args.window}" if result.lockstep else f"free-running, {args.latency_ms} ms order latency")
+        + (f", {args.speed:g}x real time" if args.speed else ""),
+        "files": [str(f) for f in files], "instruments": result.instruments, "instance_id": result.instance_id,
+        "ticks_read": result.trades, "bars_read": result.bars, "market_data_events": result.market_data_events,
+        "brackets": result.brackets, "orders": len(result.orders),
+        "orders_by_state": dict(sorted(Counter(o["state"] for o in result.orders).items())),
+        "fills": len(result.fills), "realized_pnl": result.realized_pnl, "commission": result.commission,
+        "net_pnl": round(sum(result.realized_pnl.values()) - result.commission, 2),
+        "final_position": result.final_position, "digest": result.digest, "chart": result.chart_text,
+        "simulator": {k: v for k, v in result.counters.items() if not k.startswith("link_")},
+        # the strategy's link to the sidecar (its stop line): free-running, what never reached the sidecar
+        "link": {k[len("link_"):]: v for k, v in result.counters.items() if k.startswith("link_")},
+        "elapsed_s": round(result.elapsed_s, 3),
+        "events_per_s": round(result.events_per_s) if result.elapsed_s else None,
+        "fill_ids": [f["execution_id"] for f in result.fills],
+    }
+    from bridge.storage.queries import sessions_of_instance
+    return summary, sessions_of_instance(_db_url(args, config), result.instance_id) if args.sidecar is None else []
+
+
+def _stored(db: str, session_ids: list[int], summary: dict[str, Any]) -> dict[str, Any]:
+    """What the sidecar stored for these sessions, and whether it adds up with what was played."""
+    from bridge.storage.queries import execution_ids, session_counts
+    totals: dict[str, Any] = {}
+    end_reasons = []
+    for sid in session_ids:
+        c = session_counts(db, sid)
+        end_reasons.append(c.end_reason)
+        for key in ("ticks", "bars", "decisions", "orders", "order_updates", "executions", "audit_records"):
+            totals[key] = totals.get(key, 0) + getattr(c, key)
+        for reason, n in c.quality_events_by_reason.items():
+            q = totals.setdefault("quality_events_by_reason", {})
+            q[reason] = q.get(reason, 0) + n
+    totals.setdefault("quality_events_by_reason", {})
+    totals["session_end"] = end_reasons[-1] if end_reasons else None
+    out: dict[str, Any] = {"stored": totals, "decisions": totals.get("decisions", 0), "database": db,
+                           "session_ids": session_ids}
+    if summary["engine"] == "python":
+        out["session_id"] = summary["session_id"]
+        out["ticks_reconciled"] = totals.get("ticks", 0) == summary["ticks_read"] - summary["ticks_rejected"]
+    else:
+        stored_ids = execution_ids(db, session_ids)
+        fill_ids = summary.pop("fill_ids")
+        out["fills_matched"] = sorted(fill_ids) == sorted(stored_ids)
+        out["ticks_sent"] = summary["market_data_events"]
+    return out
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"playback of {', '.join(summary['instruments'])} ({summary['engine']})", show_header=False)
+    rows = [("ticks read", f"{summary['ticks_read']:,}")]
+    if "ticks_rejected" in summary:
+        rows.append(("ticks refused", f"{summary['ticks_rejected']:,}"))
+    rows += [(f"  {k}", f"{v:,}") for k, v in summary.get("ticks_rejected_by_reason", {}).items()]
+    if summary["bars_read"]:
+        rows.append(("bars read", f"{summary['bars_read']:,}"))
+        rows += [(f"  refused: {k}", f"{v:,}") for k, v in summary.get("bars_rejected_by_reason", {}).items()]
+    if "stored" in summary:
+        line = f"{summary['stored']['ticks']:,}"
+        if "ticks_reconciled" in summary:
+            line += "  (= read - refused)" if summary["ticks_reconciled"] else "  [red](MISMATCH)"
+        elif "ticks_sent" in summary:
+            line += f"  of {summary['ticks_sent']:,} market data events"
+        rows.append(("ticks stored", line))
+        rows.append(("decisions", f"{summary['decisions']:,}"))
+    if "fills_matched" in summary:
+        rows.append(("fills stored", "every fill matched by a stored execution" if summary["fills_matched"]
+                     else "[red]fills and stored executions differ"))
+    if "mode" in summary:
+        rows.append(("mode", summary["mode"]))
+    link = summary.get("link")
+    if link:
+        text = (f"{link.get('sent', 0):,} sent, {link.get('dropped', 0):,} dropped (queue full or never sent), "
+                f"{link.get('dropped_stale', 0):,} stale dropped, {link.get('downs', 0):,} link downs")
+        if link.get("dropped_order_events"):
+            text += f"  [red]({link['dropped_order_events']:,} order events dropped)"
+        if link.get("dropped") or link.get("dropped_stale"):
+            text = "[yellow]" + text
+        rows.append(("link", text))
+    rows += [("brackets", f"{summary['brackets']:,}"), ("fills", f"{summary['fills']:,}"),
+             ("realized P&L", ", ".join(f"{k} {v:,.2f}" for k, v in summary["realized_pnl"].items()) or "0"),
+             ("commission", f"{summary['commission']:,.2f}"), ("net P&L", f"{summary['net_pnl']:,.2f}"),
+             ("throughput", f"{summary['events_per_s']:,} events/s ({summary['elapsed_s']} s)"),
+             ("digest", summary["digest"][:16] + "...")]
+    rows += [("chart", text) for text in summary.get("chart", [])]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
+def cmd_playback(args: argparse.Namespace, config: Config) -> int:
+    _print_summary(_playback([Path(f) for f in args.data], args, config), args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from bridge.data.nt8files import Nt8Format, write_nt8
+    from bridge.data.synthetic import generate_session
+    from bridge.core.instruments import front_contract
+
+    start = datetime.fromisoformat(args.start).replace(tzinfo=timezone.utc)
+    names = [front_contract(root, start.date()) for root in args.roots.split(",")]
+    console = _console()
+    with console.status(f"generating {args.minutes} minutes of {', '.join(names)}"):
+        frames = generate_session(names, start, args.minutes, seed=args.seed)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nt8bridge-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, df in frames.items():
+        path = out / f"{name}.Last.txt"
+        write_nt8(df, path, Nt8Format.TICK_REPLAY)
+        files.append(path)
+    if not args.quiet:
+        console.print(f"synthetic session written to {out} ({sum(len(f) for f in frames.values()):,} ticks)")
+    if args.config is None:
+        # The demo shows the whole path, orders and fills included: one contract per bracket and no
+        # regime switch. With the default Kelly sizing the reference strategy, which has no edge after
+        # costs, would rightly send nothing (try `nt8bridge backtest` for the sized, honest view).
+        from dataclasses import replace
+        config = replace(config, sizing=replace(config.sizing, mode="fixed", quantity=1),
+                         portfolio=replace(config.portfolio, regime_filter=False))
+        demo_config = out / "demo-config.toml"
+        demo_config.write_text(to_toml(config), encoding="utf-8")
+        args.config = str(demo_config)
+        if not args.quiet:
+            console.print(f"demo configuration (fixed 1-contract sizing, regime filter off): {demo_config}")
+    args.instrument = None
+    args.sidecar = None
+    args.engine = "python"
+    args.free_running, args.latency_ms, args.timezone, args.speed = False, 0, "UTC", 0.0
+    _print_summary(_playback(files, args, config), args.json)
+    return 0
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+def cmd_audit_verify(args: argparse.Namespace, config: Config) -> int:
+    from bridge.audit.trail import audit_paths, verify_database
+    from bridge.storage.database import StorageError, safe_url
+    url = _db_url(args, config)
+    paths = audit_paths(config, url)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else paths.checkpoints
+    public_key = Path(args.public_key) if args.public_key else paths.public_key
+    try:
+        result = verify_database(url, checkpoints, public_key)
+    except StorageError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        import dataclasses
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    elif result.ok:
+        print(f"audit chain of {safe_url(url)} intact: {result.records:,} records, "
+              f"{result.checkpoints_verified} signed checkpoints verified ({checkpoints})")
+    else:
+        print(f"AUDIT CHAIN BROKEN in {safe_url(url)}: first bad record {result.first_bad_seq}: {result.reason}",
+              file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+# --- kill switch ----------------------------------------------------------------------------------
+
+def cmd_kill(args: argparse.Namespace, config: Config) -> int:
+    import getpass
+
+    from bridge.transport.control import ControlError, send_command
+    endpoint = args.control or config.server.control_bind
+    operator = args.operator or getpass.getuser()
+    try:
+        if args.command == "kill":
+            reply = send_command(endpoint, "kill", operator=operator, reason=args.reason)
+            print(f"KILLED by {operator}: {reply['sessions_flattened']} NT8 sessions told to flatten everything; "
+                  f"new orders are refused until `nt8bridge enable --operator NAME`")
+        elif args.command == "enable":
+            reply = send_command(endpoint, "enable", operator=args.operator, reason=args.reason)
+            print(f"trading enabled by {args.operator} ({reply['sessions']} sessions)")
+        else:
+            reply = send_command(endpoint, "status")
+            print(json.dumps(reply, indent=2) if args.json else f"{reply['state']} ({reply['sessions']} sessions)")
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+# --- backtest -----------------------------------------------------------------------------------
+
+def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
+    from bridge.core.config import build_config
+    from bridge.nt8.playback import PlaybackError, load_stream
+    from bridge.transport.sidecar import master_for
+    from bridge.research.backtest import run_backtest
+
+    overrides: dict[str, Any] = {}
+    if args.strategies:
+        overrides["names"] = args.strategies
+    try:  # validated like the config file: a misspelt strategy is named, not ignored
+        build_config({"strategy": overrides, "sizing": {"equity": args.equity} if args.equity else {}}, env={})
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    config = replace(config, strategy=replace(config.strategy, **overrides),
+                     sizing=replace(config.sizing, equity=args.equity or config.sizing.equity),
+                     metrics=replace(config.metrics, enabled=False))
+    if not config.strategy.strategy_names():
+        raise UserError("no strategies to test: pass --strategies momentum,reversion,spread,ml")
+    console = _console()
+    try:
+        with console.status("reading data files"):
+            stream = load_stream([Path(f) for f in args.data])
+    except (PlaybackError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    master = master_for(config)
+    for name in stream.names:
+        try:
+            master.resolve(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                  TimeRemainingColumn(), console=console, transient=True, disable=args.quiet) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done)
+        try:
+            report = run_backtest(stream, config, master, _db_url(args, config), split=args.split, window=args.window,
+                                  progress=on_progress)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if not args.trades:
+        report.pop("trades")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_backtest(report)
+    return 0
+
+
+def _print_backtest(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x: Any) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def num(x: Any, fmt: str = ",.2f") -> str:
+        return "-" if x is None else format(x, fmt)
+    console = Console()
+    if "calibration" in report:
+        c = report["calibration"]
+        console.print(f"calibration {c['from']} .. {c['to']} (1 contract): " + "; ".join(
+            f"{k} {v['wins']}/{v['bets']} won, prior {v['stated_prior']:.3f} -> {v['calibrated_prior']:.3f}"
+            for k, v in c["priors"].items()))
+    t = report["test"]
+    table = Table(title=f"backtest {t['from']} .. {t['to']} on {', '.join(report['instruments'])} ({t['sizing']})")
+    for col in ("", "trades", "win rate", "net P&L", "commission", "Sharpe", "Sortino", "max DD", "CAGR", "exposure"):
+        table.add_column(col, justify="right" if col else "left")
+    for name, m in t["summary"].items():
+        table.add_row(name, str(m["trades"]), pct(m["win_rate"]), num(m["net_pnl"]), num(m["commission"]),
+                      num(m["sharpe"]), num(m["sortino"]), pct(m["max_drawdown"]), pct(m["cagr"]), pct(m["exposure"]))
+    console.print(table)
+
+
+# --- ninjascript --------------------------------------------------------------------------------
+
+def cmd_ninjascript(args: argparse.Namespace, config: Config) -> int:
+    from bridge.nt8.ninjascript import BuildError, build, export_zip, shipped_sources
+    if args.ns_command == "build":
+        try:
+            with _console().status("compiling with mcs (C# 7.2, .NET Framework 4.8 API)"):
+                result = build(Path(args.out) if args.out else None, force=args.force)
+        except BuildError as exc:
+            raise UserError(str(exc)) from None
+        print(f"simulator:   {result.simulator}\nninjascript: {result.ninjascript}")
+        return 0
+    out = Path(args.to)
+    export_zip(out)
+    print(f"{out}: Info.xml and {len(shipped_sources())} source files; in NT8: Tools > Import > NinjaScript Add-On, "
+          "then enable 'Nt8Bridge' on a chart (Strategies)")
+    return 0
+
+
+# --- data, db, config ---------------------------------------------------------------------------
+
+def cmd_data_inspect(args: argparse.Namespace, config: Config) -> int:
+    from bridge.data.nt8files import DataFileError, inspect_file
+    try:
+        info = inspect_file(args.file)
+    except (DataFileError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(title=str(args.file), show_header=False)
+        for k, v in info.items():
+            table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+        Console().print(table)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, config: Config) -> int:
+    from bridge.storage.database import StorageError, backup, safe_url, upgrade
+    url = _db_url(args, config)
+    try:
+        if args.db_command == "upgrade":
+            rev = upgrade(url)
+            print(f"{safe_url(url)} is at revision {rev}")
+        else:
+            dest = Path(args.to) if args.to else Path(f"nt8bridge-backup-{datetime.now():%Y%m%d-%H%M%S}"
+                                                      + (".sqlite" if url.startswith("sqlite") else ".dump"))
+            path = backup(url, dest)
+            print(f"backup of {safe_url(url)} written to {path}")
+    except StorageError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace, config: Config) -> int:
+    print(to_toml(config), end="")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nt8bridge", description="NinjaTrader 8 <-> Python decision sidecar.")
+    p.add_argument("--version", action="version", version=f"nt8bridge {__version__}")
+    p.add_argument("--config", help="TOML config file (default: $NT8BRIDGE_CONFIG, else the user's config.toml)")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                   help="log verbosity on stderr (default: info for serve, warning otherwise)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def db_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--db", help="SQLAlchemy URL (default: storage.url, else an SQLite file in the user's data "
+                                     "folder)")
+
+    s = sub.add_parser("serve", help="run the sidecar until Ctrl+C")
+    s.add_argument("--bind", help="ZeroMQ endpoint (default: server.bind, tcp://127.0.0.1:5555)")
+    s.add_argument("--ready-file", help="write the bound endpoint to this file once listening (for supervisors); "
+                   "the control endpoint goes to FILE.control")
+    s.add_argument("--control-bind", help="control channel endpoint for kill/enable (default: server.control_bind, "
+                   "tcp://127.0.0.1:5556; '' disables it)")
+    s.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
+    db_option(s)
+    s.set_defaults(func=cmd_serve)
+
+    def playback_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--window", type=int, default=256, help="ticks sent together while no order is live "
+                        "(1: exact lockstep throughout; the digest depends on it; default 256)")
+        sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        db_option(sp)
+
+    s = sub.add_parser("playback", help="replay NT8 data files through the sidecar")
+    s.add_argument("--data", nargs="+", required=True, metavar="FILE", help="NT8 exports: ticks, tick replay or minute "
+                   "bars, plain or .gz; several are merged in time order")
+    s.add_argument("--instrument", help="instrument name when a single file's name does not say it (e.g. 'ES 06-18')")
+    s.add_argument("--engine", default="python", choices=["python", "nt8sim"], help="who plays NT8 (default python)")
+    s.add_argument("--sidecar", metavar="ENDPOINT", help="use a running sidecar instead of starting one")
+    s.add_argument("--free-running", action="store_true", help="nt8sim: do not wait for the sidecar after each event "
+                   "(faster, closer to live, not repeatable)")
+    s.add_argument("--latency-ms", type=int, default=0, help="nt8sim free-running: order latency in event time (default 0)")
+    s.add_argument("--speed", type=float, default=0.0, help="nt8sim: N times real time, like NT8's Playback speed "
+                   "(default 0: as fast as possible); give one with --free-running so the sidecar's answers land "
+                   "while the data plays")
+    s.add_argument("--timezone", default="UTC", help="nt8sim: NT8's display time zone (Tools > Options > General), "
+                   "e.g. America/Chicago; the wire always carries UTC")
+    playback_options(s)
+    s.set_defaults(func=cmd_playback)
+
+    s = sub.add_parser("demo", help="generate a synthetic session and play it back end to end")
+    s.add_argument("--roots", default="ES", help="instrument roots, comma separated (default ES)")
+    s.add_argument("--start", default="2024-03-12T13:30:00", help="session start, UTC (default 2024-03-12T13:30:00)")
+    s.add_argument("--minutes", type=int, default=390, help="length in minutes (default 390, a cash session)")
+    s.add_argument("--seed", type=int, default=7, help="random seed (same seed, same session)")
+    s.add_argument("--out", help="folder for the generated NT8 files (default: a temporary folder)")
+    playback_options(s)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("audit", help="the tamper-evident audit trail")
+    asub = s.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    d = asub.add_parser("verify", help="recompute the hash chain and the signed checkpoints; exit 0 when intact, 1 "
+                        "naming the first bad record")
+    d.add_argument("--checkpoints", help="checkpoint file (default: beside the journal, see audit.dir)")
+    d.add_argument("--public-key", help="public key of the checkpoints (default: audit.key_path + .pub)")
+    d.add_argument("--json", action="store_true")
+    db_option(d)
+    d.set_defaults(func=cmd_audit_verify)
+
+    s = sub.add_parser("kill", help="KILL SWITCH: flatten every NT8 session and refuse new orders until enabled")
+    s.add_argument("--reason", default="manual kill switch", help="why (recorded in the audit log)")
+    s.add_argument("--operator", help="who (default: the login name)")
+    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    s.set_defaults(func=cmd_kill)
+    s = sub.add_parser("enable", help="trade again after a kill (needs a named operator)")
+    s.add_argument("--operator", required=True, help="who re-enables (recorded)")
+    s.add_argument("--reason", default="", help="why (recorded)")
+    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    s.set_defaults(func=cmd_kill)
+    s = sub.add_parser("status", help="the sidecar's trading state (ACTIVE or HALTED) and sessions")
+    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_kill)
+
+    s = sub.add_parser("backtest", help="walk-forward backtest of strategies through the whole decision path")
+    s.add_argument("--data", nargs="+", required=True, metavar="FILE", help="NT8 exports (ticks or minute bars), "
+                   "merged in time order; e.g. 'ES 12-23.Last.txt' 'NQ 12-23.Last.txt' for the spread")
+    s.add_argument("--strategies", help="comma separated: momentum, reversion, spread, ml (default: strategy.names)")
+    s.add_argument("--split", help="UTC time (ISO 8601) that ends the calibration window and starts the test "
+                   "window, e.g. 2023-11-01; without it the whole data is the test with the configured priors")
+    s.add_argument("--equity", type=float, help="account equity for Kelly sizing (default: sizing.equity)")
+    s.add_argument("--trades", action="store_true", help="list every trade in the JSON report")
+    playback_options(s)
+    s.set_defaults(func=cmd_backtest)
+
+    s = sub.add_parser("ninjascript", help="build the NinjaScript and the NT8 simulator, or export the NT8 import zip")
+    nsub = s.add_subparsers(dest="ns_command", required=True)
+    d = nsub.add_parser("build", help="compile with Mono's mcs (C# 7.2, .NET Framework 4.8 API)")
+    d.add_argument("--out", help="build folder (default: the user's cache, ~/.cache/nt8bridge/build)")
+    d.add_argument("--force", action="store_true", help="compile even when a build of the same sources exists")
+    d.set_defaults(func=cmd_ninjascript)
+    d = nsub.add_parser("export", help="write the zip NT8 imports (Tools > Import > NinjaScript Add-On)")
+    d.add_argument("--to", default="nt8bridge-ninjascript.zip", help="zip file to write (default nt8bridge-ninjascript.zip)")
+    d.set_defaults(func=cmd_ninjascript)
+
+    s = sub.add_parser("data", help="look at NT8 data files")
+    dsub = s.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    d = dsub.add_parser("inspect", help="format, rows, time span, tick size, gaps of an NT8 export")
+    d.add_argument("file")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_inspect)
+
+    s = sub.add_parser("db", help="database schema and backups")
+    dsub = s.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    d = dsub.add_parser("upgrade", help="bring the schema to the latest migration")
+    db_option(d)
+    d.set_defaults(func=cmd_db)
+    d = dsub.add_parser("backup", help="copy the database (SQLite: online backup; PostgreSQL: pg_dump)")
+    d.add_argument("--to", help="destination file")
+    db_option(d)
+    d.set_defaults(func=cmd_db)
+
+    ops.register(sub, db_option)
+    ml.register(sub, db_option)
+
+    s = sub.add_parser("config", help="the effective configuration")
+    csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    c = csub.add_parser("show", help="print the configuration in force, as commented TOML")
+    c.set_defaults(func=cmd_config_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level or ("info" if args.command == "serve" else "warning"))
+    try:
+        config = load_config(args.config)
+        return args.func(args, config)
+    except (UserError, ConfigError) as exc:
+        print(f"nt8bridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nt8bridge: interrupted", file=sys.stderr)
+        return 130
+

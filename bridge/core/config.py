@@ -1,0 +1,420 @@
+"""The sidecar's configuration: one TOML file, validated at start, with environment overrides.
+
+Each section is a frozen dataclass; every field's metadata carries its help text and the values it
+allows, so validation, ``nt8bridge config show`` and the docs all read one definition.
+
+Precedence, lowest first: embedded defaults, the TOML file (``--config FILE``, else
+``$NT8BRIDGE_CONFIG``, else ``config.toml`` in the user's config folder when present), then
+environment variables ``NT8BRIDGE_<SECTION>__<KEY>`` (e.g. ``NT8BRIDGE_SERVER__BIND``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message lists every problem as ``section.key: what is wrong``."""
+
+
+def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+         choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = _opt("tcp://127.0.0.1:5555", "ZeroMQ endpoint the ROUTER socket binds (loopback by default)")
+    control_bind: str = _opt("tcp://127.0.0.1:5556", "ZeroMQ endpoint of the control channel (nt8bridge kill / "
+                             "enable); empty disables it")
+    heartbeat_ms: int = _opt(1000, "interval between heartbeats sent to each NT8 session", min=50, max=60_000)
+    heartbeat_timeout_ms: int = _opt(5000, "a session that sends nothing for this long is marked LOST",
+                                     min=100, max=600_000)
+    stop_drain_ms: int = _opt(10_000, "on a clean stop (Ctrl+C, SIGTERM), keep handling what the sessions already "
+                              "sent for up to this long before ending them", min=0, max=600_000)
+    max_message_bytes: int = _opt(65536, "largest accepted message (header + body); larger is answered "
+                                  "PROTOCOL_OVERSIZE", min=256, max=1_048_576)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = _opt("", "SQLAlchemy URL; empty means an SQLite file in the user's data folder")
+    batch_rows: int = _opt(2000, "rows per committed batch", min=1, max=1_000_000)
+    queue_batches: int = _opt(64, "batches queued before the hot path waits (counted as backpressure)",
+                              min=1, max=100_000)
+    flush_interval_ms: int = _opt(250, "partial batches are handed to the writer at least this often",
+                                  min=10, max=60_000)
+    store_ticks: bool = _opt(True, "store every accepted tick (turn off only to save disk)")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    enabled: bool = _opt(True, "chain every decision, order, fill, kill and limit change (bridge/audit/chain.py); off "
+                         "only for throwaway runs")
+    dir: str = _opt("", "folder of the journal and the signed checkpoints; empty: next to an SQLite database "
+                    "(<file>.audit/), else the user's data folder")
+    key_path: str = _opt("", "Ed25519 private key that signs checkpoints (created at first use, mode 600); empty: "
+                         "audit-ed25519.pem in the user's config folder")
+    checkpoint_every: int = _opt(1000, "records between signed checkpoints of the chain head", min=1,
+                                 max=10_000_000)
+    fsync_interval_ms: int = _opt(200, "the journal is fsynced at least this often: what a power loss can lose "
+                                  "(a killed process loses nothing)", min=0, max=60_000)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = _opt(True, "serve Prometheus metrics over HTTP")
+    host: str = _opt("127.0.0.1", "address of the metrics endpoint (loopback by default)")
+    port: int = _opt(9108, "port of the metrics endpoint (0 picks a free one)", min=0, max=65535)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    jump_min_ticks: int = _opt(20, "a trade this many ticks from the last accepted one may be a jump; "
+                               "below it never is", min=1, max=100_000)
+    jump_sigma: float = _opt(12.0, "a jump is also this many recent standard deviations of tick moves",
+                             min=1.0, max=1000.0)
+    jump_halflife_ticks: int = _opt(200, "half-life, in trades, of the recent-move estimate", min=2,
+                                    max=1_000_000)
+    jump_gap_scale_s: float = _opt(60.0, "after a gap of g seconds the jump limit grows by sqrt(1 + g / "
+                                   "this)", min=0.001, max=86_400.0)
+    jump_confirm_ticks: int = _opt(3, "this many consecutive trades at a new level make it the new "
+                                   "reference (a real gap, not a bad print)", min=1, max=1000)
+    check_session_hours: bool = _opt(True, "refuse ticks outside the instrument's trading hours (off: hours "
+                                     "are ignored everywhere, risk and stale-feed watchdog included)")
+    reject_locked_quotes: bool = _opt(False, "refuse bid/ask updates with bid == ask (crossed ones are "
+                                      "always refused)")
+    stale_after_s: float = _opt(30.0, "no tick for this long while the market is open is a stale feed",
+                                min=0.1, max=86_400.0)
+
+
+@dataclass(frozen=True)
+class BarsConfig:
+    period_s: int = _opt(60, "length of the time bars built from ticks", min=1, max=86_400)
+    history: int = _opt(500, "closed bars kept in memory per instrument", min=10, max=100_000)
+
+
+STRATEGY_NAMES = ("momentum", "reversion", "spread", "ml")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    names: str = _opt("momentum", "strategies to run, comma separated: momentum, reversion, spread, ml; or none")
+    lookback_bars: int = _opt(20, "momentum: bars in the channel that a close must break", min=2, max=10_000)
+    atr_bars: int = _opt(14, "bars in the average true range", min=2, max=10_000)
+    band_bars: int = _opt(30, "bars in the mean/standard-deviation band", min=3, max=10_000)
+    er_bars: int = _opt(30, "bars in the efficiency ratio (trend strength)", min=2, max=10_000)
+    vol_bars: int = _opt(30, "log returns in the realized volatility", min=3, max=10_000)
+    no_entry_before_close_min: int = _opt(15, "no new entries this many minutes before the session "
+                                          "closes", min=0, max=1440)
+    momentum_stop_atr: float = _opt(1.5, "momentum: stop distance in ATRs", min=0.1, max=100.0)
+    momentum_target_atr: float = _opt(3.0, "momentum: target distance in ATRs", min=0.1, max=100.0)
+    momentum_win_prior: float = _opt(0.36, "momentum: prior win probability of a bracket (from an earlier "
+                                     "window; the track record updates it)", min=0.0, max=1.0)
+    momentum_time_limit_min: float = _opt(120.0, "momentum: close a trade still open after this long (0: "
+                                          "never)", min=0.0, max=10_000.0)
+    reversion_entry_z: float = _opt(2.0, "reversion: band z-score that counts as stretched", min=0.5, max=10.0)
+    reversion_min_vwap_atr: float = _opt(1.0, "reversion: least distance from the session VWAP, in ATRs, on "
+                                         "the same side", min=0.0, max=100.0)
+    reversion_max_efficiency: float = _opt(0.3, "reversion: no fades while the efficiency ratio is above this "
+                                           "(trending)", min=0.0, max=1.0)
+    reversion_stop_atr: float = _opt(2.0, "reversion: stop distance beyond the close, in ATRs", min=0.1, max=100.0)
+    reversion_win_prior: float = _opt(0.55, "reversion: prior win probability of a fade", min=0.0, max=1.0)
+    reversion_time_limit_min: float = _opt(60.0, "reversion: close a fade still open after this long (0: never)",
+                                           min=0.0, max=10_000.0)
+    spread_pairs: str = _opt("ES/NQ,ES/YM,ES/RTY,MES/MNQ,MES/MYM,MES/M2K", "spread: pairs of roots, base first")
+    spread_window: int = _opt(240, "spread: bars in the hedge ratio and z-score window", min=20, max=100_000)
+    spread_entry_z: float = _opt(2.0, "spread: |z| that opens a trade", min=0.1, max=20.0)
+    spread_exit_z: float = _opt(0.5, "spread: |z| at which the spread has reverted (exit)", min=0.0, max=20.0)
+    spread_stop_z: float = _opt(2.0, "spread: stop when |z| rises this much past its value at entry", min=0.1,
+                                max=50.0)
+    spread_max_ratio: int = _opt(3, "spread: most contracts of the base leg in the integer ratio", min=1, max=20)
+    spread_leg_stop_atr: float = _opt(6.0, "spread: protective stop and target of each leg, in ATRs", min=0.5,
+                                      max=1000.0)
+    spread_win_prior: float = _opt(0.6, "spread: prior probability that a spread reverts before its stop",
+                                   min=0.0, max=1.0)
+    spread_time_limit_min: float = _opt(240.0, "spread: close both legs after this long (0: never)", min=0.0,
+                                        max=100_000.0)
+    ml_model: str = _opt("", "ml: registered model id to trade, or 'champion' for the promoted one (empty: the "
+                         "ml strategy has no model and does not trade)")
+    ml_registry: str = _opt("", "ml: the model registry folder (empty: 'models' in the user's data folder)")
+    ml_margin: float = _opt(0.03, "ml: trade when the win probability beats break-even (1/2) by this much",
+                            min=0.0, max=0.5)
+    ml_shadow: str = _opt("", "ml: a challenger to run in shadow beside the model that trades (a model id, or "
+                          "'latest': the newest challenger registered after the champion; empty: none)")
+    ml_di_quantile: float = _opt(0.995, "ml: withhold predictions whose dissimilarity index (distance to the "
+                                 "training rows) is above this quantile of the training rows' own (0: no guard)",
+                                 min=0.0, max=1.0)
+
+    def strategy_names(self) -> tuple[str, ...]:
+        names = tuple(n.strip().lower() for n in self.names.split(",") if n.strip())
+        return () if names == ("none",) else names
+
+
+@dataclass(frozen=True)
+class SizingConfig:
+    mode: str = _opt("kelly", "kelly: fractional Kelly from each signal's win probability; fixed: "
+                     "sizing.quantity contracts", choices=("kelly", "fixed"))
+    quantity: int = _opt(1, "fixed mode: contracts per bracket (per unit of a spread)", min=1, max=10_000)
+    equity: float = _opt(500_000.0, "account equity for sizing until NT8 reports the account's cash value",
+                         min=1.0, max=1e12)
+    kelly_fraction: float = _opt(0.25, "multiplier on the Kelly fraction (a quarter keeps 44% of the growth, "
+                                 "halving the account 0.8% likely)", min=0.01, max=1.0)
+    shrinkage: float = _opt(0.5, "edge shrunk toward break-even for estimation error (0: as estimated, 1: no "
+                            "edge)", min=0.0, max=1.0)
+    prior_strength: float = _opt(30.0, "weight, in trades, of a strategy's stated win probability against its "
+                                 "own track record", min=0.0, max=1e6)
+    max_contracts: int = _opt(10, "hard cap per instrument (position counting working entries)", min=0,
+                              max=100_000)
+    max_strategy_contracts: int = _opt(10, "hard cap per strategy and instrument", min=0, max=100_000)
+    commission_per_contract: float = _opt(2.09, "cost per contract per side for sizing, currency", min=0.0,
+                                          max=1000.0)
+    slippage_ticks: float = _opt(1.0, "expected slippage per side for sizing, in ticks", min=0.0, max=1000.0)
+
+
+@dataclass(frozen=True)
+class PortfolioConfig:
+    start_trading: str = _opt("", "no entries before this UTC time (ISO 8601; earlier data only warms up "
+                              "features and regimes); empty: trade from the start")
+    regime_filter: bool = _opt(True, "let the regime detector switch strategies on or off and shift allocation")
+    regime_refit_bars: int = _opt(390, "bars between refits of the regime model", min=10, max=1_000_000)
+    regime_min_history: int = _opt(500, "bars before the regime model replaces the rules", min=30,
+                                   max=1_000_000)
+    correlation_bars: int = _opt(390, "bars in the rolling correlation and beta window", min=20, max=1_000_000)
+    benchmark: str = _opt("ES", "root whose contracts measure beta-weighted exposure")
+    max_beta_exposure: float = _opt(20.0, "largest |beta-weighted net exposure| in benchmark contracts; new "
+                                    "entries that raise it beyond are cut", min=0.0, max=1e6)
+    hedge_root: str = _opt("", "root of the hedge instrument (e.g. ES or MES); empty: no hedge orders")
+    hedge_threshold: float = _opt(3.0, "hedge when |beta-weighted exposure| exceeds this many benchmark "
+                                  "contracts", min=0.0, max=1e6)
+    reconcile_grace_s: float = _opt(2.0, "a position NT8 reports that differs from the sidecar's ledger for this "
+                                    "long (event time) is a reconciliation break", min=0.0, max=3600.0)
+    leg_timeout_s: float = _opt(30.0, "spread: a leg still unfilled this long after its partner filled is "
+                                "cancelled and the partner closed", min=0.0, max=86_400.0)
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    """Desk-wide limits (scope ``*``); ``[[risk_limits]]`` tables add limits per instrument, strategy or
+    account. A value of 0 for an optional limit means "not set"."""
+
+    max_order_quantity: int = _opt(5, "largest quantity of one order", min=0, max=100_000)
+    max_position: int = _opt(5, "largest absolute net position per instrument, counting working entries",
+                             min=0, max=100_000)
+    max_order_notional: float = _opt(20_000_000.0, "largest notional of one order (quantity x price x point "
+                                     "value)", min=0.0, max=1e12)
+    collar_ticks: float = _opt(400.0, "entry, stop and target prices within this many ticks of the last trade",
+                               min=1.0, max=1e6)
+    stale_data_s: float = _opt(10.0, "no new orders when the last tick is older than this (event time)",
+                               min=0.1, max=86_400.0)
+    max_orders_per_s: int = _opt(20, "new orders per second (event time), desk-wide", min=1, max=100_000)
+    max_changes_per_s: int = _opt(50, "order changes per second", min=1, max=100_000)
+    max_cancels_per_s: int = _opt(50, "cancels per second (beyond it the desk halts; cancels still go)",
+                                  min=1, max=100_000)
+    max_executions_per_window: int = _opt(0, "repeated-execution throttle: this many automated fills within "
+                                          "execution_window_s halt trading until an operator enables it (0: off)",
+                                          min=0, max=1_000_000)
+    execution_window_s: float = _opt(60.0, "window of the repeated-execution throttle", min=1.0, max=86_400.0)
+    max_daily_loss: float = _opt(0.0, "daily loss (realized) beyond which only risk-reducing orders pass (0: off)",
+                                 min=0.0, max=1e12)
+    self_trade_prevention: bool = _opt(True, "never let one strategy's order trade against another's working "
+                                       "order on the same account")
+
+
+@dataclass(frozen=True)
+class FillModelConfig:
+    slippage_ticks: int = _opt(1, "market and stop fills: this many ticks worse than the reference "
+                               "price (the opposite quote, else the trade that triggered)", min=0, max=1000)
+    commission_per_contract: float = _opt(2.09, "commission per contract per side, in the instrument's "
+                                          "currency", min=0.0, max=1000.0)
+    fill_limit_on_touch: bool = _opt(False, "fill limits when price touches them (NT8's "
+                                     "IsFillLimitOnTouch); otherwise only when it trades through")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    bars: BarsConfig = field(default_factory=BarsConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    sizing: SizingConfig = field(default_factory=SizingConfig)
+    portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    fill_model: FillModelConfig = field(default_factory=FillModelConfig)
+    instruments: tuple[dict[str, Any], ...] = ()  # [[instruments]] declared beyond the built-in master
+    risk_limits: tuple[dict[str, Any], ...] = ()  # [[risk_limits]]: scope = "instrument:ES" ... and limits
+
+
+SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type]
+                             for f in dataclasses.fields(Config) if f.name not in ("instruments", "risk_limits")}
+
+
+def user_config_path() -> Path:
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+    else:
+        base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "nt8bridge" / "config.toml"
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any, errors: list[str]) -> Any:
+    """Check one value against its field's type and bounds; strings from the environment are parsed."""
+    where = f"{section}.{f.name}"
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            value = {"true": True, "false": False}[text] if kind is bool else kind(text)
+        except (KeyError, ValueError):
+            errors.append(f"{where}: expected {kind.__name__}, got {value!r}")
+            return None
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, str))
+    if not ok:
+        errors.append(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return None
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        errors.append(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta.get("min") is not None and value < meta["min"]:
+        errors.append(f"{where}: must be >= {meta['min']} (got {value})")
+    if meta.get("max") is not None and value > meta["max"]:
+        errors.append(f"{where}: must be <= {meta['max']} (got {value})")
+    return float(value) if kind is float else value
+
+
+def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Config:
+    """Validate a parsed TOML document plus environment overrides into a Config."""
+    env = dict(os.environ) if env is None else env
+    errors: list[str] = []
+    unknown = sorted(set(data) - set(SECTIONS) - {"instruments", "risk_limits"})
+    for key in unknown:
+        errors.append(f"{key}: unknown section; allowed: {', '.join(list(SECTIONS) + ['instruments', 'risk_limits'])}")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        raw = dict(data.get(name, {}))
+        if not isinstance(raw, dict):
+            errors.append(f"{name}: must be a table")
+            raw = {}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        prefix = f"NT8BRIDGE_{name.upper()}__"
+        for var, value in env.items():
+            if var.startswith(prefix):
+                raw[var[len(prefix):].lower()] = value
+        values = {}
+        for key, value in raw.items():
+            if key not in fields:
+                errors.append(f"{name}.{key}: unknown key; allowed: {', '.join(fields)}")
+                continue
+            coerced = _coerce(name, fields[key], value, errors)
+            if coerced is not None:
+                values[key] = coerced
+        sections[name] = cls(**values)
+    instruments = data.get("instruments", [])
+    if not isinstance(instruments, list) or not all(isinstance(i, dict) for i in instruments):
+        errors.append("instruments: must be an array of tables ([[instruments]])")
+        instruments = []
+    risk_limits = data.get("risk_limits", [])
+    if not isinstance(risk_limits, list) or not all(isinstance(i, dict) for i in risk_limits):
+        errors.append("risk_limits: must be an array of tables ([[risk_limits]] with scope = ...)")
+        risk_limits = []
+    for k, entry in enumerate(risk_limits):
+        from bridge.core.limits import Limits, Scope
+        entry = dict(entry)
+        scope = entry.pop("scope", None)
+        try:
+            Scope.parse(scope)
+            Limits(**entry)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"risk_limits[{k}] (scope {scope!r}): {exc}")
+    errors.extend(_cross_checks(sections))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return Config(**sections, instruments=tuple(instruments), risk_limits=tuple(risk_limits))
+
+
+def _cross_checks(sections: dict[str, Any]) -> list[str]:
+    """Checks that involve more than one value's bounds."""
+    errors = []
+    strategy = sections.get("strategy")
+    if strategy is not None:
+        names = strategy.strategy_names()
+        for name in names:
+            if name not in STRATEGY_NAMES:
+                errors.append(f"strategy.names: {name!r} is not one of {', '.join(STRATEGY_NAMES)} (or none)")
+        for pair in strategy.spread_pairs.split(","):
+            if pair.strip() and len(pair.split("/")) != 2:
+                errors.append(f"strategy.spread_pairs: {pair.strip()!r} is not BASE/OTHER (e.g. ES/NQ)")
+        if not strategy.spread_exit_z < strategy.spread_entry_z:
+            errors.append("strategy: spread_exit_z must be below spread_entry_z")
+    portfolio = sections.get("portfolio")
+    if portfolio is not None and portfolio.start_trading:
+        try:
+            parse_utc(portfolio.start_trading)
+        except ValueError:
+            errors.append(f"portfolio.start_trading: {portfolio.start_trading!r} is not an ISO 8601 time "
+                          "(e.g. 2023-11-01T00:00:00)")
+    return errors
+
+
+def parse_utc(text: str) -> int:
+    """ISO 8601 text to UTC epoch nanoseconds; a time without an offset is UTC."""
+    from datetime import datetime, timezone
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate; ``path=None`` looks for $NT8BRIDGE_CONFIG, then the user's config file."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        path = env.get("NT8BRIDGE_CONFIG") or (user_config_path() if user_config_path().exists() else None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist; create it or drop --config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    return build_config(data, env)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration as commented TOML (what ``nt8bridge config show`` prints)."""
+    lines: list[str] = []
+    for name in SECTIONS:
+        section = getattr(config, name)
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(section):
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+        lines.append("")
+    for name in ("instruments", "risk_limits"):
+        for entry in getattr(config, name):
+            lines.append(f"[[{name}]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items())
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,7 @@
+"""The sidecar as a process on the wire: the ZeroMQ ROUTER server (sessions, sequence numbers,
+heartbeats, lost peers), the operator control channel, the Prometheus endpoint, and starting the
+sidecar in this process or as a child process.
+
+May import: everything below it (the ground floor, ``strategies``, ``ml``, ``reports``,
+``bridge.risk``, ``bridge.audit``, ``bridge.engine``). Never NT8 hosting or the CLI.
+"""

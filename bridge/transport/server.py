@@ -1,0 +1,637 @@
+"""The sidecar's ZeroMQ server: a ROUTER socket, many NT8 sessions, one hot-path thread.
+
+The loop polls the socket with a timeout, drains what is there, and between bursts runs the
+timers: heartbeats, lost-session detection, the stale-feed watchdog, handing partial storage
+batches to the writer and folding stage timings. Every refused frame is answered with ERROR
+(where the peer can be addressed), counted by code and logged; an exception while handling one
+message becomes INTERNAL_ERROR for that message, never a dead server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+from bridge import __version__
+from bridge.core.config import Config, to_toml
+from bridge.core.errors import ControlError
+from bridge.risk.switch import TradingSwitch
+from bridge.transport.control import parse_request
+from bridge.core.instruments import InstrumentMaster
+from bridge.engine.pipeline import STAGES, DecisionPipeline, SessionInstrument, risk_engine_for
+from bridge.protocol import codec
+from bridge.protocol.codec import ProtocolError
+from bridge.protocol.messages import (
+    FROM_NT8,
+    PROTOCOL_VERSION,
+    ALL_INSTRUMENTS,
+    Error,
+    ErrorCode,
+    Flatten,
+    Heartbeat,
+    Hello,
+    Message,
+    MsgType,
+    Welcome,
+)
+from bridge.engine.quality import QualityReason
+from bridge.audit.recorder import Recorder, RowSink
+from bridge.risk.commands import DeskLimitCommands, command_from_request
+from bridge.core.timing import StageTimings
+from strategies.base import Strategy
+
+log = logging.getLogger("nt8bridge.server")
+
+HARD_MAX_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE: beyond this libzmq drops the peer's connection
+# A broken or hostile peer must not flood the log: refusals are always counted and answered, but
+# logged at most _LOG_BURST times per code per _LOG_WINDOW_S, then summarised.
+_LOG_BURST = 20
+_LOG_WINDOW_S = 10.0
+_DRAIN_BURST = 512  # messages handled before the timers get a look in
+# How often a session's clock offset (NT8 send stamp against the sidecar's clock at receipt) is
+# sampled into the audit trail: a regulator asks how far apart the two clocks were, and when.
+CLOCK_SAMPLE_S = 60.0
+# Message types as plain ints for the dispatch: comparing with an IntEnum member costs 245 ns
+# against 39 ns for an int, several times per message.
+_HELLO, _TICK, _TICKS, _HEARTBEAT, _BAR = (int(MsgType.HELLO), int(MsgType.TICK), int(MsgType.TICKS),
+                                           int(MsgType.HEARTBEAT), int(MsgType.BAR))
+_ORDER_UPDATE, _EXECUTION, _POSITION, _ACCOUNT, _BYE = (int(MsgType.ORDER_UPDATE), int(MsgType.EXECUTION),
+                                                        int(MsgType.POSITION), int(MsgType.ACCOUNT), int(MsgType.BYE))
+_FROM_NT8 = frozenset(int(t) for t in FROM_NT8)
+
+
+@dataclass
+class ServerStats:
+    messages_in: int = 0
+    messages_out: int = 0
+    errors_sent: Counter = field(default_factory=Counter)  # ErrorCode name -> count
+    ticks_accepted: int = 0
+    ticks_rejected: int = 0
+    sessions_opened: int = 0
+    sessions_lost: int = 0
+    sessions_active: int = 0
+    seq_gaps: int = 0
+    send_failures: int = 0
+    internal_errors: int = 0
+
+
+@dataclass
+class Session:
+    session_id: int
+    routing_id: bytes
+    hello: Hello
+    pipeline: DecisionPipeline
+    recorder: Recorder
+    last_heard: float  # monotonic seconds
+    last_sent: float
+    last_seq_in: int = 0
+    seq_out: int = 0
+    last_tick_wall: dict[int, float] = field(default_factory=dict)
+    stale_flagged: set[int] = field(default_factory=set)
+    peer_gone: bool = False  # a send found its connection closed; what it sent before is still being read
+    last_clock_sample: float = -math.inf  # monotonic seconds
+
+
+class SidecarServer:
+    """Serve NT8 sessions until ``request_stop``; see the module docstring."""
+
+    def __init__(self, config: Config, sink: RowSink, master: InstrumentMaster,
+                 strategy_factory: Callable[[], list[Strategy]],
+                 context: zmq.Context | None = None, chain: Any = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.master = master
+        self.strategy_factory = strategy_factory
+        self.ctx = context or zmq.Context.instance()
+        self.stats = ServerStats()
+        self.timings = StageTimings(STAGES)
+        self.sessions: dict[bytes, Session] = {}
+        self.quality_counts: Counter = Counter()  # QualityReason -> count, over all sessions
+        self.endpoint: str | None = None
+        self._socket: zmq.Socket | None = None
+        self._stop = False
+        self._last_session_id = 0
+        self._log_window: dict[str, list] = {}  # code -> [window start, lines logged, lines suppressed]
+        self.switch = TradingSwitch()  # desk-wide: a kill halts every session, the ones to come too
+        self.chain = chain  # the audit chain (bridge/audit/chain.py), shared by every session; None: audit_log rows
+        self._desk = Recorder(sink, None, chain=chain)  # records that belong to no session (kill, enable)
+        self.control_endpoint: str | None = None
+        self._control: zmq.Socket | None = None
+        # run-time limit changes and overrides, validated on a scratch engine, applied to every session
+        self.limit_commands = DeskLimitCommands(lambda: risk_engine_for(config, [], lambda iid, ts: True))
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def bind(self, endpoint: str | None = None) -> str:
+        """Bind the ROUTER socket; returns the endpoint actually bound (``tcp://127.0.0.1:*`` picks a port)."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished peer raises, and is counted
+        sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.bind(endpoint or self.config.server.bind)
+        self._socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("sidecar listening on %s", self.endpoint)
+        return self.endpoint
+
+    def bind_control(self, endpoint: str | None = None) -> str | None:
+        """Bind the control channel (REP); ``""`` in the config disables it."""
+        endpoint = self.config.server.control_bind if endpoint is None else endpoint
+        if not endpoint:
+            return None
+        sock = self.ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 65536)
+        sock.bind(endpoint)
+        self._control = sock
+        self.control_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("control channel on %s (nt8bridge kill / enable)", self.control_endpoint)
+        return self.control_endpoint
+
+    def record_config(self) -> None:
+        """The configuration in force is an audit record at every start: a change of config between two
+        runs shows in the chain as two different records (what it was, and from when)."""
+        text = to_toml(self.config)
+        self._desk.audit("config", "start", time.time_ns(),
+                         {"sha256": hashlib.sha256(text.encode()).hexdigest(), "toml": text})
+
+    # --- kill switch ----------------------------------------------------------------------------
+
+    def kill(self, operator: str, reason: str) -> int:
+        """Halt new orders everywhere and FLATTEN every instrument of every session; returns the sessions told."""
+        now = time.time_ns()
+        event = self.switch.kill(operator, reason, now)
+        told = 0
+        for session in list(self.sessions.values()):
+            if not session.peer_gone:
+                self._send(session, Flatten(ALL_INSTRUMENTS, f"kill switch: {event.reason}"[:200]))
+                told += 1
+        self._desk.audit("kill", event.operator, now, {"reason": event.reason, "operator": event.operator,
+                                                       "state": str(self.switch.state), "sessions_flattened": told,
+                                                       "sessions": sorted(s.session_id for s in self.sessions.values())})
+        log.warning("KILL SWITCH by %s: %s; %d sessions flattened, new orders refused until enabled",
+                    event.operator, event.reason, told)
+        return told
+
+    def enable(self, operator: str, reason: str) -> None:
+        now = time.time_ns()
+        event = self.switch.enable(operator, reason, now)
+        self._desk.audit("enable", event.operator, now, {"reason": event.reason, "operator": event.operator,
+                                                         "state": str(self.switch.state)})
+        log.warning("trading re-enabled by %s: %s", event.operator, event.reason)
+
+    def change_limit(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        """A ``set_limit`` or ``override`` command: validated, applied to every session (and the ones to
+        come), recorded in the audit trail; returns each session's resulting event."""
+        cmd = command_from_request(req)
+        sessions = list(self.sessions.values())
+        events = self.limit_commands.submit(cmd, [s.pipeline.risk for s in sessions])
+        now = time.time_ns()
+        kind = "limit_change" if cmd.kind == "set_limit" else "override"
+        self._desk.audit(kind, cmd.operator, now, {**cmd.to_dict(), "sessions": [s.session_id for s in sessions],
+                                                   "events": events})
+        log.warning("%s %s.%s = %r by %s%s: %s (%d sessions)", kind, cmd.scope, cmd.field, cmd.value, cmd.operator,
+                    f" approved by {cmd.approved_by} for {cmd.duration_s:g} s" if cmd.approved_by else "",
+                    cmd.reason, len(sessions))
+        return events
+
+    def limits_report(self) -> dict[str, Any]:
+        """What is in force: the accepted commands, and each session's limits, overrides and states."""
+        return {"commands": [c.to_dict() for c in self.limit_commands.accepted],
+                "sessions": {str(s.session_id): {"limits": s.pipeline.risk.limits_in_force(),
+                                                 "overrides": [o.to_dict() for o in s.pipeline.risk.overrides()],
+                                                 "states": {k: [str(st), why] for k, (st, why)
+                                                            in s.pipeline.risk.states().items()}}
+                             for s in self.sessions.values()}}
+
+    def _on_control(self) -> None:
+        sock = self._control
+        assert sock is not None
+        try:
+            data = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            req = parse_request(data)
+            cmd = req["cmd"]
+            reply: dict[str, Any] = {"ok": True}
+            if cmd == "kill":
+                reply["sessions_flattened"] = self.kill(req.get("operator", ""), req.get("reason", ""))
+            elif cmd == "enable":
+                self.enable(req.get("operator", ""), req.get("reason", ""))
+            elif cmd in ("set_limit", "override"):
+                reply["applied"] = self.change_limit(req)
+            elif cmd == "limits":
+                reply["limits"] = self.limits_report()
+            reply |= {"state": str(self.switch.state), "sessions": len(self.sessions),
+                      "events": [dataclasses.asdict(e) for e in self.switch.events[-5:]]}
+        except ControlError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        sock.send(json.dumps(reply).encode())
+
+    def request_stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler or another thread)."""
+        self._stop = True
+
+    def run(self) -> None:
+        """Serve until ``request_stop``; then end every session and close the socket."""
+        if self._socket is None:
+            self.bind()
+        sock = self._socket
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if self._control is not None:
+            poller.register(self._control, zmq.POLLIN)
+        hb_s = self.config.server.heartbeat_ms / 1000.0
+        flush_s = self.config.storage.flush_interval_ms / 1000.0
+        next_timers = time.monotonic()
+        next_flush = next_timers + flush_s
+        # recv + get(RCVMORE) with plain ints: recv_multipart converts options through enums on
+        # every frame (measured 4.7 against 4.0 us per message)
+        recv, more, noblock, rcvmore = sock.recv, sock.get, int(zmq.NOBLOCK), int(zmq.RCVMORE)
+        try:
+            while not self._stop:
+                timeout_ms = max(0, min(50, int((next_timers - time.monotonic()) * 1000)))
+                if poller.poll(timeout_ms):
+                    if self._control is not None and self._control.poll(0):
+                        self._on_control()
+                    self._read_burst(recv, more, noblock, rcvmore)
+                now = time.monotonic()
+                if now >= next_timers:
+                    self._heartbeats_and_timeouts(now)
+                    next_timers = now + min(hb_s / 2, 0.25)
+                if now >= next_flush:
+                    self.sink.flush()
+                    self.timings.fold()
+                    next_flush = now + flush_s
+            self._drain_on_stop(poller, recv, more, noblock, rcvmore)
+        finally:
+            for session in list(self.sessions.values()):
+                self._end_session(session, "SIDECAR_SHUTDOWN")
+            self.timings.fold()
+            sock.close(linger=200)  # let the last replies out, but never hang on a dead peer
+            self._socket = None
+            if self._control is not None:
+                self._control.close(linger=0)
+                self._control = None
+            log.info("sidecar stopped")
+
+    def _drain_on_stop(self, poller: zmq.Poller, recv: Callable, more: Callable, noblock: int, rcvmore: int) -> None:
+        """A clean stop first handles what the sessions already sent (a playback's last ticks, its
+        BYE), so nothing received is lost; bounded by ``server.stop_drain_ms`` and by a quiet socket."""
+        deadline = time.monotonic() + self.config.server.stop_drain_ms / 1000.0
+        handled = 0
+        while self.sessions and time.monotonic() < deadline and poller.poll(50):
+            handled += self._read_burst(recv, more, noblock, rcvmore)
+        if handled:
+            log.info("stopping: handled %d messages the sessions had already sent", handled)
+
+    def _read_burst(self, recv: Callable, more: Callable, noblock: int, rcvmore: int) -> int:
+        """Handle up to _DRAIN_BURST messages already queued; returns how many."""
+        for n in range(_DRAIN_BURST):
+            try:
+                frames = [recv(noblock)]
+            except zmq.Again:
+                return n
+            while more(rcvmore):
+                frames.append(recv(noblock))
+            self.handle(frames)
+        return _DRAIN_BURST
+
+    # --- message handling -----------------------------------------------------------------------
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Handle one message as received from the ROUTER: [routing id, header, body]."""
+        self.stats.messages_in += 1
+        rid = frames[0]
+        body_frames = frames[1:]
+        session = self.sessions.get(rid)
+        header = None
+        try:
+            size = sum(len(f) for f in body_frames)
+            if size > self.config.server.max_message_bytes:
+                seq, msg_type = _peek_seq(body_frames)
+                raise ProtocolError(ErrorCode.PROTOCOL_OVERSIZE,
+                                    f"message of {size} bytes; at most {self.config.server.max_message_bytes}",
+                                    seq, msg_type)
+            header, msg = codec.decode(body_frames)
+            if header.msg_type not in _FROM_NT8:
+                raise ProtocolError(ErrorCode.PROTOCOL_WRONG_DIRECTION,
+                                    f"{MsgType(header.msg_type).name} is sent by the sidecar, not by NT8",
+                                    header.seq, header.msg_type)
+            if header.msg_type == _HELLO:
+                self._hello(rid, header, msg)
+                return
+            if session is None:
+                raise ProtocolError(ErrorCode.SESSION_NO_HELLO, "send HELLO first", header.seq, header.msg_type)
+            self._dispatch(session, header, msg)
+        except ProtocolError as exc:
+            self._refuse(rid, session, exc)
+        except Exception:
+            self.stats.internal_errors += 1
+            seq = header.seq if header else 0
+            log.exception("internal error on message seq %s from %r; the session goes on", seq, rid)
+            self._send_error(rid, session, ErrorCode.INTERNAL_ERROR, seq, header.msg_type if header else 0,
+                             "the sidecar failed on this message; see its log")
+            self._ack_refused(session, seq)
+
+    def _dispatch(self, session: Session, header: codec.Header, msg: Message) -> None:
+        session.last_heard = time.monotonic()
+        seq = header.seq
+        if seq <= session.last_seq_in:
+            raise ProtocolError(ErrorCode.SESSION_DUPLICATE_SEQ,
+                                f"seq {seq} is not above the last one seen ({session.last_seq_in})", seq,
+                                header.msg_type)
+        if seq != session.last_seq_in + 1:
+            self.stats.seq_gaps += 1
+            log.warning("session %s: seq jumped from %d to %d (%d messages missing)", session.session_id,
+                        session.last_seq_in, seq, seq - session.last_seq_in - 1)
+        session.last_seq_in = seq
+        if session.last_heard - session.last_clock_sample >= CLOCK_SAMPLE_S:
+            session.last_clock_sample = session.last_heard
+            self._clock_sample(session, header)
+        p = session.pipeline
+        t = header.msg_type
+        replies: tuple | list = ()
+        if t == _TICK:
+            iid = msg.instrument_id
+            if iid not in p.instruments:
+                raise _unknown_instrument(iid, header)
+            replies = p.on_tick(seq, msg)
+            session.last_tick_wall[iid] = session.last_heard
+        elif t == _TICKS:
+            replies = self._tick_batch(session, seq, msg.ticks)
+        elif t == _HEARTBEAT:
+            pass
+        elif t == _BAR:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, header)
+            replies = p.on_bar(seq, msg)
+        elif t == _ORDER_UPDATE:
+            replies = p.on_order_update(seq, msg)
+        elif t == _EXECUTION:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, header)
+            replies = p.on_execution(seq, msg)
+        elif t == _POSITION:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, header)
+            p.on_position(seq, msg)
+        elif t == _ACCOUNT:
+            p.on_account(seq, msg)
+        elif t == _BYE:
+            log.info("session %s ended by NT8: %s", session.session_id, msg.reason)
+            self._end_session(session, "BYE")
+            return
+        for reply in replies:
+            if type(reply) is Error:
+                self.stats.errors_sent[ErrorCode(reply.code).name] += 1
+            self._send(session, reply, header.ts_send_ns)
+        if session.hello.lockstep:
+            self._send(session, Heartbeat(seq), header.ts_send_ns)
+
+    def _tick_batch(self, session: Session, seq: int, ticks: list) -> list[Message]:
+        """Each tick of a TICKS message on its own; a refusal names the tick's index in the batch."""
+        p = session.pipeline
+        replies: list[Message] = []
+        n = len(ticks)
+        for i, tick in enumerate(ticks):
+            iid = tick.instrument_id
+            if iid not in p.instruments:
+                replies.append(Error(int(ErrorCode.SESSION_UNKNOWN_INSTRUMENT), seq, int(MsgType.TICKS),
+                                     f"tick {i} of {n}: instrument_id {iid} was not declared in HELLO"))
+                continue
+            for reply in p.on_tick(seq, tick):
+                if type(reply) is Error:
+                    reply = Error(reply.code, seq, int(MsgType.TICKS), f"tick {i} of {n}: {reply.text}")
+                replies.append(reply)
+            session.last_tick_wall[iid] = session.last_heard
+        return replies
+
+    def _hello(self, rid: bytes, header: codec.Header, hello: Hello) -> None:
+        old = self.sessions.get(rid)
+        if old is not None:
+            self._end_session(old, "REHELLO")
+        if not hello.instruments:
+            raise ProtocolError(ErrorCode.SESSION_BAD_HELLO, "HELLO declares no instruments", header.seq,
+                                header.msg_type)
+        instruments = []
+        for iid, decl in enumerate(hello.instruments):
+            if not (math.isfinite(decl.tick_size) and decl.tick_size > 0
+                    and math.isfinite(decl.point_value) and decl.point_value > 0):
+                raise ProtocolError(ErrorCode.SESSION_BAD_HELLO,
+                                    f"{decl.name}: tick size {decl.tick_size} and point value "
+                                    f"{decl.point_value} must be finite and positive", header.seq, header.msg_type)
+            try:
+                spec = self.master.resolve(decl.name)
+            except ValueError as exc:  # UnknownInstrumentError, or a name that is not a name at all
+                raise ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT, str(exc), header.seq,
+                                    header.msg_type) from None
+            if not (math.isclose(spec.tick_size, decl.tick_size, rel_tol=1e-9)
+                    and math.isclose(spec.point_value, decl.point_value, rel_tol=1e-9)):
+                # sizing and P&L would be wrong on one side or the other: refuse, say how to fix it
+                raise ProtocolError(ErrorCode.SESSION_BAD_HELLO,
+                                    f"{decl.name}: NT8 says tick size {decl.tick_size} and point value "
+                                    f"{decl.point_value}, the instrument master {spec.tick_size} and "
+                                    f"{spec.point_value}; correct the instrument in NT8 or declare it under "
+                                    "[[instruments]] in the sidecar's config", header.seq, header.msg_type)
+            instruments.append(SessionInstrument(iid, decl, spec))
+        for other in list(self.sessions.values()):
+            if other.hello.instance_id == hello.instance_id:
+                self._end_session(other, "REPLACED")  # the same NT8 instance reconnected
+        now_ns = time.time_ns()
+        session_id = max(now_ns // 1000, self._last_session_id + 1)
+        self._last_session_id = session_id
+        recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks, chain=self.chain)
+        pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
+                                    strategies=self.strategy_factory(), timings=self.timings,
+                                    id_prefix=f"S{session_id}", switch=self.switch, account=hello.account)
+        for event in self.limit_commands.replay(pipeline.risk):  # run-time changes made before it connected
+            recorder.audit("risk_event", event["event"], now_ns, event)
+        now = time.monotonic()
+        session = Session(session_id, rid, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
+        for i in instruments:
+            recorder.instrument(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value, i.spec.currency,
+                                i.spec.exchange, now_ns)
+        recorder.session_started(hello.instance_id, hello.account, rid.hex(), PROTOCOL_VERSION, now_ns,
+                                 now_ns - hello.nt8_clock_ns)
+        self.sessions[rid] = session
+        self.stats.sessions_opened += 1
+        self.stats.sessions_active = len(self.sessions)
+        log.info("session %s opened: instance %r account %r instruments %s%s", session_id, hello.instance_id,
+                 hello.account, [d.name for d in hello.instruments], " (lockstep)" if hello.lockstep else "")
+        cfg = self.config.server
+        self._send(session, Welcome(session_id, __version__, cfg.heartbeat_ms, cfg.heartbeat_timeout_ms, now_ns,
+                                    cfg.max_message_bytes), header.ts_send_ns)
+
+    def _end_session(self, session: Session, reason: str) -> None:
+        if self.sessions.get(session.routing_id) is not session:
+            return
+        if reason == "LOST":
+            self._flatten_lost(session)
+        del self.sessions[session.routing_id]
+        p = session.pipeline
+        self.stats.ticks_accepted += p.ticks_accepted
+        self.stats.ticks_rejected += p.ticks_rejected
+        self.quality_counts.update(p.gate.counts)
+        session.recorder.session_ended(time.time_ns(), reason)
+        self.stats.sessions_active = len(self.sessions)
+        if reason == "LOST":
+            self.stats.sessions_lost += 1
+        log.info("session %s ended: %s (%d ticks accepted, %d refused, %d orders)", session.session_id, reason,
+                 p.ticks_accepted, p.ticks_rejected, p.orders_sent)
+
+    def _flatten_lost(self, session: Session) -> None:
+        """A lost heartbeat does what the kill switch does, for that session: FLATTEN (delivered if the
+        peer is only slow, not gone; NT8's own OnSidecarLost covers the rest), and an audit record."""
+        self._send(session, Flatten(ALL_INSTRUMENTS, "sidecar lost the heartbeat of this session"))
+        session.recorder.audit("kill", "heartbeat", time.time_ns(),
+                               {"reason": "heartbeat lost", "operator": "sidecar", "scope": "session",
+                                "session_id": session.session_id, "instance_id": session.hello.instance_id})
+
+    def _clock_sample(self, session: Session, header: codec.Header) -> None:
+        """Store the offset between NT8's send stamp and the sidecar's clock (it includes the one-way latency)."""
+        now_ns = time.time_ns()
+        session.recorder.audit("clock_offset", str(session.session_id), now_ns,
+                               {"nt8_ts_send_ns": header.ts_send_ns, "sidecar_ns": now_ns,
+                                "offset_ns": header.ts_send_ns - now_ns, "seq": header.seq})
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    def _heartbeats_and_timeouts(self, now: float) -> None:
+        cfg = self.config
+        hb_s = cfg.server.heartbeat_ms / 1000.0
+        timeout_s = cfg.server.heartbeat_timeout_ms / 1000.0
+        stale_s = cfg.quality.stale_after_s
+        for session in list(self.sessions.values()):
+            if session.peer_gone:
+                # libzmq still hands out what the peer sent before its connection closed (a fast client can
+                # be tens of thousands of messages ahead): the session ends with its BYE, or once that is read
+                if now - session.last_heard > hb_s:
+                    self._end_session(session, "DISCONNECTED")
+                continue
+            if now - session.last_heard > timeout_s:
+                log.warning("session %s lost: nothing heard for %.1f s", session.session_id,
+                            now - session.last_heard)
+                self._end_session(session, "LOST")
+                continue
+            if now - session.last_sent >= hb_s:
+                self._send(session, Heartbeat(session.last_seq_in))
+            if not session.hello.lockstep:  # a playback's clock is its data, not the wall
+                self._stale_watchdog(session, now, stale_s)
+
+    def _stale_watchdog(self, session: Session, now: float, stale_s: float) -> None:
+        p = session.pipeline
+        wall_ns = time.time_ns()
+        for iid, last in session.last_tick_wall.items():
+            if now - last > stale_s and iid not in session.stale_flagged and p.gate.is_open(iid, wall_ns):
+                session.stale_flagged.add(iid)
+                detail = f"no tick for {now - last:.1f} s of wall time while the market is open"
+                log.warning("session %s %s: %s", session.session_id, p.instruments[iid].decl.name, detail)
+                p.gate.counts[QualityReason.STALE_FEED] += 1
+                session.recorder.quality_event(0, iid, QualityReason.STALE_FEED, detail, wall_ns, wall_ns, {})
+            elif now - last <= stale_s:
+                session.stale_flagged.discard(iid)
+
+    # --- sending --------------------------------------------------------------------------------
+
+    def _send(self, session: Session, msg: Message, ts_echo_ns: int = 0) -> None:
+        if session.peer_gone:
+            return  # nothing reaches it any more; what it sent is still processed
+        session.seq_out += 1
+        frames = codec.encode(msg, session.seq_out, time.time_ns(), ts_echo_ns)
+        sent = self._send_frames(session.routing_id, frames)
+        if sent:
+            session.last_sent = time.monotonic()
+        elif sent is None:
+            # The peer's connection is gone, but messages it sent before may still be queued here (ZeroMQ
+            # delivers them after the disconnect): they are processed, and stored, as if it were there. The
+            # session ends with its BYE if one is queued, else as DISCONNECTED once nothing more arrives.
+            session.peer_gone = True
+            log.warning("session %s: the peer's connection is gone; what it sent before is still processed, then the "
+                        "session ends", session.session_id)
+
+    def _send_frames(self, rid: bytes, frames: list[bytes]) -> bool | None:
+        """True when sent; False when the peer is not reading (EAGAIN); None when it is gone."""
+        try:
+            self._socket.send_multipart([rid, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # never block the hot path on a peer
+            self.stats.send_failures += 1
+            self._log_limited("SEND_FAILED", "could not send to peer %s: %s", rid.hex(), exc.strerror)
+            return None if exc.errno == zmq.EHOSTUNREACH else False
+        self.stats.messages_out += 1
+        return True
+
+    def _send_error(self, rid: bytes, session: Session | None, code: ErrorCode, seq: int, msg_type: int,
+                    text: str) -> None:
+        self.stats.errors_sent[code.name] += 1
+        err = Error(int(code), seq, msg_type, text)
+        if session is not None:
+            self._send(session, err)
+        else:  # no session yet: sequence numbers start with the WELCOME of a session
+            self._send_frames(rid, codec.encode(err, 0, time.time_ns()))
+
+    def _refuse(self, rid: bytes, session: Session | None, exc: ProtocolError) -> None:
+        self._log_refusal(rid, exc)
+        self._send_error(rid, session, exc.code, exc.seq, exc.msg_type, exc.text)
+        self._ack_refused(session, exc.seq)
+
+    def _ack_refused(self, session: Session | None, seq: int) -> None:
+        """A lockstep peer waits for the acknowledgement of every seq, refused ones included."""
+        if session is not None and session.hello.lockstep and seq and self.sessions.get(session.routing_id) is session:
+            session.last_seq_in = max(session.last_seq_in, seq)
+            self._send(session, Heartbeat(session.last_seq_in))
+
+    def _log_refusal(self, rid: bytes, exc: ProtocolError) -> None:
+        self._log_limited(exc.code.name, "refused message from %s (seq %s): %s", rid.hex(), exc.seq, exc)
+
+    def _log_limited(self, key: str, fmt: str, *args: object) -> None:
+        """A warning, at most _LOG_BURST per ``key`` per _LOG_WINDOW_S; then how many were left out."""
+        now = time.monotonic()
+        window = self._log_window.setdefault(key, [now, 0, 0])
+        if now - window[0] > _LOG_WINDOW_S:
+            if window[2]:
+                log.warning("%d more %s lines in the last %.0f s were not logged (all were counted)", window[2], key,
+                            now - window[0])
+            window[:] = [now, 0, 0]
+        if window[1] < _LOG_BURST:
+            window[1] += 1
+            log.warning(fmt, *args)
+        else:
+            window[2] += 1
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        """Ticks accepted and refused so far, closed and open sessions together."""
+        open_accepted = sum(s.pipeline.ticks_accepted for s in self.sessions.values())
+        open_rejected = sum(s.pipeline.ticks_rejected for s in self.sessions.values())
+        return {"ticks_accepted": self.stats.ticks_accepted + open_accepted,
+                "ticks_rejected": self.stats.ticks_rejected + open_rejected}
+
+
+def _unknown_instrument(iid: int, header: codec.Header) -> ProtocolError:
+    return ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT,
+                         f"instrument_id {iid} was not declared in HELLO", header.seq, header.msg_type)
+
+
+def _peek_seq(frames: list[bytes]) -> tuple[int, int]:
+    """Sequence number and type of an oversize message, when its header is readable."""
+    if frames and len(frames[0]) == codec.HEADER_SIZE:
+        try:
+            h = codec.decode_header(frames[0])
+            return h.seq, h.msg_type
+        except ProtocolError:
+            pass
+    return 0, 0

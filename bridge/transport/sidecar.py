@@ -1,0 +1,158 @@
+"""Running the sidecar: in this process (``nt8bridge serve``), or as a child process for playback.
+
+A playback starts its sidecar the way a user does, ``nt8bridge serve`` in its own process, and
+learns the bound endpoint from ``--ready-file`` (the sidecar writes it once it listens).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from bridge.core.config import Config
+from bridge.core.instruments import InstrumentMaster
+from bridge.transport.server import SidecarServer
+from bridge.storage.writer import StorageWriter
+from strategies.base import Strategy
+
+log = logging.getLogger("nt8bridge.sidecar")
+
+
+def make_strategy_factory(config: Config):
+    """Each session gets fresh strategy instances (they keep per-session state)."""
+    def factory() -> list[Strategy]:
+        from strategies.registry import build_strategies
+        return build_strategies(config.strategy)
+    return factory
+
+
+def master_for(config: Config) -> InstrumentMaster:
+    return InstrumentMaster.default().with_declared(list(config.instruments))
+
+
+def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file: Path | None = None,
+                metrics: bool | None = None, control_bind: str | None = None) -> SidecarServer:
+    """Serve until SIGINT/SIGTERM; flushes every row to storage before returning."""
+    writer = StorageWriter(db_url, batch_rows=config.storage.batch_rows, queue_batches=config.storage.queue_batches,
+                           flush_interval_s=config.storage.flush_interval_ms / 1000.0)
+    writer.start()
+    chain = None
+    if config.audit.enabled:
+        from bridge.audit.trail import open_chain
+        chain = open_chain(config, db_url, writer)
+    server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config), chain=chain)
+    server.record_config()
+    endpoint = server.bind(bind)
+    try:
+        control = server.bind_control(control_bind)
+    except zmq.ZMQError as exc:
+        writer.close()
+        raise RuntimeError(f"cannot bind the control channel {control_bind or config.server.control_bind}: "
+                           f"{exc.strerror}; another sidecar may hold it: give this one --control-bind "
+                           "tcp://127.0.0.1:PORT (or set server.control_bind)") from None
+    if metrics if metrics is not None else config.metrics.enabled:
+        from bridge.transport.metrics import serve_metrics
+        port = serve_metrics(server, writer, config.metrics.host, config.metrics.port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the current message", signum)
+        server.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if ready_file is not None:
+        if control:
+            Path(str(ready_file) + ".control").write_text(control, encoding="utf-8")  # before the endpoint
+        tmp = Path(str(ready_file) + ".tmp")
+        tmp.write_text(endpoint, encoding="utf-8")
+        tmp.replace(ready_file)  # atomic: the reader never sees half an endpoint
+    try:
+        server.run()
+    finally:
+        if chain is not None:
+            chain.close()  # fsync and a last signed checkpoint
+        writer.close()
+        stats = writer.stats
+        log.info("storage closed: %d rows committed, %d rejected, %d backpressure waits",
+                 sum(stats.rows_written.values()), stats.rows_rejected, stats.backpressure_waits)
+    return server
+
+
+class SidecarProcess:
+    """``nt8bridge serve`` in a child process on a free loopback port."""
+
+    def __init__(self, db_url: str, config_path: Path | None = None, log_path: Path | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.db_url = db_url
+        self.config_path = config_path
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self.endpoint: str | None = None
+        self.control_endpoint: str | None = None  # nt8bridge kill / enable go here
+        self._tmp = tempfile.TemporaryDirectory(prefix="nt8bridge-")
+        self._log = None
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        ready = Path(self._tmp.name) / "endpoint"
+        cmd = [sys.executable, "-m", "bridge.cli"]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        cmd += ["serve", "--bind", "tcp://127.0.0.1:*", "--control-bind", "tcp://127.0.0.1:*", "--db", self.db_url,
+                "--ready-file", str(ready), "--no-metrics", *self.extra_args]
+        log_path = self.log_path or Path(self._tmp.name) / "sidecar.log"
+        self._log = open(log_path, "ab")
+        self.log_path = log_path
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if ready.exists():
+                self.endpoint = ready.read_text(encoding="utf-8")
+                control = Path(str(ready) + ".control")
+                self.control_endpoint = control.read_text(encoding="utf-8") if control.exists() else None
+                return self.endpoint
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the sidecar exited with code {self.proc.returncode} before listening; "
+                                   f"its log: {log_path}\n{self.tail()}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"the sidecar did not listen within {timeout_s:.0f} s; its log: {log_path}")
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 120.0) -> int:
+        """SIGINT (a clean shutdown that flushes storage), then wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"the sidecar did not stop within {timeout_s:.0f} s and was killed; "
+                                   f"its log: {self.log_path}") from None
+        if self._log is not None:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> SidecarProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
