@@ -14,7 +14,7 @@
 - ``close``, ``ret_1``: the close and its log return.
 
 The windowed statistics cost O(window) per bar (windows of tens of bars, once a minute); the ML
-feature set of issue 4, which must be O(1) per tick, is a separate engine.
+model's features are a separate engine (``ml.features.OnlineFeatures``, O(1) per bar).
 """
 
 from __future__ import annotations

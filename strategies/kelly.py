@@ -11,8 +11,8 @@ The formulas (``../shared/reference/compliance.md``, Thorp 2006):
   error; hard caps always win over the Kelly number.
 
 Everything here is pure arithmetic (no state), so that each sizing can be explained and
-recomputed from its ``KellySizing`` record. Wiring into the pipeline's sizing stage, per-strategy
-caps and the portfolio netting of issue 5 build on it.
+recomputed from its ``KellySizing`` record. The portfolio (``strategies.portfolio``: per-strategy
+caps, netting, the sizing of each plan) builds on it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Brackets are created by the order emitter; ORDER_UPDATE and EXECUTION move them. Position per
 instrument is summed from executions (drive fills from executions, not order updates, as the Help
 Guide says), and duplicate executions, which live brokers do send, are recognised by id and
-ignored. Issue 6's reconciliation compares this ledger with NT8's POSITION reports.
+ignored. Reconciliation (``bridge.audit.reconcile``) compares this ledger with NT8's POSITION reports.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A simple, documented fill model for the Python NT8 client (the quick playback path).
 
-The faithful NT8 simulator is the C# work of issue 3; this one exists so that tests, benchmarks and
-``nt8bridge playback --engine python`` can close the loop. Its rules:
+The faithful NT8 simulator is the C# one (``bridge.nt8.simulator``, ``--engine nt8sim``); this one
+exists so that tests, benchmarks and ``nt8bridge playback --engine python`` can close the loop.
+Its rules:
 
 - Only trades (LAST ticks) fill orders; a trade is the evidence that a price was reachable.
 - An order becomes live on the first trade *after* the one whose processing produced it (the

@@ -1,4 +1,4 @@
-"""The full pre-trade risk engine (issue 6): limits per scope, trading states, overrides, fail closed.
+"""The pre-trade risk engine: limits per scope, trading states, overrides, fail closed.
 
 Pure and deterministic: every call takes its event time (``now_ns``, nanoseconds since the Unix
 epoch, UTC); nothing here reads a clock, a file or a socket. A denial is a result, never an
@@ -198,7 +198,8 @@ class RiskReason(StrEnum):
     RISK_STATE_REDUCING = "RISK_STATE_REDUCING"
     RISK_NO_LIMIT = "RISK_NO_LIMIT"
     RISK_NO_REFERENCE_PRICE = "RISK_NO_REFERENCE_PRICE"
-    # kept from the basic engine (bridge/risk.py) so that replacing it loses no check
+    # the order's own shape: stop and target on their sides of the entry (the reference price for a
+    # market entry), and valid fields
     RISK_BRACKET_GEOMETRY = "RISK_BRACKET_GEOMETRY"
     RISK_INVALID_ORDER = "RISK_INVALID_ORDER"  # quantity <= 0, a non-finite price, no tick size...
 

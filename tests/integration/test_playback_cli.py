@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from bridge.core.config import build_config
+from bridge.core.instruments import InstrumentMaster
 from bridge.nt8.client import Nt8Client
 from bridge.protocol import messages as m
 from tests.conftest import PLUMBING_CONFIG
+from tests.integration.test_playback_digest import PINNED
 
 CLI = [sys.executable, "-m", "bridge.cli"]
 
 
-def nt8bridge(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+def nt8bridge(*args: str, check: bool = True, timeout: float = 900,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"nt8bridge {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
@@ -50,6 +58,9 @@ def test_es_tick_playback_is_complete_reconciled_and_repeatable(shared_data, tmp
     assert first["digest"] == second["digest"]
     assert (first["brackets"], first["fills"], first["realized_pnl"]) == \
         (second["brackets"], second["fills"], second["realized_pnl"])
+    # repeatable, and what the reference playback has always traded
+    assert {"digest": first["digest"], "brackets": first["brackets"], "fills": first["fills"],
+            "realized_pnl": first["realized_pnl"]["ES 06-18"]} == PINNED["python"]
     sid = first["session_id"]
     # every fill the client made is an execution the sidecar stored
     assert rows(db, "select count(*) from executions where session_id = ?", sid)[0][0] == first["fills"]
@@ -62,6 +73,82 @@ def test_es_tick_playback_is_complete_reconciled_and_repeatable(shared_data, tmp
     assert len(decisions) == first["decisions"] >= first["brackets"]
     assert all('"risk":[' in inputs for _, inputs in decisions)
     assert rows(db, "select end_reason from sessions where session_id = ?", sid) == [("BYE",)]
+
+
+@pytest.mark.shared_data
+def test_es_tick_playback_under_the_default_sizing_records_why_it_sends_nothing(shared_data, tmp_path):
+    """No --config: fractional Kelly and the regime filter, as a user gets them. The docs say the reference
+    strategy has no edge after costs, so Kelly sizes it to zero and nothing is sent; every signal must
+    still be a stored NO_TRADE decision that says why, with the numbers to check it."""
+    # no config file of the machine's user and no NT8BRIDGE_* override may stand in for the defaults
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NT8BRIDGE_")}
+    env["XDG_CONFIG_HOME"] = env["APPDATA"] = str(tmp_path / "no-user-config")
+    db = tmp_path / "kelly.sqlite"
+    data = str(shared_data / "nt8" / "ES 06-18.Last.txt.gz")
+    summary = json.loads(nt8bridge("playback", "--json", "--quiet", "--data", data, "--db", f"sqlite:///{db}",
+                                   env=env).stdout)
+    sid = summary["session_id"]
+    defaults = build_config({}, {})
+
+    # the sidecar ran the product's defaults, as the configuration it audited at start shows (before any
+    # session, so the fresh database holds exactly one)
+    [(payload,)] = rows(db, "select payload from audit_chain where kind = 'config'")
+    recorded = tomllib.loads(json.loads(payload)["toml"])
+    for section in ("strategy", "sizing", "portfolio", "risk"):
+        assert recorded[section] == dataclasses.asdict(getattr(defaults, section)), section
+    assert recorded["sizing"]["mode"] == "kelly" and recorded["portfolio"]["regime_filter"] is True
+
+    # nothing sent, nothing filled: the digest is that of no orders and no fills
+    assert summary["brackets"] == summary["fills"] == 0 and summary["realized_pnl"] == {}
+    assert summary["digest"] == hashlib.sha256().hexdigest()
+    assert rows(db, "select count(*) from orders where session_id = ?", sid) == [(0,)]
+    assert rows(db, "select count(*) from executions where session_id = ?", sid) == [(0,)]
+    # and still every tick stored, and a clean end
+    assert summary["ticks_read"] == 74_907 and summary["ticks_rejected"] == 0
+    assert rows(db, "select count(*) from ticks where session_id = ?", sid) == [(summary["ticks_read"],)]
+    assert rows(db, "select end_reason from sessions where session_id = ?", sid) == [("BYE",)]
+
+    decisions = rows(db, "select decision_id, strategy, outcome, rationale, inputs from decisions where session_id = ?",
+                     sid)
+    assert len(decisions) == summary["decisions"] > 0
+    # each decision is in the audit chain too
+    chained = rows(db, "select subject_id from audit_chain where session_id = ? and kind = 'decision'", sid)
+    assert sorted(d for (d,) in chained) == sorted(d[0] for d in decisions)
+
+    es = InstrumentMaster.default().resolve("ES 06-18")
+    sizing_cfg = defaults.sizing
+    cost = 2.0 * (sizing_cfg.commission_per_contract + sizing_cfg.slippage_ticks * es.tick_size * es.point_value)
+    no_edge, regime_off = [], []
+    for decision_id, strategy, outcome, rationale, inputs in decisions:
+        assert strategy.startswith("momentum@") and outcome == "NO_TRADE", (decision_id, outcome)
+        record = json.loads(inputs)
+        assert "risk" not in record  # a signal sized to nothing never reaches the risk stage
+        signal, sizing = record["signal"], record["sizing"]
+        if rationale.startswith("switched off by regime: "):
+            # momentum is a trend strategy: its regime multiplier was 0, so it was never sized
+            assert sizing["regime_weight"] == 0.0 and "trend 0.00" in sizing["regime"], decision_id
+            regime_off.append(decision_id)
+            continue
+        assert rationale.startswith("sized to zero: "), (decision_id, rationale)
+        # Kelly's arithmetic, recomputed from the recorded signal and the default costs: no edge after costs
+        assert sizing["mode"] == "kelly" and sizing["regime_weight"] > 0.0
+        assert sizing["kelly_multiplier"] == sizing_cfg.kelly_fraction and sizing["equity"] == sizing_cfg.equity
+        # no trade in the session yet, so the win probability is the strategy's stated one
+        assert (sizing["track_wins"], sizing["track_losses"]) == (0, 0)
+        assert sizing["p"] == sizing["stated_p"] == signal["win_probability"] == defaults.strategy.momentum_win_prior
+        entry = sizing["entry_ref"]
+        risk = abs(entry - signal["stop"]) * es.point_value + cost
+        reward = abs(signal["target"] - entry) * es.point_value - cost
+        assert sizing["risk_per_contract"] == pytest.approx(risk)
+        assert sizing["reward_per_contract"] == pytest.approx(reward)
+        assert sizing["payoff_ratio"] == pytest.approx(reward / risk)
+        break_even = 1.0 / (1.0 + reward / risk)
+        assert sizing["p"] <= break_even and f"break-even {break_even:.3f}" in rationale
+        assert sizing["kelly_f"] == sizing["shrunk_f"] == sizing["applied_f"] == 0.0
+        assert sizing["uncapped_contracts"] == sizing["contracts"] == 0
+        no_edge.append(decision_id)
+    # both defaults did their part on this session: the regime filter and Kelly each stopped signals
+    assert no_edge and regime_off
 
 
 @pytest.mark.shared_data

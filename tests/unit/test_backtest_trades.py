@@ -78,4 +78,4 @@ def test_the_report_says_why_a_strategy_cannot_trade():
     status = strategy_status(c)
     assert list(status) == ["momentum", "ml"]
     assert status["momentum"] == "ready"
-    assert status["ml"].startswith("no model")   # and why: the wording is the ML strategy's (issue 4)
+    assert status["ml"].startswith("no model")   # and why: the wording is the ML strategy's (strategies/ml_strategy.py)

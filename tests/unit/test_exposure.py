@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies.exposure import (
-    EXPOSURE_TOL,
     HedgeOrder,
     Holding,
     ReturnCorrelation,
@@ -23,7 +22,7 @@ from strategies.exposure import (
     max_contracts_within_limit,
 )
 
-TOL = 1e-9          # the documented tolerance, restated here so that a change to it is noticed
+TOL = 1e-9          # the documented tolerance (ES-eq), restated so that the tests below notice a change to it
 NS_PER_MIN = 60_000_000_000
 T0 = 1_700_000_000 * 1_000_000_000
 
@@ -31,10 +30,6 @@ T0 = 1_700_000_000 * 1_000_000_000
 POINT_VALUE = {"ES": 50.0, "MES": 5.0, "NQ": 20.0, "MNQ": 2.0, "YM": 5.0, "MYM": 0.5, "RTY": 50.0, "M2K": 5.0}
 PRICE = {"ES": 4500.0, "MES": 4500.0, "NQ": 16000.0, "MNQ": 16000.0, "YM": 35000.0, "MYM": 35000.0,
          "RTY": 2000.0, "M2K": 2000.0}
-
-
-def test_tolerance_is_the_documented_one():
-    assert EXPOSURE_TOL == TOL
 
 
 # --------------------------------------------------------------------------- fixtures: synthetic bars
@@ -320,6 +315,28 @@ def test_max_contracts_known_cases(current, per, direction, wanted, limit, expec
     assert max_contracts_within_limit(current, per, direction, wanted, limit) == expected
 
 
+# Offsets of the exposure one contract would reach, from the limit: inside, exactly at it, beyond it by
+# less than the tolerance (floating-point error, let through), and beyond it by more (a real excess).
+TOLERANCE_CASES = [(-1e-6, 1), (0.0, 1), (TOL / 2, 1), (2 * TOL, 0), (1e-6, 0)]
+
+
+@pytest.mark.parametrize("excess, allowed", TOLERANCE_CASES)
+@pytest.mark.parametrize("direction", [1, -1])
+def test_the_tolerance_lets_rounding_through_the_limit_but_not_a_real_excess(excess, allowed, direction):
+    # one contract of exactly 1 ES-eq takes |exposure| from 2 + excess to 3 + excess against a limit of 3
+    current = direction * (2.0 + excess)
+    assert max_contracts_within_limit(current, 1.0, direction, 3, 3.0) == allowed
+
+
+@pytest.mark.parametrize("excess, allowed", TOLERANCE_CASES)
+@pytest.mark.parametrize("direction", [1, -1])
+def test_the_tolerance_bounds_a_reducing_order_that_goes_through_flat(excess, allowed, direction):
+    # beyond the limit already (|exposure| 5 > 3): a reducing order may end on the other side, but at
+    # most as far out as it started; a contract of 10 + excess ES-eq ends at 5 + excess the other way
+    current = -direction * 5.0
+    assert max_contracts_within_limit(current, 10.0 + excess, direction, 1, 3.0) == allowed
+
+
 @pytest.mark.parametrize("per, direction, wanted, limit", [
     (0.0, 1, 1, 1.0), (-0.1, 1, 1, 1.0), (math.nan, 1, 1, 1.0), (0.1, 0, 1, 1.0), (0.1, 2, 1, 1.0),
     (0.1, 1, -1, 1.0), (0.1, 1, 1.5, 1.0), (0.1, 1, 1, -1.0), (0.1, 1, 1, math.nan),
@@ -415,6 +432,15 @@ def test_hedge_order_known_cases(exposure, threshold, target, hedge, max_n, cont
 ])
 def test_hedge_order_none(exposure, threshold, max_n):
     assert hedge_order(exposure, threshold, 0.0, ES_HEDGE, 4500.0, 50.0, max_n) is None
+
+
+@pytest.mark.parametrize("excess, contracts", [(0.0, -2), (TOL / 4, -2), (TOL, -3), (1e-6, -3)])
+def test_a_hedge_takes_the_extra_contract_only_when_it_is_closer_by_more_than_the_tolerance(excess, contracts):
+    # from +2.5 + excess, selling 2 ES leaves +0.5 + excess and selling 3 leaves -0.5 + excess: the third
+    # contract is closer to flat by 2 * excess, a tie (fewer commissions win) unless that beats the tolerance
+    order = hedge_order(2.5 + excess, 2.0, 0.0, ES_HEDGE, 4500.0, 50.0, 10)
+    assert order is not None and order.contracts == contracts
+    assert order.es_after == pytest.approx(2.5 + excess + contracts, abs=1e-12)
 
 
 def test_hedge_order_refuses_nonsense():

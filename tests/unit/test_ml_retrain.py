@@ -1,11 +1,12 @@
 """Retraining under apscheduler with a controlled clock (no sleeping): the schedule fires after the
 Friday close, a missed run is done once or skipped past its grace, and a challenger replaces the
-champion only through the promotion gates."""
+champion only through the promotion gates; and one real quick retraining on the team's ES minute bars."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from apscheduler.executors.debug import DebugExecutor
 from apscheduler.schedulers.base import BaseScheduler
 
 from ml.registry import Registry
-from ml.retrain import RETRAINER, Retrainer, promotion_gates, trigger_from_text
+from ml.retrain import PARITY_TOLERANCE, RETRAINER, Retrainer, promotion_gates, trigger_from_text
 
 UTC = dt.timezone.utc
 
@@ -150,3 +151,51 @@ def test_a_bad_schedule_says_how_to_write_one():
     with pytest.raises(ValueError, match="cron:fri 16:30"):
         trigger_from_text("weekly")
     assert json.dumps(str(trigger_from_text("interval:24")))
+
+
+@pytest.mark.shared_data
+def test_a_real_quick_retraining_registers_a_challenger_and_its_gate_verdicts_follow_its_figures(shared_data, tmp_path):
+    """ml.train itself (quick) on the newest week of real ES minute bars, through Retrainer.run_once with
+    auto-promotion on: the challenger is in the registry, on disk and in the database, and each gate's
+    verdict, and whether it was promoted, follows from the out-of-sample figures it was registered with."""
+    db = tmp_path / "r.sqlite"
+    retrainer = Retrainer([shared_data / "nt8" / "ES 12-23.Last.txt"], tmp_path / "registry", f"sqlite:///{db}",
+                          quick=True, window_days=7, auto_promote=True)
+    result = retrainer.run_once()
+    assert retrainer.history == [result]
+
+    registry = Registry(retrainer.registry_root, retrainer.db_url)
+    (model,) = registry.list()
+    assert model.model_id == result["model_id"] and model.in_db is True
+    registry.verify(model)  # every artifact hashes to what was registered
+    meta = json.loads((model.path / "model.json").read_text())
+    assert meta["files"] == ["ES 12-23.Last.txt"]
+    assert meta["test_end_ns"] - meta["train_start_ns"] <= 7 * 86_400 * 10**9  # the newest window only
+    assert set(meta["parity_max_abs"]) == {"lightgbm", "xgboost", "lstm", "transformer", "meta"}
+
+    ev = meta["metrics"]["evaluation"]
+    ensemble, base_rate = ev["ensemble"]["log_loss"], ev["base_rate_model"]["log_loss"]
+    worst_parity = max(meta["parity_max_abs"].values())
+    failed = {"no skill": not ensemble < base_rate, "ONNX parity": not worst_parity <= PARITY_TOLERANCE}
+    reasons = result["gate_reasons"]
+    # not expired (14 days from now) and no champion to compare with: only these two gates can fail
+    assert len(reasons) == sum(failed.values())
+    for gate, fails in failed.items():
+        assert sum(r.startswith(gate) for r in reasons) == fails, (gate, reasons)
+    if failed["no skill"]:
+        assert any(f"{ensemble:.5f}" in r and f"{base_rate:.5f}" in r for r in reasons), reasons
+    if failed["ONNX parity"]:
+        assert any(f"{worst_parity:.2e}" in r for r in reasons), reasons
+    assert meta["expires_ns"] > result["finished_ns"]
+    assert result["gates_passed"] is not any(failed.values())
+    assert result["promoted"] is result["gates_passed"]  # auto-promotion on: the gates alone decide
+
+    status = "champion" if result["promoted"] else "challenger"
+    assert model.status == status
+    events = [(e["event"], e["operator"]) for e in registry.events(model.model_id)]
+    assert events == [("register", "registry")] + ([("promote", RETRAINER)] if result["promoted"] else [])
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select model_id, status, metrics from models").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(model.model_id, status)]
+    # the figures the gates judged are the ones stored in the database row
+    assert json.dumps(json.loads(rows[0][2]), sort_keys=True) == json.dumps(meta["metrics"], sort_keys=True)

@@ -933,9 +933,10 @@ def test_registry_spread_instances_do_not_share_state():
 
 
 def test_spread_closes_the_unhedged_leg_when_the_other_leg_was_closed_by_its_protective_order():
-    """Regression (ES/NQ, 2023-11-02 in the issue-5 backtest): the NQ leg's protective stop filled and the
-    ES leg stayed open, unhedged, for 16 minutes until the spread's z-score exit. Once both legs have
-    filled, a leg gone flat on its own means the spread no longer exists: the other leg is closed."""
+    """Regression (ES/NQ, 2023-11-02 in the spread backtest of docs/strategies.md): the NQ leg's protective
+    stop filled and the ES leg stayed open, unhedged, for 16 minutes until the spread's z-score exit. Once
+    both legs have filled, a leg gone flat on its own means the spread no longer exists: the other leg is
+    closed."""
     cfg = spread_cfg()
     feed, a, b, entry_abs = _entered_feed(cfg)
     m, algo = len(a), feed.strategy.algorithm_id
