@@ -1,6 +1,7 @@
 """Benchmark the tamper-evident audit chain (bridge/audit/chain.py).
 
     .venv/bin/python bench/bench_audit.py [--appends N] [--verify-records M] [--block B] [--json] [--keep]
+                                          [--smoke]
 
 Prints:
 * append: per-call latency p50/p99/max (us) and throughput (records/s) of ``AuditChain.append`` with
@@ -17,6 +18,10 @@ Prints:
 Goals (from the design brief): append well under 20 us on this 2-core machine; 1,000,000 records
 verified well under a minute. Nothing fails on a threshold: the figures, the goal and whether it
 is met are printed. The machine is shared: compare runs by the ratio to the baseline.
+
+It fails (exit code 1) when the workload no longer does what is measured: the journal does not hold
+every appended record, or the verified journal does not verify whole with its signed checkpoints.
+``--smoke`` runs it at tiny sizes in a second or two for that check alone.
 """
 
 from __future__ import annotations
@@ -34,7 +39,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import smoke  # noqa: E402 - bench/smoke.py, beside this file
 from bridge.audit.chain import AuditChain, _encode, read_checkpoints, verify_journal  # noqa: E402
+
+# --smoke: a few blocks of appends and a journal with two signed checkpoints; options given explicitly win
+SMOKE = {"appends": 300, "warmup": 50, "block": 100, "verify_records": 2500}
 
 
 def make_payloads(n: int) -> list[dict[str, Any]]:
@@ -119,10 +128,14 @@ def bench_append(folder: Path, payloads: list[dict[str, Any]], n: int, block: in
     chain.close()
     os.close(fd_enc)
     os.close(fd_dumps)
-    line_bytes = (folder / "bench.audit.jsonl").stat().st_size / (n + warmup)
+    journal = folder / "bench.audit.jsonl"
+    line_bytes = journal.stat().st_size / (n + warmup)
     payload_bytes = sum(len(_encode(p).encode()) for p in payloads) / np_
+    with open(journal, "rb") as f:
+        records = sum(1 for _ in f)
     out: dict[str, Any] = {"n": n, "journal_line_bytes": round(line_bytes), "payload_bytes": round(payload_bytes),
-                           "checkpoints": len(read_checkpoints(folder / "bench.audit.checkpoints.jsonl"))}
+                           "checkpoints": len(read_checkpoints(folder / "bench.audit.checkpoints.jsonl")),
+                           "journal_records": records, "appended": n + warmup}
     for name in runners:
         s = samples[name]
         out[name] = {"p50_us": percentile(s, 50) / 1000, "p99_us": percentile(s, 99) / 1000,
@@ -141,28 +154,51 @@ def bench_verify(folder: Path, payloads: list[dict[str, Any]], n: int) -> dict[s
             p = payloads[i % np_]
             chain.append("decision", p["decision_id"], 42, p)
         public_key = chain.public_key
+        checkpoint_every = chain.checkpoint_every
     write_s = time.perf_counter() - t0
     gc.collect()
     t0 = time.perf_counter()
     result = verify_journal(journal, checkpoints, public_key)
     verify_s = time.perf_counter() - t0
-    if not result.ok or result.records != n:
-        raise SystemExit(f"verification of an untouched journal failed: {result}")
     return {"n": n, "write_s": write_s, "verify_s": verify_s, "records_s": n / verify_s,
-            "journal_mb": journal.stat().st_size / 1e6, "checkpoints_verified": result.checkpoints_verified}
+            "journal_mb": journal.stat().st_size / 1e6, "checkpoints_verified": result.checkpoints_verified,
+            "checkpoints_expected": n // checkpoint_every, "ok": result.ok, "records": result.records,
+            "reason": result.reason}
 
 
-def main(argv: list[str] | None = None) -> int:
+def workload_problems(figures: dict[str, Any]) -> list[str]:
+    """Why the figures would not measure what they say, if they would not."""
+    problems = []
+    a = figures["append"]
+    if a["journal_records"] != a["appended"]:
+        problems.append(f"the chain's journal holds {a['journal_records']} records of the {a['appended']} appended")
+    v = figures.get("verify")
+    if v is not None:
+        if not v["ok"] or v["records"] != v["n"]:
+            problems.append(f"the untouched journal did not verify: {v['records']} of {v['n']} records ({v['reason']})")
+        if v["checkpoints_verified"] < v["checkpoints_expected"]:
+            problems.append(f"{v['checkpoints_verified']} signed checkpoints verified, "
+                            f"{v['checkpoints_expected']} expected")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appends", type=int, default=100_000, help="timed appends per variant (default 100000)")
-    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=2000, help="untimed appends per variant first (default 2000)")
     parser.add_argument("--block", type=int, default=1000, help="calls per interleaved block (default 1000)")
     parser.add_argument("--verify-records", type=int, default=1_000_000,
                         help="journal size for the verify benchmark (default 1000000; 0 skips it)")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (journals, checkpoints, key)")
-    args = parser.parse_args(argv)
+    args = smoke.parse_args(parser, argv, SMOKE, 'the chain no longer records or verifies what is measured')
+    if args.appends < 1 or args.block < 1 or args.warmup < 0 or args.verify_records < 0:
+        parser.error("--appends and --block must be positive, --warmup and --verify-records not negative")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="nt8bridge-bench-audit-"))
     payloads = make_payloads(1000)
     figures: dict[str, Any] = {}
@@ -202,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work folder kept: {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+    problems = workload_problems(figures)
+    if problems:
+        print("bench_audit: FAILED, the workload no longer does what is measured: " + "; ".join(problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,7 @@
 """What the ML ensemble costs per decision: ONNX inference of each member and of the whole ensemble.
 
-    .venv/bin/python bench/bench_inference.py [--samples 100000] [--epochs 3] [--calls 5000] [--json]
+    .venv/bin/python bench/bench_inference.py [--samples 100000] [--epochs 3] [--trees 200] [--calls 5000]
+                                              [--native-calls 500] [--json] [--smoke]
 
 Trains the four members on synthetic data shaped like the real use (k features: as many as
 ``ml.features.FEATURE_NAMES`` when that module exists, else 24; T = 32 bars
@@ -24,7 +25,10 @@ call so that a burst of outside load hits every row alike:
 - each model's native ``predict_proba`` on one sample, for comparison (fewer calls).
 
 Goal: the ensemble's p99 under 1 ms. Figures, ratios and whether the goal is met are printed; the
-benchmark never fails on a threshold.
+benchmark never fails on a threshold. It fails (exit code 1) when the workload no longer computes
+what is measured: a probability that is not in [0, 1], a member that was not run, or the online
+feature update not running as the ML strategy calls it. ``--smoke`` trains tiny models on a few
+thousand samples and times a few calls, for that check alone.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import smoke  # noqa: E402 - bench/smoke.py, beside this file
 from ml.inference import OnnxEnsemble, session_options  # noqa: E402
 from ml.models import (  # noqa: E402
     LightGBMClassifierModel,
@@ -54,7 +59,9 @@ from ml.models import (  # noqa: E402
 )
 from ml.onnx_export import export_ensemble  # noqa: E402
 
-T, TREES = 32, 200
+T = 32
+# --smoke: tiny models and a few calls; options given explicitly win
+SMOKE = {"samples": 2000, "epochs": 1, "trees": 10, "calls": 50, "native_calls": 5}
 try:
     from ml.features import FEATURE_NAMES
 
@@ -140,20 +147,40 @@ def pct(values: list[float] | np.ndarray) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def main() -> int:
+def workload_problems(probabilities: list[float], member_us: dict[str, list[float]], calls: int,
+                      feature_skip: str) -> list[str]:
+    """Why the figures would not measure what they say, if they would not."""
+    problems = []
+    bad = [p for p in probabilities if not 0.0 <= p <= 1.0]  # NaN fails the comparison too
+    if bad:
+        problems.append(f"{len(bad)} of {len(probabilities)} ensemble probabilities are not in [0, 1] ({bad[0]})")
+    problems += [f"member {name} ran {len(us)} of {calls} times" for name, us in member_us.items() if len(us) != calls]
+    if feature_skip:
+        problems.append(f"the online feature update did not run: {feature_skip}")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=100_000, help="training samples (default 100000)")
     ap.add_argument("--epochs", type=int, default=3, help="max epochs of the sequence members (default 3)")
+    ap.add_argument("--trees", type=int, default=200, help="trees per tree member (default 200)")
     ap.add_argument("--calls", type=int, default=5000, help="timed single-sample calls (default 5000)")
     ap.add_argument("--native-calls", type=int, default=500, help="timed native predict_proba calls (default 500)")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    args = ap.parse_args()
+    args = smoke.parse_args(ap, argv, SMOKE, 'the ensemble no longer computes what is measured')
+    if min(args.samples, args.epochs, args.trees, args.calls, args.native_calls) < 1:
+        ap.error("sizes must be positive")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rows, windows, y = synthetic(args.samples + 20_000)
     fit_end, meta_end = args.samples, args.samples + 10_000
     members = {
-        "lightgbm": LightGBMClassifierModel(n_estimators=TREES),
-        "xgboost": XGBoostClassifierModel(n_estimators=TREES),
+        "lightgbm": LightGBMClassifierModel(n_estimators=args.trees),
+        "xgboost": XGBoostClassifierModel(n_estimators=args.trees),
         "lstm": LSTMClassifier(max_epochs=args.epochs),
         "transformer": TransformerClassifier(max_epochs=args.epochs),
     }
@@ -164,7 +191,8 @@ def main() -> int:
 
     print(f"importing torch: {time.perf_counter() - start:.1f} s")
     train_s = {}
-    print(f"training on {args.samples} samples (k={K}, T={T}, {TREES} trees, <= {args.epochs} epochs), 1 thread each")
+    print(f"training on {args.samples} samples (k={K}, T={T}, {args.trees} trees, <= {args.epochs} epochs), "
+          "1 thread each")
     for name, model in members.items():
         X = windows if name in sequence else rows
         start = time.perf_counter()
@@ -200,6 +228,7 @@ def main() -> int:
     perf, cpu = time.perf_counter_ns, time.thread_time_ns
     baseline, total, outer, on_cpu, fused, with_features = [], [], [], [], [], []
     member_us: dict[str, list[float]] = {name: [] for name in members}
+    probabilities: list[float] = []  # of every timed call, to show that they compute something
     gc.disable()  # the sidecar's hot path does not allocate enough to trigger collections either
     try:
         for i in range(warm + n):
@@ -215,10 +244,11 @@ def main() -> int:
             t3 = perf()
             if feature_step is not None:
                 row, window = feature_step()
-                ensemble.predict(row, window)
+                featured = ensemble.predict(row, window)
                 t4 = perf()
             if i < warm:
                 continue
+            probabilities += [result.probability, fused_result.probability]
             baseline.append((t1 - t0) / 1000)
             outer.append((t2 - t1) / 1000)
             on_cpu.append((c2 - c1) / 1000)
@@ -226,11 +256,11 @@ def main() -> int:
             fused.append((t3 - t2) / 1000)
             if feature_step is not None:
                 with_features.append((t4 - t3) / 1000)
+                probabilities.append(featured.probability)
             for name, us in result.member_us.items():
                 member_us[name].append(us)
     finally:
         gc.enable()
-    del fused_result
 
     native: dict[str, list[float]] = {name: [] for name in members}
     for i in range(args.native_calls):
@@ -285,6 +315,11 @@ def main() -> int:
     })
     if args.json:
         print(json.dumps(figures, indent=2))
+    problems = workload_problems(probabilities, member_us, n, feature_skip)
+    if problems:
+        print("bench_inference: FAILED, the workload no longer computes what is measured: " + "; ".join(problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,7 +1,7 @@
 """Sustained tick ingest through the real sidecar (quality gate and storage on), against a bare stream.
 
     .venv/bin/python bench/bench_ingest.py [--ticks M] [--strategy momentum|none] [--source file|synthetic]
-                                           [--data FILE] [--json] [--keep]
+                                           [--data FILE] [--batch N] [--json] [--keep] [--smoke]
 
 What runs, in this order, in one process tree:
 
@@ -30,6 +30,10 @@ Ratios are against the mean of the two baselines. Ticks: real ES 06-18 trades
 (/work/shared/data/nt8/ES 06-18.Last.txt.gz, 74,907 of them on 2018-05-07 13:30-17:00 UTC),
 repeated on the following weekdays at the same hours (in session, strictly non-decreasing) as often
 as M needs; or ``--source synthetic``: a one-tick random walk on the 0.25 grid, 1 ms apart.
+
+It fails (exit code 1) after printing its figures when the sidecar stored no tick (there is no rate to
+speak of) or lost some (sent - stored - refused is not zero). ``--smoke`` runs it at a tiny size in a
+few seconds for that check alone.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+import smoke  # noqa: E402 - bench/smoke.py, beside this file
 from bridge.nt8.client import Nt8Client
 from bridge.nt8.playback import load_stream
 from bridge.protocol import codec
@@ -61,9 +66,11 @@ from bridge.storage.queries import session_counts
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 INSTRUMENT = InstrumentDecl("ES 06-18", 0.25, 50.0)
-DEFAULT_DATA = Path("/work/shared/data/nt8/ES 06-18.Last.txt.gz")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nt8" / "ES 06-18.Last.txt.gz"
 GOAL_TICKS_PER_S = 100_000
 DRAIN_EVERY = 4096  # free-running replies (ERROR, BRACKET, HEARTBEAT) are read this often
+# --smoke: a few thousand ticks; options given explicitly win
+SMOKE = {"ticks": 3000}
 
 # A counting peer in its own interpreter (never competing with the sender for a GIL, as the
 # sidecar child does not). Protocol: the first message is answered READY (the connection is up,
@@ -355,7 +362,18 @@ def sidecar_ingest(ticks: TickColumns, strategy: str, workdir: Path, ctx: zmq.Co
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def workload_problems(sidecar: dict[str, Any]) -> list[str]:
+    """Why the figures would not measure what they say, if they would not."""
+    problems = []
+    if not sidecar["ticks_stored"]:
+        problems.append(f"the sidecar stored none of the {sidecar['ticks_sent']:,} ticks sent "
+                        f"(session end {sidecar['session_end']}, log {sidecar['sidecar_log']})")
+    if sidecar["ticks_lost"]:
+        problems.append(f"{sidecar['ticks_lost']:,} ticks lost: the rate is not one of zero loss")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ticks", type=int, default=500_000, help="ticks to stream (default 500,000)")
     p.add_argument("--strategy", default="momentum", choices=("momentum", "none"),
@@ -366,11 +384,16 @@ def main(argv: list[str] | None = None) -> int:
                    "TICKS messages of that many ticks (default 1)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (database, sidecar log)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    args = p.parse_args(argv)
+    args = smoke.parse_args(p, argv, SMOKE, 'the sidecar stores nothing or loses ticks')
     if args.ticks < 1:
         p.error("--ticks must be positive")
     if not 1 <= args.batch <= 1000:
         p.error("--batch must be 1..1000 (a TICKS message holds at most what fits in 64 KiB)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.source == "file" and not args.data.exists():
         print(f"{args.data} is missing: using synthetic ticks", file=sys.stderr)
         args.source = "synthetic"
@@ -439,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
                           "client_into_counter": client_only, "encode_only": encode, "sidecar": sidecar,
                           "ratio_to_baseline": rate / base, "goal_ticks_per_s": GOAL_TICKS_PER_S,
                           "meets_goal": meets}, indent=2, default=str))
+    problems = workload_problems(sidecar)
+    if problems:
+        print("bench_ingest: FAILED, the workload no longer ingests what is measured: " + "; ".join(problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 

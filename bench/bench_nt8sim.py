@@ -1,15 +1,16 @@
 """NT8 simulator playback (the real NinjaScript under Mono) through the real sidecar: latency and ticks/s.
 
-    .venv/bin/python bench/bench_nt8sim.py [--data FILE] [--max-events N] [--repeat N] [--latency-ms MS]
-                                           [--event-warmup E] [--samples N] [--warmup W] [--block B]
-                                           [--no-acker] [--no-after] [--keep] [--json]
+    .venv/bin/python bench/bench_nt8sim.py [--data FILE] [--max-events N] [--repeat N] [--window W]
+                                           [--latency-ms MS] [--event-warmup E] [--samples N] [--warmup W]
+                                           [--block B] [--no-acker] [--no-after] [--keep] [--json] [--smoke]
 
 What runs: ``bridge.nt8.simulator.run_nt8sim``, as ``nt8bridge playback --engine nt8sim`` does: the NinjaScript
 strategy (ninjascript/Strategies/Nt8Bridge.cs) in the NT8 simulator, hosted by pythonnet in this process,
 plays a data file against a sidecar child process (``SidecarProcess``: ``nt8bridge serve``, a fresh SQLite
-file, storage on, the momentum strategy), a fresh sidecar for every run. The engine times every event in
-C# (``Nt8SimResult.event_micros``: wall microseconds from the start of the event until everything it
-caused is done), so nothing crosses into Python per tick.
+file, storage on, the momentum strategy in bench_roundtrip.py's plumbing configuration: one contract per
+bracket, no regime filter, so that the strategy trades), a fresh sidecar for every run. The engine times
+every event in C# (``Nt8SimResult.event_micros``: wall microseconds from the start of the event until
+everything it caused is done), so nothing crosses into Python per tick.
 
 * Lockstep (``--repeat`` runs): every message the strategy posts waits for the sidecar's acknowledgement.
   Events at which an entry order (name ``...:E``) was submitted are "tick -> BRACKET": the TICK, the
@@ -39,6 +40,12 @@ interleaved in blocks of ``--block`` samples after ``--warmup`` discarded ones:
   sidecar's own processing of an ordinary tick is this minus the echo.
 
 The machine is small and shared: compare ratios measured in one run, not absolute figures across runs.
+
+It fails (exit code 1) after printing its figures when a playback no longer produces what is measured:
+a lockstep run against the sidecar without an entry and a fill (no tick -> BRACKET), a strategy
+error, a lockstep run whose ticks the sidecar did not all store, or a free-running run of which the
+sidecar stored nothing. ``--smoke`` plays the first 30,000 events of ES 06-18 (the first entry comes at
+about event 25,500) with small baselines, for that check alone; it still compiles and hosts Mono.
 """
 
 from __future__ import annotations
@@ -63,14 +70,17 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_roundtrip as rt  # noqa: E402  (the echo child, its workload, the Python tick -> ack, summarize)
 
+import smoke  # noqa: E402 - bench/smoke.py, beside this file
 from bridge.core.config import load_config  # noqa: E402
 from bridge.protocol.messages import MsgType  # noqa: E402
 from bridge.transport.sidecar import SidecarProcess, master_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "nt8" / "ES 06-18.Last.txt.gz"
-GOAL_EVENTS_PER_S = 20_000  # the issue's goal for lockstep playback on this machine
+GOAL_EVENTS_PER_S = 20_000  # the goal for lockstep playback on this 2-core machine
 MINUTE_NS = 60 * 1_000_000_000
+# --smoke: far enough into ES 06-18 for the first entry, tiny baselines; options given explicitly win
+SMOKE = {"max_events": 30_000, "samples": 50, "warmup": 10, "block": 25, "event_warmup": 100}
 
 # A ROUTER that plays a sidecar which costs nothing: WELCOME for HELLO, an immediate HEARTBEAT(ack_seq)
 # for everything else (BYE excepted), no decoding beyond the 32-byte header. It counts messages by type
@@ -610,7 +620,26 @@ def report(args: argparse.Namespace, before: dict[str, Any], after: dict[str, An
             "goal_events_per_s": GOAL_EVENTS_PER_S, "lockstep_best_events_per_s": best, "goal_met": met}
 
 
-def main(argv: list[str] | None = None) -> int:
+def workload_problems(lock: list[dict[str, Any]], free: dict[str, Any], acker_lock: list[dict[str, Any]],
+                      acker_free: dict[str, Any] | None, tick_file: bool) -> list[str]:
+    """Why the figures would not measure what they say, if they would not. Stored ticks are counted
+    only for a tick file: a minute file's events reach the sidecar as bars."""
+    problems = []
+    for r in lock:
+        if not r["brackets"] or not r["fills"]:
+            problems.append(f"[{r['label']}] {r['brackets']} entries and {r['fills']} fills in {r['events']:,} events: "
+                            "no tick -> BRACKET to time (is the sidecar still in the plumbing configuration?)")
+        if tick_file and r.get("ticks_stored") != r["events"]:
+            problems.append(f"[{r['label']}] the sidecar stored {r.get('ticks_stored')} of {r['events']:,} ticks")
+    if tick_file and not free.get("ticks_stored"):
+        problems.append(f"[{free['label']}] the sidecar stored no tick ({free.get('session_end')})")
+    for r in [*lock, free, *acker_lock, *([acker_free] if acker_free else [])]:
+        if r["strategy_error"]:
+            problems.append(f"[{r['label']}] strategy error: {r['strategy_error'][:200]}")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"NT8 data file (default {DEFAULT_DATA})")
     p.add_argument("--max-events", type=int, default=None, help="play at most this many events (default: all)")
@@ -627,13 +656,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-after", action="store_true", help="measure the baselines only before the playbacks")
     p.add_argument("--keep", action="store_true", help="keep the work folder (databases, sidecar logs)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    args = p.parse_args(argv)
+    args = smoke.parse_args(p, argv, SMOKE, 'a playback no longer brings an entry')
     if args.samples < 1 or args.warmup < 0 or args.block < 1 or args.repeat < 1 or args.event_warmup < 0:
         p.error("--samples, --block and --repeat must be positive, --warmup and --event-warmup not negative")
     if args.latency_ms < 1:
         p.error("--latency-ms must be at least 1 (0 would be lockstep)")
     if not args.data.exists():
         p.error(f"no data file {args.data}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nt8bridge-bench-") as tmp:
         workdir = Path(tempfile.mkdtemp(prefix="nt8bridge-bench-")) if args.keep else Path(tmp)
         (workdir / "sidecar.toml").write_text(rt.CONFIG_TOML, encoding="utf-8")
@@ -669,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n(elapsed {out['elapsed_s']} s{'; work folder kept: ' + str(workdir) if args.keep else ''})")
         if args.json:
             print(json.dumps(out, indent=2, default=str))
+    problems = workload_problems(lock, free, acker_lock, acker_free, tick_file=closes is not None)
+    if problems:
+        print("bench_nt8sim: FAILED, the workload no longer produces what is measured: " + "; ".join(problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 

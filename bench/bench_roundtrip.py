@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_roundtrip.py [--samples N] [--warmup W] [--block B] [--json]
                                               [--no-inprocess] [--inprocess-samples K]
+                                              [--config FILE] [--smoke]
 
 Three latencies, all measured by this process with ``time.perf_counter_ns`` around one message:
 
@@ -24,6 +25,16 @@ Unless ``--no-inprocess``: the same workloads against a ``SidecarServer`` run in
 process (labelled IN-PROCESS), only to read the server's own per-stage timings
 (``server.timings``), which a child process cannot report. Its round trips share one GIL with the
 client and are not comparable with the child-process figures.
+
+The sidecar runs the plumbing configuration (``CONFIG_TOML``, the same as tests/plumbing.toml, with
+the momentum strategy named): one contract per bracket, no regime filter. The benchmark times the
+path a decision takes, not whether the strategy has an edge; under the production defaults
+(fractional Kelly sizing, the regime filter) the momentum strategy may rightly send nothing, and
+there would be no tick -> BRACKET to time. ``--config FILE`` runs another configuration instead.
+
+Every breakout must bring a BRACKET: when one does not, the benchmark stops with a message and exit
+code 1 rather than time something else. ``--smoke`` runs the same workload at tiny sizes in a few
+seconds, to prove that it still produces what it measures (tests/integration/test_benches.py).
 """
 
 from __future__ import annotations
@@ -45,7 +56,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from bridge.core.config import load_config
+import smoke  # noqa: E402 - bench/smoke.py, beside this file
+from bridge.core.config import StrategyConfig, load_config
+from bridge.core.market import BarData
 from bridge.nt8.client import ClientError, Nt8Client
 from bridge.protocol import codec
 from bridge.protocol.messages import (
@@ -59,20 +72,27 @@ from bridge.protocol.messages import (
     Tick,
     TickKind,
 )
+from bridge.storage.writer import StorageWriter
 from bridge.transport.server import SidecarServer
 from bridge.transport.sidecar import SidecarProcess, make_strategy_factory, master_for
-from bridge.storage.writer import StorageWriter
+from strategies.features import FeatureEngine, FeatureWindows
 
 INSTRUMENT = InstrumentDecl("ES 06-18", 0.25, 50.0)
 TICK_SIZE = 0.25
 NS = 1_000_000_000
 MINUTE_NS = 60 * NS
-GOAL_RATIO = 5.0  # the issue's goal: p99 within 5x of the bare echo's p99
+GOAL_RATIO = 5.0  # the goal: p99 within 5x of the bare echo's p99
 
 # The sidecar's configuration, written to a file so that neither the user's config.toml nor
-# $NT8BRIDGE_CONFIG changes what is measured. Only the strategy is named; the rest is the default.
-# one contract per bracket and no regime switch: the bench times the path, not the strategy's edge
-CONFIG_TOML = '[strategy]\nnames = "momentum"\n[sizing]\nmode = "fixed"\n[portfolio]\nregime_filter = false\n'
+# $NT8BRIDGE_CONFIG changes what is measured: tests/plumbing.toml (one contract per bracket, no regime
+# filter) with the momentum strategy named. The bench times the path a decision takes, not the
+# strategy's edge; with Kelly sizing and the regime filter the strategy may rightly send nothing.
+CONFIG_TOML = ('[strategy]\nnames = "momentum"\n[sizing]\nmode = "fixed"\nquantity = 1\n'
+               '[portfolio]\nregime_filter = false\n')
+
+# --smoke: the same workload in a few seconds; options given explicitly still win. Ten brackets per
+# session, so that a smoke run opens several sessions as a full run does.
+SMOKE = {"samples": 20, "warmup": 5, "block": 10, "inprocess_samples": 20, "brackets_per_session": 10}
 
 # The echo peer runs in its own interpreter so that it never competes with the client for a GIL,
 # exactly as the sidecar child does not. Socket options mirror SidecarServer.bind.
@@ -146,6 +166,24 @@ def session_days(first: dt.date) -> Callable[[], dt.date]:
 # ---------------------------------------------------------------------------------------------
 
 
+class WorkloadError(RuntimeError):
+    """The workload no longer produces what the benchmark measures (a BRACKET per breakout, no reply
+    to an ordinary tick): the figures would time something else, so the run stops."""
+
+
+def bars_before_features(strategy: StrategyConfig) -> int:
+    """Closed bars the sidecar's feature engine needs before its first snapshot; no strategy decides
+    before it. Asked of the engine itself, built with the config's windows as the pipeline builds it,
+    so that a longer window added to the features cannot leave the breakout unseen."""
+    engine = FeatureEngine(FeatureWindows(strategy.atr_bars, strategy.lookback_bars, strategy.band_bars,
+                                          strategy.er_bars, strategy.vol_bars))
+    for k in range(100_000):
+        bar = BarData(0, 60, k * MINUTE_NS, (k + 1) * MINUTE_NS, 2700.25, 2700.5, 2700.0, 2700.0, 3, 3)
+        if engine.on_bar(bar) is not None:
+            return k
+    raise WorkloadError("the feature engine gave no snapshot after 100,000 bars")
+
+
 class EchoWorkload:
     """A DEALER against the bare ROUTER echo child; the frames are a real encoded TICK."""
 
@@ -201,7 +239,7 @@ class TickAckWorkload:
         replies = self.client.step(tick)
         elapsed = time.perf_counter_ns() - t0
         if replies:
-            raise RuntimeError(f"an ordinary tick was answered with {replies!r}; the workload is wrong")
+            raise WorkloadError(f"an ordinary tick was answered with {replies!r}; the workload is wrong")
         if self.ts // MINUTE_NS != prev_minute:
             self.bar_close_ns.append(elapsed)
             return -1  # not an ordinary tick: the caller skips it
@@ -215,24 +253,30 @@ class BracketWorkload:
     """Each sample: a tick closes a bar that broke the 20-bar channel high; time to the BRACKET.
 
     Per session (a new HELLO from a new instance id, on the next trading day in event time):
-    25 quiet bars (range 2700.00-2700.50, so ATR > 0 and the 20-bar channel and the 14-bar ATR
-    are ready), then a staircase: bar j holds three trades at 2700.75 + j ticks, 20 s apart (so
-    no gap reaches the 30 s stale-feed limit). The first trade of bar j+1 closes bar j, whose
-    close is above every high before it: the breakout strategy buys. After the BRACKET, an entry
-    fill and a target fill are reported (EXECUTION), which makes the session flat again, as
-    bridge/engine/orders.py defines it, before the next bar closes. A session is used for at most
-    ``per_session`` samples (at most 1200: they must fit in 00:00-20:40 UTC, since the strategy
-    takes no entry in the last 15 minutes before the 21:00 UTC close). Keep it to a busy day's
-    worth: the sidecar's cost per decision grows with the brackets a session has seen
-    (OrderTracker scans them all), so a larger value measures that growth, not a typical tick.
+    ``quiet_bars`` quiet bars (range 2700.00-2700.50, so ATR > 0; as many as the features need
+    before their first snapshot, ``bars_before_features``: 30 with the default windows, whose
+    longest are the 30-bar band, efficiency ratio and volatility), then a staircase: bar j holds
+    three trades at 2700.75 + j ticks, 20 s apart (so no gap reaches the 30 s stale-feed limit).
+    The first trade of bar j+1 closes bar j, whose close is above every high before it: the
+    breakout strategy buys. After the BRACKET, an entry fill and a target fill are reported
+    (EXECUTION), which makes the session flat again, as bridge/engine/orders.py defines it, before
+    the next bar closes. A session is used for at most ``per_session`` samples (the quiet bars and
+    the samples must fit in 00:00-20:45 UTC, since the strategy takes no entry in the last 15
+    minutes before the 21:00 UTC close). Keep it to a busy day's worth: the sidecar's cost per
+    decision grows with the brackets a session has seen (OrderTracker scans them all), so a larger
+    value measures that growth, not a typical tick.
     """
 
-    QUIET_BARS = 25
     START_PRICE = 2700.75
+    LAST_ENTRY_MINUTE = 20 * 60 + 45  # of the UTC day: 15 minutes before the CME close (CDT)
 
-    def __init__(self, endpoint: str, ctx: zmq.Context, per_session: int = 100, prefix: str = "bench-bracket") -> None:
+    def __init__(self, endpoint: str, ctx: zmq.Context, quiet_bars: int, per_session: int = 100,
+                 prefix: str = "bench-bracket") -> None:
+        if quiet_bars + per_session > self.LAST_ENTRY_MINUTE:
+            raise ValueError(f"{quiet_bars} quiet bars and {per_session} breakouts do not fit in one session day")
         self.endpoint = endpoint
         self.ctx = ctx
+        self.quiet_bars = quiet_bars
         self.per_session = per_session
         self.prefix = prefix
         self.next_day = session_days(dt.date(2018, 5, 8))
@@ -240,7 +284,6 @@ class BracketWorkload:
         self.client: Nt8Client | None = None
         self.left = 0
         self.ack_ns: list[int] = []  # the same triggering ticks, until their ack (after the BRACKET)
-        self.sizes: list[int] = []  # bytes of each BRACKET received, for the record
 
     # -- lockstep helpers
 
@@ -249,7 +292,7 @@ class BracketWorkload:
         replies = self.client.step(msg)
         errors = [r for r in replies if isinstance(r, Error)]
         if errors:
-            raise RuntimeError(f"the sidecar refused {msg!r}: {errors[0].text}")
+            raise WorkloadError(f"the sidecar refused {msg!r}: {errors[0].text}")
         return replies
 
     def _trade(self, price: float, ts: int) -> Tick:
@@ -263,7 +306,7 @@ class BracketWorkload:
                                 instruments=[INSTRUMENT], lockstep=True, context=self.ctx)
         self.client.connect()
         self.minute = _utc_ns(dt.datetime.combine(self.next_day(), dt.time(0, 0)))
-        for m in range(self.QUIET_BARS):
+        for _ in range(self.quiet_bars):
             for k, price in enumerate((2700.25, 2700.50, 2700.00)):
                 self._step(self._trade(price, self.minute + k * 20 * NS))
             self.minute += MINUTE_NS
@@ -273,7 +316,7 @@ class BracketWorkload:
         for k in range(3):
             replies += self._step(self._trade(self.price, self.minute + k * 20 * NS))
         if replies:
-            raise RuntimeError(f"unexpected replies while setting up: {replies!r}")
+            raise WorkloadError(f"unexpected replies while setting up: {replies!r}")
         self.left = self.per_session
 
     def sample(self) -> int:
@@ -299,11 +342,15 @@ class BracketWorkload:
             elif isinstance(msg, Heartbeat):
                 client.last_ack = max(client.last_ack, msg.ack_seq)
             elif isinstance(msg, Error):
-                raise RuntimeError(f"the sidecar refused the triggering tick: {msg.text}")
+                raise WorkloadError(f"the sidecar refused the triggering tick: {msg.text}")
         t_ack = time.perf_counter_ns()
         if bracket is None:
-            raise RuntimeError(f"no BRACKET after the bar closing at {self.minute}: the workload no longer "
-                               "makes the strategy break out (check bridge/engine/pipeline.py, strategies/momentum.py)")
+            closed = dt.datetime.fromtimestamp(self.minute // NS, dt.timezone.utc)
+            raise WorkloadError(
+                f"no BRACKET after the tick closing breakout bar {self.per_session - self.left} of session "
+                f"{self.sessions} (event time {closed:%Y-%m-%d %H:%M} UTC): the sidecar no longer trades the "
+                "staircase's breakouts. Check the sidecar's configuration (sizing, regime filter, strategy), the "
+                "features' warm-up and strategies/momentum.py")
         self.ack_ns.append(t_ack - t0)
         # Fill the entry and the target: the position is flat and the bracket CLOSED again.
         ts = self.minute + 1_000_000
@@ -314,7 +361,7 @@ class BracketWorkload:
                              bracket.target_price, bracket.quantity, 2.09, ts + 1_000_000))
         for k in (1, 2):  # the rest of the bar, at the same price (20 s apart: no stale-feed flag)
             if self._step(self._trade(self.price, self.minute + k * 20 * NS)):
-                raise RuntimeError("unexpected replies inside a bar")
+                raise WorkloadError("unexpected replies inside a bar")
         return t_bracket - t0
 
     def close(self) -> None:
@@ -371,10 +418,17 @@ def start_echo() -> tuple[subprocess.Popen, str]:
     return start_child(ECHO_SCRIPT, "echo child")
 
 
-def measure_child(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def sidecar_config(args: argparse.Namespace, workdir: Path) -> Path:
+    """``--config``, or the plumbing configuration written to the work folder."""
+    if args.config is not None:
+        return args.config
+    path = workdir / "sidecar.toml"
+    path.write_text(CONFIG_TOML, encoding="utf-8")
+    return path
+
+
+def measure_child(args: argparse.Namespace, workdir: Path, config_path: Path, quiet_bars: int) -> dict[str, Any]:
     """Echo child and sidecar child, interleaved."""
-    config_path = workdir / "sidecar.toml"
-    config_path.write_text(CONFIG_TOML, encoding="utf-8")
     db_url = f"sqlite:///{workdir / 'roundtrip.sqlite'}"
     ctx = zmq.Context()
     echo_proc, echo_endpoint = start_echo()
@@ -384,7 +438,7 @@ def measure_child(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         echo = EchoWorkload(echo_endpoint, ctx)
         ack = TickAckWorkload(endpoint, ctx)
-        bracket = BracketWorkload(endpoint, ctx, per_session=args.brackets_per_session)
+        bracket = BracketWorkload(endpoint, ctx, quiet_bars, per_session=args.brackets_per_session)
         kept = run_interleaved({"echo": echo.sample, "tick_ack": ack.sample, "tick_bracket": bracket.sample},
                                args.samples, args.warmup, args.block)
     finally:
@@ -407,10 +461,8 @@ def measure_child(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def measure_inprocess(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure_inprocess(args: argparse.Namespace, workdir: Path, config_path: Path, quiet_bars: int) -> dict[str, Any]:
     """SidecarServer in a thread of this process, only for its stage timings (see the docstring)."""
-    config_path = workdir / "inprocess.toml"
-    config_path.write_text(CONFIG_TOML, encoding="utf-8")
     config = load_config(config_path)
     writer = StorageWriter(f"sqlite:///{workdir / 'inprocess.sqlite'}", batch_rows=config.storage.batch_rows,
                            queue_batches=config.storage.queue_batches,
@@ -424,7 +476,8 @@ def measure_inprocess(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
     ack = bracket = None
     try:
         ack = TickAckWorkload(endpoint, ctx, instance_id="inproc-tick-ack")
-        bracket = BracketWorkload(endpoint, ctx, per_session=args.brackets_per_session, prefix="inproc-bracket")
+        bracket = BracketWorkload(endpoint, ctx, quiet_bars, per_session=args.brackets_per_session,
+                                  prefix="inproc-bracket")
         n = args.inprocess_samples
         kept = run_interleaved({"tick_ack": ack.sample, "tick_bracket": bracket.sample}, n,
                                min(args.warmup, n), args.block)
@@ -492,7 +545,7 @@ def report(child: dict[str, Any], inproc: dict[str, Any] | None) -> dict[str, An
         "tick_ack_meets_goal": r_ack <= GOAL_RATIO, "tick_bracket_meets_goal": r_br <= GOAL_RATIO}}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=5000, help="measured round trips of each kind (default 5000)")
     p.add_argument("--warmup", type=int, default=500, help="round trips of each kind discarded first (default 500)")
@@ -501,20 +554,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inprocess-samples", type=int, default=2000, help="samples of the in-process variant")
     p.add_argument("--brackets-per-session", type=int, default=100,
                    help="breakouts per sidecar session before a fresh HELLO (default 100, at most 1200)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="the sidecar's configuration file (default: the plumbing configuration: momentum, "
+                        "1 contract per bracket, no regime filter); a run in which a breakout brings no BRACKET fails")
     p.add_argument("--keep", action="store_true", help="keep the work folder (databases, sidecar log)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    args = p.parse_args(argv)
+    args = smoke.parse_args(p, argv, SMOKE, 'the workload no longer brings BRACKETs')
     if args.samples < 1 or args.warmup < 0 or args.block < 1:
         p.error("--samples and --block must be positive, --warmup not negative")
     if not 1 <= args.brackets_per_session <= 1200:
         p.error("--brackets-per-session must be 1..1200 (one trading day of minutes)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nt8bridge-bench-") as tmp:
         workdir = Path(tempfile.mkdtemp(prefix="nt8bridge-bench-")) if args.keep else Path(tmp)
         started = time.perf_counter()
-        print(f"round trips: {args.samples} measured after {args.warmup} warm-up, of each kind, interleaved in "
-              f"blocks of {args.block}", flush=True)
-        child = measure_child(args, workdir)
-        inproc = None if args.no_inprocess else measure_inprocess(args, workdir)
+        config_path = sidecar_config(args, workdir)
+        config_name = args.config or "plumbing (momentum, 1 contract per bracket, no regime filter)"
+        try:
+            quiet_bars = bars_before_features(load_config(config_path).strategy)
+            print(f"round trips: {args.samples} measured after {args.warmup} warm-up, of each kind, interleaved in "
+                  f"blocks of {args.block}; sidecar config {config_name}, {quiet_bars} quiet bars before each "
+                  "session's breakouts", flush=True)
+            child = measure_child(args, workdir, config_path, quiet_bars)
+            inproc = None if args.no_inprocess else measure_inprocess(args, workdir, config_path, quiet_bars)
+        except WorkloadError as exc:
+            print(f"bench_roundtrip: FAILED, the workload no longer produces what is measured: {exc}", file=sys.stderr)
+            return 1
         out = report(child, inproc)
         out["elapsed_s"] = round(time.perf_counter() - started, 1)
         print(f"\n(elapsed {out['elapsed_s']} s{'; work folder kept: ' + str(workdir) if args.keep else ''})")

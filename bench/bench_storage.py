@@ -1,6 +1,6 @@
 """Benchmark the storage writer against raw sqlite3 on the ticks table.
 
-    .venv/bin/python bench/bench_storage.py [--rows N] [--db URL] [--batch-rows B] [--paths]
+    .venv/bin/python bench/bench_storage.py [--rows N] [--db URL] [--batch-rows B] [--paths] [--smoke]
 
 Prints, for N tick rows:
 * end to end: rows/s from the first ``write()`` until ``sync()`` returns (everything committed);
@@ -13,6 +13,10 @@ Prints, for N tick rows:
 * with ``--paths``: single-threaded insert rates of the candidate SQLAlchemy paths.
 
 Without ``--db`` the writer uses a fresh SQLite file in a temporary folder.
+
+It fails (exit code 1) when a path measured did not store every row it was given (counted in the
+database afterwards), or the writer reports errors. ``--smoke`` runs it, ``--paths`` included, at
+a tiny size in a few seconds for that check alone.
 """
 
 from __future__ import annotations
@@ -28,12 +32,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
+import smoke  # noqa: E402 - bench/smoke.py, beside this file
 from bridge.storage.database import create_engine_for, parse_url, safe_url, upgrade
 from bridge.storage.schema import COLUMNS, ticks
 from bridge.storage.writer import StorageWriter
 
 Row = tuple[Any, ...]
 TS0 = 1_529_000_000_000_000_000
+# --smoke: a few batches through every path; options given explicitly win
+SMOKE = {"rows": 5000, "batch_rows": 500, "block": 100, "paths": True}
+
+
+def stored_ticks(url: str) -> int:
+    """Rows in the ticks table at ``url`` (0 before the schema exists)."""
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as conn:
+            if not conn.dialect.has_table(conn, "ticks"):
+                return 0
+            return int(conn.execute(select(func.count()).select_from(ticks)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def make_rows(n: int) -> list[Row]:
@@ -58,6 +79,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_writer(url: str, rows: list[Row], batch_rows: int, queue_batches: int, block: int) -> dict[str, Any]:
     """Write all rows through StorageWriter; time blocks of write() calls and the whole run."""
+    before = stored_ticks(url)
     writer = StorageWriter(url, batch_rows=batch_rows, queue_batches=queue_batches)
     writer.start()  # schema upgrade: not part of the measurement
     write = writer.write
@@ -89,6 +111,7 @@ def bench_writer(url: str, rows: list[Row], batch_rows: int, queue_batches: int,
         "mean": statistics.fmean(per_call_ns),
         "unblocked": unblocked_ns,
         "stats": stats,
+        "stored": stored_ticks(url) - before,
     }
 
 
@@ -109,8 +132,8 @@ def loop_overhead_ns(rows: list[Row], block: int) -> float:
     return percentile(samples, 50)
 
 
-def bench_raw_sqlite(path: Path, rows: list[Row], batch_rows: int) -> float:
-    """rows/s of plain sqlite3 executemany into the same ticks table, one commit per batch."""
+def bench_raw_sqlite(path: Path, rows: list[Row], batch_rows: int) -> tuple[float, int]:
+    """rows/s of plain sqlite3 executemany into the same ticks table, one commit per batch; rows stored."""
     upgrade(f"sqlite:///{path}")  # same table and index as the writer's
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -124,11 +147,11 @@ def bench_raw_sqlite(path: Path, rows: list[Row], batch_rows: int) -> float:
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
-    return len(rows) / elapsed
+    return len(rows) / elapsed, stored_ticks(f"sqlite:///{path}")
 
 
-def bench_paths(folder: Path, rows: list[Row], batch_rows: int) -> dict[str, float]:
-    """Single-threaded rows/s of the candidate insert paths on fresh SQLite files."""
+def bench_paths(folder: Path, rows: list[Row], batch_rows: int) -> dict[str, tuple[float, int]]:
+    """Single-threaded rows/s of the candidate insert paths on fresh SQLite files, and rows stored."""
     cols = COLUMNS["ticks"]
     sql = f"INSERT INTO ticks ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
     stmt = ticks.insert()
@@ -152,20 +175,35 @@ def bench_paths(folder: Path, rows: list[Row], batch_rows: int) -> dict[str, flo
         for first in range(0, len(rows), batch_rows):
             with engine.begin() as conn:
                 insert(conn, rows[first : first + batch_rows])
-        results[name] = len(rows) / (time.perf_counter() - started)
+        results[name] = (len(rows) / (time.perf_counter() - started), stored_ticks(url))
         engine.dispose()
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def workload_problems(n: int, stored: dict[str, int], writer_errors: int) -> list[str]:
+    """Why the figures would not measure what they say, if they would not."""
+    problems = [f"{what} stored {got} of the {n} rows" for what, got in stored.items() if got != n]
+    if writer_errors:
+        problems.append(f"the writer reports {writer_errors} error(s)")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=500_000, help="tick rows to insert (default 500000)")
     parser.add_argument("--db", help="database URL for the writer (default: a fresh SQLite file)")
-    parser.add_argument("--batch-rows", type=int, default=2000)
-    parser.add_argument("--queue-batches", type=int, default=64)
-    parser.add_argument("--block", type=int, default=1000, help="write() calls per timing sample")
+    parser.add_argument("--batch-rows", type=int, default=2000, help="rows per batch (default 2000)")
+    parser.add_argument("--queue-batches", type=int, default=64, help="the writer's queue, in batches (default 64)")
+    parser.add_argument("--block", type=int, default=1000, help="write() calls per timing sample (default 1000)")
     parser.add_argument("--paths", action="store_true", help="also compare SQLAlchemy insert paths")
-    args = parser.parse_args(argv)
+    args = smoke.parse_args(parser, argv, SMOKE, 'a path no longer stores every row')
+    if min(args.rows, args.batch_rows, args.queue_batches, args.block) < 1:
+        parser.error("--rows, --batch-rows, --queue-batches and --block must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     rows = make_rows(args.rows)
     # The benchmark's own 500k tuples are not the sidecar's: keep them out of the GC's scans.
@@ -186,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writer database: {safe_url(url)}")
 
         w = bench_writer(url, rows, args.batch_rows, args.queue_batches, args.block)
-        raw = bench_raw_sqlite(folder / "baseline.sqlite", rows, args.batch_rows)
+        raw, raw_stored = bench_raw_sqlite(folder / "baseline.sqlite", rows, args.batch_rows)
+        stored = {"StorageWriter": w["stored"], "raw sqlite3": raw_stored}
         overhead = loop_overhead_ns(rows, args.block)
         s = w["stats"]
 
@@ -202,8 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backpressure             : {s.backpressure_waits} waits, {s.backpressure_seconds:.3f}s; "
               f"{s.batches_committed} batches committed; errors {s.errors}")
         if args.paths:
-            for name, rate in bench_paths(folder, rows, args.batch_rows).items():
+            for name, (rate, path_stored) in bench_paths(folder, rows, args.batch_rows).items():
                 print(f"path {name:52s}: {rate:>10,.0f} rows/s")
+                stored[f"path {name}"] = path_stored
+    problems = workload_problems(args.rows, stored, s.errors)
+    if problems:
+        print("bench_storage: FAILED, the workload no longer stores what is measured: " + "; ".join(problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,6 @@
 """What deciding costs per closed bar: the whole pipeline on real minute bars, with and without strategies.
 
-    .venv/bin/python bench/bench_strategies.py [--bars N] [--strategies momentum,reversion,spread]
+    .venv/bin/python bench/bench_strategies.py [--bars N] [--strategies momentum,reversion,spread] [--smoke]
 
 Feeds real ES and NQ one-minute bars (../shared/data/nt8) as BAR messages into one session's
 ``DecisionPipeline`` (quality gate, features, strategies, portfolio with regimes, correlation and
@@ -11,6 +11,10 @@ here), so after a bracket the instrument stays busy: entries are rarer than in a
 per-bar path (every strategy, every regime and correlation update) runs on every bar.
 
 Also reports the regime model's refit time (a 5,000-sample Gaussian mixture, single-threaded).
+
+It fails (exit code 1) when the workload no longer exercises what is measured: no features
+computed, or not one decision (a signal the portfolio sized, traded or not) in the run with
+strategies. ``--smoke`` runs it on 1,000 bars per instrument (a regime refit included) for that check.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import smoke  # noqa: E402 - bench/smoke.py, beside this file
 from bridge.core.config import Config  # noqa: E402
 from bridge.data.nt8files import read_nt8  # noqa: E402
 from bridge.core.instruments import InstrumentMaster  # noqa: E402
@@ -35,6 +40,8 @@ from bridge.core.timing import StageTimings  # noqa: E402
 from strategies.registry import build_strategies  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nt8"
+# --smoke: enough bars per instrument for the features, a few decisions and a regime refit
+SMOKE = {"bars": 1000}
 
 
 class NullSink:
@@ -84,17 +91,38 @@ def fmt(t: np.ndarray) -> str:
             f"mean {t.mean() / 1e3:7.1f} us  ({1e9 / t.mean():,.0f} bars/s)")
 
 
-def main() -> int:
+def workload_problems(base: DecisionPipeline, full: DecisionPipeline) -> list[str]:
+    """Why the figures would not measure what they say, if they would not."""
+    problems = []
+    for label, p in (("the baseline", base), ("the run with strategies", full)):
+        missing = sorted(set(p.instruments) - set(p.feature_engine.latest))
+        if missing:
+            problems.append(f"{label} computed no features for instrument(s) {missing}")
+    if not full.decisions:
+        problems.append("the strategies made no decision: no signal reached the portfolio, so the per-bar cost "
+                        "leaves out sizing, risk and recording")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bars", type=int, default=20_000, help="bars per instrument (default 20,000)")
-    ap.add_argument("--strategies", default="momentum,reversion,spread")
-    args = ap.parse_args()
+    ap.add_argument("--strategies", default="momentum,reversion,spread",
+                    help="strategies of the timed run (default momentum,reversion,spread)")
+    args = smoke.parse_args(ap, argv, SMOKE, 'the workload no longer computes features or decides anything')
+    if args.bars < 1:
+        ap.error("--bars must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if not DATA.is_dir():
         print(f"needs the real data at {DATA}", file=sys.stderr)
         return 2
     messages = bars(args.bars)
     print(f"{len(messages):,} BAR messages (ES and NQ 1-minute bars, {args.bars:,} each)")
-    base, _, _ = run(messages, "none")
+    base, base_pipeline, _ = run(messages, "none")
     full, p, fit_s = run(messages, args.strategies)
     print(f"baseline (quality, features, record):   {fmt(base)}")
     print(f"with {args.strategies} + portfolio:  {fmt(full)}")
@@ -104,7 +132,14 @@ def main() -> int:
         f = np.array(fit_s) * 1e3
         print(f"regime model refits: {len(f)}, p50 {np.percentile(f, 50):.1f} ms, p99 {np.percentile(f, 99):.1f} ms, "
               f"max {f.max():.1f} ms (in the p99 above only where a refit fell on the bar)")
+    else:
+        print("regime model refits: none in this run")
     print(f"decisions {p.decisions:,}, orders {p.orders_sent:,}")
+    problems = workload_problems(base_pipeline, p)
+    if problems:
+        print("bench_strategies: FAILED, the workload no longer exercises what is measured: " + "; ".join(problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -296,13 +296,6 @@ class OrderRequest:
     tick_size: float
     order_id: str = ""
 
-    @classmethod
-    def from_intent(cls, intent: Any, *, root: str, algorithm_id: str, account: str, point_value: float,
-                    tick_size: float, order_id: str = "") -> OrderRequest:
-        """From a ``bridge.risk.OrderIntent`` and what the instrument master and the session know."""
-        return cls(root, algorithm_id, account, Side(intent.side), intent.quantity, EntryType(intent.entry_type),
-                   intent.entry_price, intent.stop_price, intent.target_price, point_value, tick_size, order_id)
-
 
 @dataclass(frozen=True, slots=True)
 class WorkingOrder:
