@@ -57,7 +57,7 @@ One writer thread is expected (the hot path). ``append`` takes an uncontended lo
 several threads are safe too, and the order of seq is the order of the file. The journal's
 background thread only fsyncs and writes checkpoints (signing ~50 us and two fsyncs stay off the
 hot path). A failure there (EIO on fsync, disk full) makes every later ``append`` raise AuditError:
-the audit trail fails closed. One process per journal: the file is ``flock``-ed where available.
+the audit trail fails closed. One process per journal: the file is locked (``bridge.audit.filelock``).
 """
 
 from __future__ import annotations
@@ -75,10 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:  # POSIX advisory lock: one writer process per journal
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from bridge.audit import filelock
 
 
 __all__ = [
@@ -376,13 +373,12 @@ class AuditJournal:
         self.path = Path(path)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
         self._fd: int | None = os.open(self.path, flags, 0o600)
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(self._fd)
-                self._fd = None
-                raise AuditError(f"audit journal {self.path} is open in another writer") from None
+        try:
+            filelock.lock(self._fd)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise AuditError(f"audit journal {self.path} is open in another writer") from None
         self.fsync_interval_s = fsync_interval_s
         self._sync_each = fsync_interval_s is not None and fsync_interval_s <= 0
         self._dirty = False
@@ -469,9 +465,10 @@ class AuditJournal:
         if fd is not None:
             try:
                 os.fsync(fd)
+                filelock.unlock(fd)
             finally:
                 self._fd = None
-                os.close(fd)  # also drops the flock
+                os.close(fd)
 
     def __enter__(self) -> AuditJournal:
         return self

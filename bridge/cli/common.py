@@ -9,9 +9,23 @@ import sys
 from bridge.core.config import Config
 
 
+LOG_FILE = "nt8bridge.log"
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log to stderr; where there is none (pythonw.exe, as the logon task starts the sidecar), to
+    ``nt8bridge.log`` in the user's data folder, rotated at 10 MB, five kept."""
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if sys.stderr is not None:
+        logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr, format=fmt)
+        return
+    from logging.handlers import RotatingFileHandler
+
+    from bridge.core.config import user_data_dir
+    folder = user_data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(folder / LOG_FILE, maxBytes=10_000_000, backupCount=5, encoding="utf-8")
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], format=fmt)
 
 
 def db_url(args: argparse.Namespace, config: Config) -> str:

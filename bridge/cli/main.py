@@ -14,7 +14,7 @@ from typing import Any
 from bridge import __version__
 from bridge.core.config import Config, ConfigError, load_config, to_toml
 from bridge.core.errors import UserError
-from bridge.cli import ml, ops
+from bridge.cli import doctor, ml, ops, service
 from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
 
 log = logging.getLogger("nt8bridge")
@@ -302,9 +302,9 @@ def cmd_kill(args: argparse.Namespace, config: Config) -> int:
 
     from bridge.transport.control import ControlError, send_command
     endpoint = args.control or config.server.control_bind
-    operator = args.operator or getpass.getuser()
     try:
         if args.command == "kill":
+            operator = args.operator or getpass.getuser()
             reply = send_command(endpoint, "kill", operator=operator, reason=args.reason)
             print(f"KILLED by {operator}: {reply['sessions_flattened']} NT8 sessions told to flatten everything; "
                   f"new orders are refused until `nt8bridge enable --operator NAME`")
@@ -317,6 +317,34 @@ def cmd_kill(args: argparse.Namespace, config: Config) -> int:
     except ControlError as exc:
         raise UserError(str(exc)) from None
     return 0
+
+
+def cmd_stop(args: argparse.Namespace, config: Config) -> int:
+    """``shutdown`` on the control channel; with --wait, until the sidecar released its control endpoint
+    (it does so last, after flushing storage and closing the audit journal). Exit 1: still running."""
+    import getpass
+
+    from bridge.transport.control import ControlError, send_command, wait_until_released
+    endpoint = args.control or config.server.control_bind
+    if not endpoint:
+        raise UserError("the control channel is disabled (server.control_bind is empty): give --control ENDPOINT")
+    if args.wait is not None and args.wait < 0:
+        raise UserError("--wait takes a number of seconds >= 0")
+    operator = args.operator or getpass.getuser()
+    try:
+        reply = send_command(endpoint, "shutdown", operator=operator, reason=args.reason)
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    print(f"shutdown accepted by the sidecar at {endpoint} (asked by {operator}; {reply['sessions']} NT8 sessions "
+          "end): it flushes storage, then exits")
+    if args.wait is None:
+        return 0
+    if wait_until_released(endpoint, args.wait):
+        print("stopped: storage flushed, audit journal closed, control endpoint released")
+        return 0
+    print(f"the sidecar is still running after {args.wait:g} s (a long stop drain, or stuck): see its log",
+          file=sys.stderr)
+    return 1
 
 
 # --- backtest -----------------------------------------------------------------------------------
@@ -405,6 +433,8 @@ def _print_backtest(report: dict[str, Any]) -> None:
 
 def cmd_ninjascript(args: argparse.Namespace, config: Config) -> int:
     from bridge.nt8.ninjascript import BuildError, build, export_zip, shipped_sources
+    if args.ns_command in ("install", "uninstall"):
+        return _ninjascript_deploy(args)
     if args.ns_command == "build":
         try:
             with _console().status("compiling with mcs (C# 7.2, .NET Framework 4.8 API)"):
@@ -417,6 +447,31 @@ def cmd_ninjascript(args: argparse.Namespace, config: Config) -> int:
     export_zip(out)
     print(f"{out}: Info.xml and {len(shipped_sources())} source files; in NT8: Tools > Import > NinjaScript Add-On, "
           "then enable 'Nt8Bridge' on a chart (Strategies)")
+    return 0
+
+
+def _ninjascript_deploy(args: argparse.Namespace) -> int:
+    from bridge.nt8.deploy import DeployError, find_nt8_folder, install_ninjascript, uninstall_ninjascript
+    from bridge.protocol.messages import PROTOCOL_VERSION
+    try:
+        folder = find_nt8_folder(Path(args.nt8_dir) if args.nt8_dir else None)
+        if args.ns_command == "install":
+            result = install_ninjascript(folder.custom_dir)
+        else:
+            removed = uninstall_ninjascript(folder.custom_dir)
+    except DeployError as exc:
+        raise UserError(str(exc)) from None
+    if args.ns_command == "uninstall":
+        for path in removed:
+            print(f"removed {path}")
+        print(f"{len(removed)} files of nt8bridge's NinjaScript removed from {folder.custom_dir}; in NT8, compile "
+              "once (NinjaScript Editor, F5) so that the Nt8Bridge strategy is gone from its lists")
+        return 0
+    for path in result.written:
+        print(f"{'replaced' if path in result.replaced else 'added'} {path}")
+    print(f"NinjaScript of nt8bridge {__version__} (wire protocol v{PROTOCOL_VERSION}) installed in "
+          f"{folder.custom_dir} (NT8 user folder from {folder.source}); in NT8, compile it: open a NinjaScript "
+          "Editor and press F5, then enable 'Nt8Bridge' on a chart (Strategies)")
     return 0
 
 
@@ -462,6 +517,55 @@ def cmd_config_show(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_config_init(args: argparse.Namespace, config: Config | None) -> int:
+    """Write a commented config.toml from the defaults and the given values, validated as the sidecar
+    would load it. ``--account NAME``: the configuration has no account key (the NT8 strategy picks
+    its account in NT8 and names it in HELLO), so it becomes the ``[[risk_limits]]`` table of scope
+    ``account:NAME``, starting at the desk's order-size and position limits, ready to tighten."""
+    from bridge.core.config import build_config
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists: give --force to replace it")
+    try:  # the file is what it says: no NT8BRIDGE_* variable of this shell leaks into it
+        written = build_config(_init_values(args), env={})
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    header = [f"# nt8bridge configuration, written by `nt8bridge config init` (nt8bridge {__version__}).",
+              "# Every key with what it does; `nt8bridge config show --config THIS_FILE` prints what is in force",
+              "# (environment variables NT8BRIDGE_<SECTION>__<KEY> override the file)."]
+    if args.account:
+        header += [f"# [[risk_limits]] scope \"account:{args.account.strip()}\" (at the end): the limits of that NT8 "
+                   "account,", "# starting at the desk's; tighten them there."]
+    text = "\n".join(header) + "\n\n" + to_toml(written)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)  # never half a config for a sidecar starting at logon
+    if load_config(out, env={}) != written:
+        raise UserError(f"{out} does not read back as written (a bug): please report it")
+    print(f"{out} written; check it with `nt8bridge --config {out} doctor`")
+    return 0
+
+
+def _init_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed-TOML form of ``config init``'s options (absent ones keep the defaults)."""
+    from bridge.core.config import RiskConfig
+    values: dict[str, Any] = {}
+    if args.bind is not None:
+        values["server"] = {"bind": args.bind}
+    if args.db is not None:
+        values["storage"] = {"url": args.db}
+    if args.metrics_port is not None:
+        values["metrics"] = {"port": args.metrics_port}
+    if args.account is not None:
+        if not args.account.strip():
+            raise UserError("--account needs the NT8 account's name, e.g. Sim101")
+        desk = RiskConfig()
+        values["risk_limits"] = [{"scope": f"account:{args.account.strip()}",
+                                  "max_order_quantity": desk.max_order_quantity, "max_net": desk.max_position}]
+    return values
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -476,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--db", help="SQLAlchemy URL (default: storage.url, else an SQLite file in the user's data "
                                      "folder)")
 
-    s = sub.add_parser("serve", help="run the sidecar until Ctrl+C")
+    s = sub.add_parser("serve", help="run the sidecar until Ctrl+C or `nt8bridge stop`")
     s.add_argument("--bind", help="ZeroMQ endpoint (default: server.bind, tcp://127.0.0.1:5555)")
     s.add_argument("--ready-file", help="write the bound endpoint to this file once listening (for supervisors); "
                    "the control endpoint goes to FILE.control")
@@ -543,6 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_kill)
+    s = sub.add_parser("stop", help="stop the running sidecar cleanly (storage flushed), through its control channel; "
+                       "recorded in the audit log")
+    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    s.add_argument("--operator", help="who (default: the login name)")
+    s.add_argument("--reason", default="nt8bridge stop", help="why (recorded; default 'nt8bridge stop')")
+    s.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to this long until the sidecar has stopped "
+                   "(exit 1 if it has not)")
+    s.set_defaults(func=cmd_stop)
 
     s = sub.add_parser("backtest", help="walk-forward backtest of strategies through the whole decision path")
     s.add_argument("--data", nargs="+", required=True, metavar="FILE", help="NT8 exports (ticks or minute bars), "
@@ -555,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     playback_options(s)
     s.set_defaults(func=cmd_backtest)
 
-    s = sub.add_parser("ninjascript", help="build the NinjaScript and the NT8 simulator, or export the NT8 import zip")
+    s = sub.add_parser("ninjascript", help="build the NinjaScript and the NT8 simulator, export the NT8 import zip, or "
+                       "install it into NT8's folder")
     nsub = s.add_subparsers(dest="ns_command", required=True)
     d = nsub.add_parser("build", help="compile with Mono's mcs (C# 7.2, .NET Framework 4.8 API)")
     d.add_argument("--out", help="build folder (default: the user's cache, ~/.cache/nt8bridge/build)")
@@ -564,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = nsub.add_parser("export", help="write the zip NT8 imports (Tools > Import > NinjaScript Add-On)")
     d.add_argument("--to", default="nt8bridge-ninjascript.zip", help="zip file to write (default nt8bridge-ninjascript.zip)")
     d.set_defaults(func=cmd_ninjascript)
+    for name, text in (("install", "copy the NinjaScript into NT8's bin\\Custom (replacing an older copy of ours; "
+                                   "refused while another file there declares one of its types)"),
+                       ("uninstall", "remove exactly nt8bridge's NinjaScript files from NT8's bin\\Custom")):
+        d = nsub.add_parser(name, help=text)
+        d.add_argument("--nt8-dir", metavar="DIR", help="NT8's user folder (default: $NT8BRIDGE_NT8_DIR, else what "
+                       "NT8 registered, else Documents\\NinjaTrader 8)")
+        d.set_defaults(func=cmd_ninjascript)
 
     s = sub.add_parser("data", help="look at NT8 data files")
     dsub = s.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -584,22 +704,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     ops.register(sub, db_option)
     ml.register(sub, db_option)
+    service.register(sub)
+    doctor.register(sub)
 
-    s = sub.add_parser("config", help="the effective configuration")
+    s = sub.add_parser("config", help="the effective configuration, or a new config file")
     csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     c = csub.add_parser("show", help="print the configuration in force, as commented TOML")
     c.set_defaults(func=cmd_config_show)
+    c = csub.add_parser("init", help="write a commented config.toml (every key, defaults but for the values given)")
+    c.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    c.add_argument("--bind", metavar="ENDPOINT", help="server.bind, where NT8 connects (default tcp://127.0.0.1:5555)")
+    c.add_argument("--db", metavar="URL", help="storage.url (default: an SQLite file in the user's data folder)")
+    c.add_argument("--metrics-port", type=int, metavar="N", help="metrics.port (default 9108)")
+    c.add_argument("--account", metavar="NAME", help="an NT8 account: a [[risk_limits]] table of scope account:NAME, "
+                   "starting at the desk's limits")
+    c.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    c.set_defaults(func=cmd_config_init, needs_config=False)
+    _config_after_command(p)
     return p
+
+
+def _config_after_command(parser: argparse.ArgumentParser) -> None:
+    """``--config`` also after the command (``nt8bridge serve --config FILE``, as a logon task writes it): every
+    subcommand accepts it and, only when given there, it replaces the one before the command."""
+    subparsers = {id(sp): sp for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                  for sp in action.choices.values()}  # by identity: an alias names the same parser twice
+    for subparser in subparsers.values():
+        subparser.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (as before the command)")
+        _config_after_command(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level or ("info" if args.command == "serve" else "warning"))
     try:
-        config = load_config(args.config)
+        # doctor reports a bad config instead of stopping on it; config init writes one without reading any
+        config = load_config(args.config) if getattr(args, "needs_config", True) else None
         return args.func(args, config)
     except (UserError, ConfigError) as exc:
-        print(f"nt8bridge: {exc}", file=sys.stderr)
+        if sys.stderr is None:  # pythonw (the logon task): the log file is the only place anyone will look
+            log.error("%s", exc)
+        else:
+            print(f"nt8bridge: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nt8bridge: interrupted", file=sys.stderr)

@@ -266,6 +266,18 @@ def user_config_path() -> Path:
     return base / "nt8bridge" / "config.toml"
 
 
+def user_data_dir() -> Path:
+    """The user's nt8bridge data folder (database, audit journal, models, log): ``%LOCALAPPDATA%\\nt8bridge``
+    on Windows, ``$XDG_DATA_HOME/nt8bridge`` (else ``~/.local/share/nt8bridge``) elsewhere. Not created here."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        xdg = os.environ.get("XDG_DATA_HOME", "")
+        # The XDG spec says relative values are invalid and must be ignored.
+        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "nt8bridge"
+
+
 def _coerce(section: str, f: dataclasses.Field, value: Any, errors: list[str]) -> Any:
     """Check one value against its field's type and bounds; strings from the environment are parsed."""
     where = f"{section}.{f.name}"

@@ -101,6 +101,17 @@ def build(out_dir: Path | None = None, *, force: bool = False) -> Build:
     return result
 
 
+def info_xml() -> bytes:
+    """The Info.xml of an NT8 import zip, written the way NT8 8.1 writes it in its own exports: UTF-8
+    with a byte order mark, CRLF, the NT8 version under Export and ``<Agile>None</Agile>`` (the
+    copy-protection of the export; source exports have none). Source: the packaging script of the
+    public NT8 add-on rbruhn/chartjot (addon/package.sh), which reproduces NT8 8.1.8.3's export byte
+    for byte; the NT8 Help Guide (NinjaScript > Distribution > Export) describes the zip, not Info.xml."""
+    lines = ['<?xml version="1.0" encoding="utf-8"?>', "<NinjaTrader>", "  <Export>",
+             f"    <Version>{NT8_VERSION}</Version>", "    <Agile>None</Agile>", "  </Export>", "</NinjaTrader>"]
+    return "\r\n".join(lines).encode("utf-8-sig")
+
+
 def export_zip(out: Path) -> Path:
     """The NT8 import zip (Tools > Import > NinjaScript Add-On): Info.xml and the shipped sources.
 
@@ -108,10 +119,8 @@ def export_zip(out: Path) -> Path:
     ``Strategies/*.cs``), as NT8's own source exports do. Nothing of the simulator goes in.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    info = ('<?xml version="1.0" encoding="utf-8"?>\n<NinjaTrader>\n  <Export>\n'
-            f"    <Version>{NT8_VERSION}</Version>\n  </Export>\n</NinjaTrader>\n")
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("Info.xml", info)
+        z.writestr("Info.xml", info_xml())
         for path in shipped_sources():
             z.write(path, path.relative_to(NINJASCRIPT).as_posix())
     return out

@@ -12,7 +12,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
+
+from bridge.core.config import user_data_dir
 
 log = logging.getLogger("nt8bridge.storage")
 
@@ -136,13 +137,7 @@ def default_db_url() -> str:
     str
         An ``sqlite:///`` URL with an absolute path.
     """
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    else:
-        xdg = os.environ.get("XDG_DATA_HOME", "")
-        # The XDG spec says relative values are invalid and must be ignored.
-        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    folder = base / "nt8bridge"
+    folder = user_data_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / 'nt8bridge.sqlite').resolve()}"
 
@@ -442,6 +437,48 @@ def current_revision(url: str) -> str | None:
         raise as_storage_error(url, exc, "reading the schema revision") from exc
     finally:
         engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest schema revision this nt8bridge knows."""
+    from alembic.script import ScriptDirectory
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "the migrations folder is empty"
+    return head
+
+
+def probe(url: str) -> str:
+    """Whether the sidecar could record into ``url`` now, without creating anything: a sentence saying
+    what was found, or StorageError saying what is wrong and what to do.
+
+    An SQLite file that does not exist yet is fine when its folder exists and is writable (the
+    sidecar creates it); a schema older than this nt8bridge is fine (the sidecar upgrades it at
+    start); a newer one is not."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(str(parsed.database))
+        if not path.exists():
+            folder = path.parent
+            if not folder.is_dir():
+                raise StorageError(f"the folder {folder} of the SQLite file {path} does not exist: create it, or "
+                                   "point storage.url elsewhere")
+            if not os.access(folder, os.W_OK):
+                raise StorageError(f"the folder {folder} of the SQLite file {path} is not writable: give the user "
+                                   "write access to it, or point storage.url elsewhere")
+            return f"{path} does not exist yet; the sidecar creates it at start"
+    revision = current_revision(url)
+    head = head_revision()
+    if revision is None:
+        return f"{safe_url(url)} is reachable and empty; the sidecar creates the schema at start"
+    from alembic.script import ScriptDirectory
+    try:
+        ScriptDirectory.from_config(alembic_config(url)).get_revision(revision)
+    except CommandError:
+        raise StorageError(f"{safe_url(url)} has schema revision {revision}, which this nt8bridge does not know: it "
+                           "was written by a newer nt8bridge; upgrade nt8bridge, or use another database") from None
+    if revision != head:
+        return f"{safe_url(url)} is reachable, schema at {revision}; the sidecar upgrades it to {head} at start"
+    return f"{safe_url(url)} is reachable, schema at {revision} (the latest)"
 
 
 # --------------------------------------------------------------------------- backups

@@ -3,25 +3,31 @@
 The socket (``server.control_bind``, loopback by default) is polled by the server's own loop, so a
 command acts between two messages, never concurrently with one. A request is one JSON object:
 ``{"cmd": "kill" | "enable" | "status", "operator": ..., "reason": ...}`` for the kill switch
-(``bridge.risk.switch``), or a limit command (``set_limit``, ``override``, ``limits``; see
-bridge/risk/commands.py); the reply is ``{"ok": true, "state": ..., ...}`` or
-``{"ok": false, "error": ...}``. ``nt8bridge kill``, ``enable``, ``status`` and ``risk ...`` send
-them (``send_command``).
+(``bridge.risk.switch``), ``{"cmd": "shutdown", "operator": ..., "reason": ...}`` for a clean stop
+(the way to stop a sidecar where there are no POSIX signals), or a limit command (``set_limit``,
+``override``, ``limits``; see bridge/risk/commands.py); the reply is
+``{"ok": true, "state": ..., ...}`` or ``{"ok": false, "error": ...}``. ``nt8bridge kill``,
+``enable``, ``status``, ``stop`` and ``risk ...`` send them (``send_command``).
+
+A sidecar holds its control endpoint until it has flushed storage and closed its audit journal, so
+"nothing listens there any more" (``wait_until_released``) means the stop is complete.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import time
 from typing import Any
 
 import zmq
 
 from bridge.core.errors import ControlError
 
-__all__ = ["COMMANDS", "ControlError", "parse_request", "send_command"]
+__all__ = ["COMMANDS", "ControlError", "parse_request", "send_command", "tcp_address", "wait_until_released"]
 
 
-COMMANDS = ("kill", "enable", "status", "set_limit", "override", "limits")
+COMMANDS = ("kill", "enable", "status", "shutdown", "set_limit", "override", "limits")
 
 
 def parse_request(data: bytes) -> dict[str, Any]:
@@ -56,3 +62,53 @@ def send_command(endpoint: str, cmd: str, *, operator: str = "", reason: str = "
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "refused"))
     return reply
+
+
+def tcp_host_port(endpoint: str) -> tuple[str, int] | None:
+    """Host (without IPv6 brackets) and port of a ``tcp://host:port`` endpoint, as written; None for
+    other transports or a port chosen at bind time (``*``)."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def tcp_address(endpoint: str) -> tuple[str, int] | None:
+    """Where a local client reaches a ``tcp://host:port`` endpoint: ``*`` and ``0.0.0.0`` read as
+    loopback; None as for :func:`tcp_host_port`."""
+    parsed = tcp_host_port(endpoint)
+    if parsed is None:
+        return None
+    host, port = parsed
+    return ("127.0.0.1" if host in ("*", "0.0.0.0") else "::1" if host == "::" else host), port
+
+
+def _listening(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=1.0):
+            return True
+    except OSError:  # refused, unreachable or timed out: nothing accepts there
+        return False
+
+
+def wait_until_released(endpoint: str, timeout_s: float) -> bool:
+    """Wait until nothing listens on a sidecar's control endpoint any more; True when released in time.
+
+    A TCP endpoint is released when a connection to it is refused: the sidecar closes it last, after
+    storage and the audit journal. Other transports are judged by ``status`` going unanswered."""
+    deadline = time.monotonic() + timeout_s
+    address = tcp_address(endpoint)
+    while True:
+        if address is not None:
+            if not _listening(address):
+                return True
+        else:
+            try:
+                send_command(endpoint, "status", timeout_ms=500)
+            except ControlError:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ class Session:
     stale_flagged: set[int] = field(default_factory=set)
     peer_gone: bool = False  # a send found its connection closed; what it sent before is still being read
     last_clock_sample: float = -math.inf  # monotonic seconds
+    clock_offset_ns: int | None = None  # the last sample: NT8's send stamp minus the sidecar's clock at receipt
+    clock_sampled_ns: int | None = None  # when it was taken (sidecar wall clock)
 
 
 class SidecarServer:
@@ -126,6 +129,7 @@ class SidecarServer:
         self._desk = Recorder(sink, None, chain=chain)  # records that belong to no session (kill, enable)
         self.control_endpoint: str | None = None
         self._control: zmq.Socket | None = None
+        self.metrics_port: int | None = None  # set by whoever serves the metrics; reported by ``status``
         # run-time limit changes and overrides, validated on a scratch engine, applied to every session
         self.limit_commands = DeskLimitCommands(lambda: risk_engine_for(config, [], lambda iid, ts: True))
 
@@ -191,6 +195,31 @@ class SidecarServer:
                                                          "state": str(self.switch.state)})
         log.warning("trading re-enabled by %s: %s", event.operator, event.reason)
 
+    def shutdown(self, operator: str, reason: str) -> None:
+        """A clean stop asked for on the control channel: recorded like a kill, then the loop ends and the
+        caller flushes storage. Needs who and why: a stopped sidecar stops trading for every session."""
+        operator, reason = operator.strip(), reason.strip()
+        if not operator or not reason:
+            raise ControlError("stopping the sidecar needs a named operator and a reason (--operator NAME "
+                               "--reason TEXT)")
+        now = time.time_ns()
+        self._desk.audit("shutdown", operator, now, {"reason": reason, "operator": operator,
+                                                     "state": str(self.switch.state),
+                                                     "sessions": sorted(s.session_id for s in self.sessions.values())})
+        log.warning("shutdown asked by %s: %s; %d sessions will end", operator, reason, len(self.sessions))
+        self.request_stop()
+
+    def status_report(self) -> dict[str, Any]:
+        """What ``nt8bridge status`` and ``doctor`` read: who this sidecar is, where it listens, and each
+        session's last clock offset to its NT8 host (the sample the audit trail records)."""
+        return {"pid": os.getpid(), "version": __version__, "protocol_version": PROTOCOL_VERSION,
+                "endpoint": self.endpoint, "control_endpoint": self.control_endpoint,
+                "metrics_port": self.metrics_port,
+                "live_sessions": [{"session_id": s.session_id, "instance_id": s.hello.instance_id,
+                                  "account": s.hello.account, "clock_offset_ns": s.clock_offset_ns,
+                                  "clock_sampled_ns": s.clock_sampled_ns}
+                                 for s in self.sessions.values()]}
+
     def change_limit(self, req: dict[str, Any]) -> list[dict[str, Any]]:
         """A ``set_limit`` or ``override`` command: validated, applied to every session (and the ones to
         come), recorded in the audit trail; returns each session's resulting event."""
@@ -234,6 +263,10 @@ class SidecarServer:
                 reply["applied"] = self.change_limit(req)
             elif cmd == "limits":
                 reply["limits"] = self.limits_report()
+            elif cmd == "shutdown":
+                self.shutdown(req.get("operator", ""), req.get("reason", ""))
+            elif cmd == "status":
+                reply |= self.status_report()
             reply |= {"state": str(self.switch.state), "sessions": len(self.sessions),
                       "events": [dataclasses.asdict(e) for e in self.switch.events[-5:]]}
         except ControlError as exc:
@@ -282,10 +315,14 @@ class SidecarServer:
             self.timings.fold()
             sock.close(linger=200)  # let the last replies out, but never hang on a dead peer
             self._socket = None
-            if self._control is not None:
-                self._control.close(linger=0)
-                self._control = None
             log.info("sidecar stopped")
+
+    def close_control(self) -> None:
+        """Release the control endpoint. Left to the owner, after storage is flushed: a released endpoint
+        tells ``nt8bridge stop --wait`` that the stop is complete."""
+        if self._control is not None:
+            self._control.close(linger=500)  # a shutdown's reply may still be on its way out
+            self._control = None
 
     def _drain_on_stop(self, poller: zmq.Poller, recv: Callable, more: Callable, noblock: int, rcvmore: int) -> None:
         """A clean stop first handles what the sessions already sent (a playback's last ticks, its
@@ -503,9 +540,10 @@ class SidecarServer:
     def _clock_sample(self, session: Session, header: codec.Header) -> None:
         """Store the offset between NT8's send stamp and the sidecar's clock (it includes the one-way latency)."""
         now_ns = time.time_ns()
+        session.clock_offset_ns, session.clock_sampled_ns = header.ts_send_ns - now_ns, now_ns
         session.recorder.audit("clock_offset", str(session.session_id), now_ns,
                                {"nt8_ts_send_ns": header.ts_send_ns, "sidecar_ns": now_ns,
-                                "offset_ns": header.ts_send_ns - now_ns, "seq": header.seq})
+                                "offset_ns": session.clock_offset_ns, "seq": header.seq})
 
     # --- timers ---------------------------------------------------------------------------------
 

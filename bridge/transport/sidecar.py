@@ -1,7 +1,9 @@
 """Running the sidecar: in this process (``nt8bridge serve``), or as a child process for playback.
 
 A playback starts its sidecar the way a user does, ``nt8bridge serve`` in its own process, and
-learns the bound endpoint from ``--ready-file`` (the sidecar writes it once it listens).
+learns the bound endpoint from ``--ready-file`` (the sidecar writes it once it listens). It stops it
+the way an operator does on any platform, with ``shutdown`` on the control channel; a console
+signal (CTRL_BREAK_EVENT on Windows, SIGINT elsewhere) is the fallback.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import zmq
 
 from bridge.core.config import Config
 from bridge.core.instruments import InstrumentMaster
+from bridge.transport.control import ControlError, send_command
 from bridge.transport.server import SidecarServer
 from bridge.storage.writer import StorageWriter
 from strategies.base import Strategy
@@ -40,7 +43,8 @@ def master_for(config: Config) -> InstrumentMaster:
 
 def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file: Path | None = None,
                 metrics: bool | None = None, control_bind: str | None = None) -> SidecarServer:
-    """Serve until SIGINT/SIGTERM; flushes every row to storage before returning."""
+    """Serve until a ``shutdown`` command or a stop signal (``stop_signals``); flushes every row to
+    storage before returning. A port already taken is a RuntimeError that says which and what to do."""
     writer = StorageWriter(db_url, batch_rows=config.storage.batch_rows, queue_batches=config.storage.queue_batches,
                            flush_interval_s=config.storage.flush_interval_ms / 1000.0)
     writer.start()
@@ -49,26 +53,42 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
         from bridge.audit.trail import open_chain
         chain = open_chain(config, db_url, writer)
     server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config), chain=chain)
+
+    def give_up(message: str) -> RuntimeError:
+        server.close_control()
+        if chain is not None:
+            chain.close()
+        writer.close()
+        return RuntimeError(message)
+
     server.record_config()
-    endpoint = server.bind(bind)
+    try:
+        endpoint = server.bind(bind)
+    except zmq.ZMQError as exc:
+        raise give_up(f"cannot bind {bind or config.server.bind}: {exc.strerror}; another sidecar or program "
+                      "holds it: set server.bind or give --bind (`nt8bridge doctor` checks the ports)") from None
     try:
         control = server.bind_control(control_bind)
     except zmq.ZMQError as exc:
-        writer.close()
-        raise RuntimeError(f"cannot bind the control channel {control_bind or config.server.control_bind}: "
-                           f"{exc.strerror}; another sidecar may hold it: give this one --control-bind "
-                           "tcp://127.0.0.1:PORT (or set server.control_bind)") from None
+        raise give_up(f"cannot bind the control channel {control_bind or config.server.control_bind}: "
+                      f"{exc.strerror}; another sidecar may hold it: give this one --control-bind "
+                      "tcp://127.0.0.1:PORT (or set server.control_bind)") from None
     if metrics if metrics is not None else config.metrics.enabled:
         from bridge.transport.metrics import serve_metrics
-        port = serve_metrics(server, writer, config.metrics.host, config.metrics.port)
-        log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
+        try:
+            server.metrics_port = serve_metrics(server, writer, config.metrics.host, config.metrics.port)
+        except OSError as exc:
+            raise give_up(f"cannot serve metrics on {config.metrics.host}:{config.metrics.port}: {exc.strerror}; "
+                          "another program holds the port: set metrics.port, or --no-metrics (`nt8bridge "
+                          "doctor` checks the ports)") from None
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, server.metrics_port)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after the current message", signum)
         server.request_stop()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in stop_signals():
+        signal.signal(signum, stop)
     if ready_file is not None:
         if control:
             Path(str(ready_file) + ".control").write_text(control, encoding="utf-8")  # before the endpoint
@@ -78,13 +98,41 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
     try:
         server.run()
     finally:
-        if chain is not None:
-            chain.close()  # fsync and a last signed checkpoint
-        writer.close()
-        stats = writer.stats
-        log.info("storage closed: %d rows committed, %d rejected, %d backpressure waits",
-                 sum(stats.rows_written.values()), stats.rows_rejected, stats.backpressure_waits)
+        try:
+            if chain is not None:
+                chain.close()  # fsync and a last signed checkpoint
+            writer.close()
+            stats = writer.stats
+            log.info("storage closed: %d rows committed, %d rejected, %d backpressure waits",
+                     sum(stats.rows_written.values()), stats.rows_rejected, stats.backpressure_waits)
+        finally:
+            server.close_control()  # last: a released control endpoint means everything is on disk
     return server
+
+
+def stop_signals() -> list[int]:
+    """The signals that ask for a clean stop: Ctrl+C and SIGTERM everywhere, and on Windows Ctrl+Break,
+    which is what a parent can send to a child started in its own process group."""
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if sys.platform == "win32":
+        signals.append(signal.SIGBREAK)
+    return signals
+
+
+def interrupt_signal() -> int:
+    """What a parent sends a child sidecar when the control channel cannot stop it: CTRL_BREAK_EVENT on
+    Windows (the only console signal that reaches a child process group there), SIGINT elsewhere."""
+    if sys.platform == "win32":
+        return signal.CTRL_BREAK_EVENT
+    return signal.SIGINT
+
+
+def child_creationflags() -> int:
+    """Windows delivers CTRL_BREAK_EVENT to a whole process group: the child gets a group of its own so
+    that stopping it never interrupts its parent."""
+    if sys.platform == "win32":
+        return subprocess.CREATE_NEW_PROCESS_GROUP
+    return 0
 
 
 class SidecarProcess:
@@ -112,7 +160,8 @@ class SidecarProcess:
         log_path = self.log_path or Path(self._tmp.name) / "sidecar.log"
         self._log = open(log_path, "ab")
         self.log_path = log_path
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                                     creationflags=child_creationflags())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if ready.exists():
@@ -134,11 +183,17 @@ class SidecarProcess:
             return ""
 
     def stop(self, timeout_s: float = 120.0) -> int:
-        """SIGINT (a clean shutdown that flushes storage), then wait; returns the exit code."""
+        """A clean shutdown that flushes storage, then wait; returns the exit code.
+
+        ``shutdown`` on the control channel first, on every platform; when it cannot be delivered (no
+        control channel, or none answering yet) a console signal (``interrupt_signal``); a sidecar
+        still running after ``timeout_s`` is killed. A signal after an accepted ``shutdown`` would add
+        nothing: both only ask the same loop to end."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            if not self._ask_to_shut_down():
+                self.proc.send_signal(interrupt_signal())
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -149,6 +204,17 @@ class SidecarProcess:
         if self._log is not None:
             self._log.close()
         return self.proc.returncode
+
+    def _ask_to_shut_down(self) -> bool:
+        if not self.control_endpoint:
+            return False
+        try:
+            send_command(self.control_endpoint, "shutdown", operator="nt8bridge",
+                         reason=f"stopped by the process that started it (pid {os.getpid()})")
+        except ControlError as exc:
+            log.warning("the sidecar's control channel did not take the shutdown (%s); interrupting it", exc)
+            return False
+        return True
 
     def __enter__(self) -> SidecarProcess:
         self.start()
