@@ -6,7 +6,8 @@
 #
 # On first use (or when pyproject.toml changes) it creates .venv with Python 3.11+ and installs
 # nt8bridge with its dev extras; later calls only run the command. Set PYTHON to choose the
-# interpreter. Desks install with the Windows installer instead (see installer/README.md).
+# interpreter. Desks install with the Windows setup instead (docs/install-windows.md; how it is
+# built: installer/README.md).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-python3}"
