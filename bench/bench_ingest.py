@@ -14,8 +14,8 @@ What runs, in this order, in one process tree:
 3. the sidecar: ``SidecarProcess`` (``nt8bridge serve`` in a child process, a fresh SQLite file,
    the strategy named by ``--strategy``, default momentum as in production). A free-running client
    (HELLO flags 0: no acknowledgements) sends the M ticks as fast as it can, then BYE. Flow control
-   is ZeroMQ's own: the client's DEALER and the sidecar's ROUTER both have high-water marks of
-   100,000 messages (SidecarServer.bind, Nt8Client), and a DEALER whose pipe is full *blocks* in
+   is ZeroMQ's own: the client's DEALER and the sidecar's ROUTER have high-water marks of 100,000
+   and 10,000 messages (Nt8Client, SidecarServer.bind), and a DEALER whose pipe is full *blocks* in
    send rather than dropping, while the ROUTER stops reading TCP when its inbound queue is full; so
    no extra window is needed, and anything missing in storage is a real loss. The sidecar ends the
    session on BYE with a storage update that the writer applies after every row handed over before

@@ -40,6 +40,13 @@ class ServerConfig:
                               "sent for up to this long before ending them", min=0, max=600_000)
     max_message_bytes: int = _opt(65536, "largest accepted message (header + body); larger is answered "
                                   "PROTOCOL_OVERSIZE", min=256, max=1_048_576)
+    max_sessions: int = _opt(64, "most NT8 sessions open at once; a HELLO beyond it is refused with "
+                             "SESSION_LIMIT_REACHED until a session ends (each session holds its strategies, "
+                             "features and risk state in memory)", min=1, max=10_000)
+    max_sessions_per_peer: int = _opt(32, "most sessions open at once from one peer address (its IP; the connection "
+                                      "when there is none): every NT8 chart on the sidecar's own machine comes from "
+                                      "127.0.0.1, so this is also how many charts one NT8 host may connect (max_sessions "
+                                      "still applies)", min=1, max=10_000)
 
 
 @dataclass(frozen=True)

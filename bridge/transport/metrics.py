@@ -42,15 +42,25 @@ class SidecarCollector(Collector):
             errors.add_metric([code], n)
         yield errors
         yield GaugeMetricFamily("nt8bridge_sessions_active", "NT8 sessions connected", value=len(self.server.sessions))
+        yield CounterMetricFamily("nt8bridge_sessions_opened", "sessions opened by a HELLO", value=s.sessions_opened)
+        ended = CounterMetricFamily("nt8bridge_sessions_ended", "sessions ended, by reason", labels=["reason"])
+        for reason, n in sorted(s.sessions_ended.items()):
+            ended.add_metric([reason], n)
+        yield ended
+        refused = CounterMetricFamily("nt8bridge_sessions_refused", "HELLOs refused with SESSION_LIMIT_REACHED, by the "
+                                      "limit reached", labels=["limit"])
+        for limit, n in sorted(s.sessions_refused.items()):
+            refused.add_metric([limit], n)
+        yield refused
         yield CounterMetricFamily("nt8bridge_sessions_lost", "sessions ended by heartbeat timeout",
                                   value=s.sessions_lost)
         yield CounterMetricFamily("nt8bridge_send_failures", "replies that could not be sent", value=s.send_failures)
         yield CounterMetricFamily("nt8bridge_internal_errors", "messages the sidecar failed on",
                                   value=s.internal_errors)
         counters = CounterMetricFamily("nt8bridge_strategy_events", "what strategies counted (e.g. ml predictions, "
-                                       "predictions the dissimilarity guard withheld), over the connected sessions",
+                                       "predictions the dissimilarity guard withheld), over all sessions",
                                        labels=["strategy", "event"])
-        totals: dict[tuple[str, str], float] = {}
+        totals: dict[tuple[str, str], float] = dict(self.server.strategy_counts)  # the ended sessions
         for session in list(self.server.sessions.values()):
             for strategy in session.pipeline.strategies:
                 for event, value in strategy.metrics().items():

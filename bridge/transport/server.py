@@ -5,6 +5,13 @@ timers: heartbeats, lost-session detection, the stale-feed watchdog, handing par
 batches to the writer and folding stage timings. Every refused frame is answered with ERROR
 (where the peer can be addressed), counted by code and logged; an exception while handling one
 message becomes INTERNAL_ERROR for that message, never a dead server.
+
+What a peer can make the sidecar hold is bounded per session and per connection: sessions by
+``server.max_sessions`` and ``server.max_sessions_per_peer`` (a HELLO beyond either is refused with
+SESSION_LIMIT_REACHED); an ended session leaves nothing behind but its rows in storage and its counts
+folded into the server's totals; a peer without a session leaves nothing at all; what libzmq queues
+per connection is capped by the socket's high-water marks (``_RCVHWM``, ``_SNDHWM``); and memory
+freed after a burst is given back to the operating system (``bridge/transport/memory.py``).
 """
 
 from __future__ import annotations
@@ -48,11 +55,23 @@ from bridge.engine.quality import QualityReason
 from bridge.audit.recorder import Recorder, RowSink
 from bridge.risk.commands import DeskLimitCommands, command_from_request
 from bridge.core.timing import StageTimings
+from bridge.transport.memory import MemoryTrimmer
 from strategies.base import Strategy
 
 log = logging.getLogger("nt8bridge.server")
 
 HARD_MAX_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE: beyond this libzmq drops the peer's connection
+# Messages libzmq queues per connection, each way. Inbound, a full queue makes libzmq stop reading that
+# connection (TCP pushes back on the sender; nothing is lost while it stays open), so a peer faster than
+# the sidecar waits mostly in its own buffers rather than in the sidecar's memory; a small message that
+# arrived in a read of its own holds a whole 8 KiB read buffer until it is handled, and with 100,000 per
+# connection a flood over 16 connections grew the sidecar by 470 MB (with 1,000: 30 MB). The queue stays deep
+# enough that what a fast client sent before closing its connection (up to this many messages) is read
+# before the close is noticed, and handled (see _send); beyond it the rest is lost with the connection.
+# Outbound, a full queue refuses the send (counted in send_failures): a peer that never reads its replies
+# (an NT8 reads every one) makes the sidecar hold at most this many.
+_RCVHWM = 10_000
+_SNDHWM = 10_000
 # A broken or hostile peer must not flood the log: refusals are always counted and answered, but
 # logged at most _LOG_BURST times per code per _LOG_WINDOW_S, then summarised.
 _LOG_BURST = 20
@@ -80,6 +99,8 @@ class ServerStats:
     sessions_opened: int = 0
     sessions_lost: int = 0
     sessions_active: int = 0
+    sessions_ended: Counter = field(default_factory=Counter)  # end reason (BYE, REHELLO, LOST...) -> count
+    sessions_refused: Counter = field(default_factory=Counter)  # the limit a HELLO hit -> count
     seq_gaps: int = 0
     send_failures: int = 0
     internal_errors: int = 0
@@ -89,6 +110,7 @@ class ServerStats:
 class Session:
     session_id: int
     routing_id: bytes
+    peer: str  # who is behind the connection: its IP address, else the routing id (see _peer_of)
     hello: Hello
     pipeline: DecisionPipeline
     recorder: Recorder
@@ -118,7 +140,9 @@ class SidecarServer:
         self.stats = ServerStats()
         self.timings = StageTimings(STAGES)
         self.sessions: dict[bytes, Session] = {}
-        self.quality_counts: Counter = Counter()  # QualityReason -> count, over all sessions
+        self.quality_counts: Counter = Counter()  # QualityReason -> count, of the ended sessions
+        self.strategy_counts: Counter = Counter()  # (strategy name, event) -> what ended sessions' strategies counted
+        self.memory = MemoryTrimmer()
         self.endpoint: str | None = None
         self._socket: zmq.Socket | None = None
         self._stop = False
@@ -141,8 +165,8 @@ class SidecarServer:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished peer raises, and is counted
         sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_MESSAGE_BYTES)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SNDHWM, _SNDHWM)
+        sock.setsockopt(zmq.RCVHWM, _RCVHWM)
         sock.bind(endpoint or self.config.server.bind)
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -212,13 +236,17 @@ class SidecarServer:
     def status_report(self) -> dict[str, Any]:
         """What ``nt8bridge status`` and ``doctor`` read: who this sidecar is, where it listens, and each
         session's last clock offset to its NT8 host (the sample the audit trail records)."""
+        cfg = self.config.server
         return {"pid": os.getpid(), "version": __version__, "protocol_version": PROTOCOL_VERSION,
                 "endpoint": self.endpoint, "control_endpoint": self.control_endpoint,
                 "metrics_port": self.metrics_port,
                 "live_sessions": [{"session_id": s.session_id, "instance_id": s.hello.instance_id,
-                                  "account": s.hello.account, "clock_offset_ns": s.clock_offset_ns,
+                                  "account": s.hello.account, "peer": s.peer, "clock_offset_ns": s.clock_offset_ns,
                                   "clock_sampled_ns": s.clock_sampled_ns}
-                                 for s in self.sessions.values()]}
+                                 for s in self.sessions.values()],
+                "max_sessions": cfg.max_sessions, "max_sessions_per_peer": cfg.max_sessions_per_peer,
+                "sessions_opened": self.stats.sessions_opened, "sessions_ended": dict(self.stats.sessions_ended),
+                "sessions_refused": dict(self.stats.sessions_refused), "send_failures": self.stats.send_failures}
 
     def change_limit(self, req: dict[str, Any]) -> list[dict[str, Any]]:
         """A ``set_limit`` or ``override`` command: validated, applied to every session (and the ones to
@@ -300,6 +328,8 @@ class SidecarServer:
                     if self._control is not None and self._control.poll(0):
                         self._on_control()
                     self._read_burst(recv, more, noblock, rcvmore)
+                else:  # nothing queued: a moment to give back what a burst left freed
+                    self._trim_memory()
                 now = time.monotonic()
                 if now >= next_timers:
                     self._heartbeats_and_timeouts(now)
@@ -335,21 +365,33 @@ class SidecarServer:
             log.info("stopping: handled %d messages the sessions had already sent", handled)
 
     def _read_burst(self, recv: Callable, more: Callable, noblock: int, rcvmore: int) -> int:
-        """Handle up to _DRAIN_BURST messages already queued; returns how many."""
+        """Handle up to _DRAIN_BURST messages already queued; returns how many.
+
+        A session's messages are read as plain bytes. From a connection without a session, the frame
+        after the routing id is read as a zmq.Frame to learn the peer's address (the HELLO's peer)."""
+        sessions = self.sessions
         for n in range(_DRAIN_BURST):
             try:
-                frames = [recv(noblock)]
+                rid = recv(noblock)
             except zmq.Again:
                 return n
+            frames = [rid]
+            peer = None
+            if rid not in sessions and more(rcvmore):
+                frame = recv(noblock, copy=False)
+                peer = _peer_of(frame, rid)
+                frames.append(frame.bytes)
             while more(rcvmore):
                 frames.append(recv(noblock))
-            self.handle(frames)
+            self.handle(frames, peer)
         return _DRAIN_BURST
 
     # --- message handling -----------------------------------------------------------------------
 
-    def handle(self, frames: list[bytes]) -> None:
-        """Handle one message as received from the ROUTER: [routing id, header, body]."""
+    def handle(self, frames: list[bytes], peer: str | None = None) -> None:
+        """Handle one message as received from the ROUTER: [routing id, header, body]; ``peer`` is who
+        sent it (``_peer_of``), needed for a HELLO from a connection without a session: None means the
+        routing id."""
         self.stats.messages_in += 1
         rid = frames[0]
         body_frames = frames[1:]
@@ -368,7 +410,7 @@ class SidecarServer:
                                     f"{MsgType(header.msg_type).name} is sent by the sidecar, not by NT8",
                                     header.seq, header.msg_type)
             if header.msg_type == _HELLO:
-                self._hello(rid, header, msg)
+                self._hello(rid, header, msg, peer)
                 return
             if session is None:
                 raise ProtocolError(ErrorCode.SESSION_NO_HELLO, "send HELLO first", header.seq, header.msg_type)
@@ -456,10 +498,13 @@ class SidecarServer:
             session.last_tick_wall[iid] = session.last_heard
         return replies
 
-    def _hello(self, rid: bytes, header: codec.Header, hello: Hello) -> None:
+    def _hello(self, rid: bytes, header: codec.Header, hello: Hello, peer: str | None = None) -> None:
         old = self.sessions.get(rid)
         if old is not None:
+            peer = old.peer  # the same connection
             self._end_session(old, "REHELLO")
+        if peer is None:
+            peer = _peer_of(None, rid)
         if not hello.instruments:
             raise ProtocolError(ErrorCode.SESSION_BAD_HELLO, "HELLO declares no instruments", header.seq,
                                 header.msg_type)
@@ -484,9 +529,10 @@ class SidecarServer:
                                     f"{spec.point_value}; correct the instrument in NT8 or declare it under "
                                     "[[instruments]] in the sidecar's config", header.seq, header.msg_type)
             instruments.append(SessionInstrument(iid, decl, spec))
-        for other in list(self.sessions.values()):
-            if other.hello.instance_id == hello.instance_id:
-                self._end_session(other, "REPLACED")  # the same NT8 instance reconnected
+        replaced = [s for s in self.sessions.values() if s.hello.instance_id == hello.instance_id]
+        self._check_limits(peer, replaced, header)
+        for other in replaced:
+            self._end_session(other, "REPLACED")  # the same NT8 instance reconnected
         now_ns = time.time_ns()
         session_id = max(now_ns // 1000, self._last_session_id + 1)
         self._last_session_id = session_id
@@ -497,7 +543,7 @@ class SidecarServer:
         for event in self.limit_commands.replay(pipeline.risk):  # run-time changes made before it connected
             recorder.audit("risk_event", event["event"], now_ns, event)
         now = time.monotonic()
-        session = Session(session_id, rid, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
+        session = Session(session_id, rid, peer, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
         for i in instruments:
             recorder.instrument(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value, i.spec.currency,
                                 i.spec.exchange, now_ns)
@@ -506,13 +552,34 @@ class SidecarServer:
         self.sessions[rid] = session
         self.stats.sessions_opened += 1
         self.stats.sessions_active = len(self.sessions)
-        log.info("session %s opened: instance %r account %r instruments %s%s", session_id, hello.instance_id,
-                 hello.account, [d.name for d in hello.instruments], " (lockstep)" if hello.lockstep else "")
+        log.info("session %s opened from %s: instance %r account %r instruments %s%s", session_id, peer,
+                 hello.instance_id, hello.account, [d.name for d in hello.instruments],
+                 " (lockstep)" if hello.lockstep else "")
         cfg = self.config.server
         self._send(session, Welcome(session_id, __version__, cfg.heartbeat_ms, cfg.heartbeat_timeout_ms, now_ns,
                                     cfg.max_message_bytes), header.ts_send_ns)
 
+    def _check_limits(self, peer: str, replaced: list[Session], header: codec.Header) -> None:
+        """Refuse a HELLO that would open a session beyond ``server.max_sessions`` or
+        ``server.max_sessions_per_peer``; the sessions it replaces (the same instance reconnecting) do
+        not count, so a reconnect is never refused for its own stale session."""
+        cfg = self.config.server
+        others = [s for s in self.sessions.values() if s not in replaced]
+        if len(others) >= cfg.max_sessions:
+            limit, text = "max_sessions", (f"the sidecar already holds {len(others)} sessions (server.max_sessions "
+                                           f"= {cfg.max_sessions}); retry once one has ended")
+        elif (n := sum(1 for s in others if s.peer == peer)) >= cfg.max_sessions_per_peer:
+            limit, text = "max_sessions_per_peer", (f"{peer} already holds {n} sessions (server.max_sessions_per_peer"
+                                                    f" = {cfg.max_sessions_per_peer}); retry once one has ended")
+        else:
+            return
+        self.stats.sessions_refused[limit] += 1
+        raise ProtocolError(ErrorCode.SESSION_LIMIT_REACHED, text, header.seq, header.msg_type)
+
     def _end_session(self, session: Session, reason: str) -> None:
+        """End a session: what it recorded is with the writer already; its counts are folded into the
+        server's totals (bounded by the reasons, codes and strategy events there are), and the server
+        keeps no reference to it."""
         if self.sessions.get(session.routing_id) is not session:
             return
         if reason == "LOST":
@@ -522,8 +589,12 @@ class SidecarServer:
         self.stats.ticks_accepted += p.ticks_accepted
         self.stats.ticks_rejected += p.ticks_rejected
         self.quality_counts.update(p.gate.counts)
+        for strategy in p.strategies:
+            for event, value in strategy.metrics().items():
+                self.strategy_counts[(strategy.name, event)] += value
         session.recorder.session_ended(time.time_ns(), reason)
         self.stats.sessions_active = len(self.sessions)
+        self.stats.sessions_ended[reason] += 1
         if reason == "LOST":
             self.stats.sessions_lost += 1
         log.info("session %s ended: %s (%d ticks accepted, %d refused, %d orders)", session.session_id, reason,
@@ -546,6 +617,12 @@ class SidecarServer:
                                 "offset_ns": session.clock_offset_ns, "seq": header.seq})
 
     # --- timers ---------------------------------------------------------------------------------
+
+    def _trim_memory(self) -> None:
+        released = self.memory.maybe_trim(time.monotonic())
+        if released is not None and released >= 1 << 20:
+            log.info("returned %.0f MB of memory freed after a burst to the operating system (resident now "
+                     "%.0f MB)", released / 1e6, (self.memory.last_rss or 0) / 1e6)
 
     def _heartbeats_and_timeouts(self, now: float) -> None:
         cfg = self.config
@@ -662,6 +739,20 @@ class SidecarServer:
 def _unknown_instrument(iid: int, header: codec.Header) -> ProtocolError:
     return ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT,
                          f"instrument_id {iid} was not declared in HELLO", header.seq, header.msg_type)
+
+
+def _peer_of(frame: zmq.Frame | None, rid: bytes) -> str:
+    """Who is behind a connection: the IP address libzmq read from the TCP connection (the routing id
+    is per connection, so a peer that reconnects gets a new one); the routing id where there is none
+    (inproc, or no frame)."""
+    if frame is not None:
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:  # inproc: no address
+            address = ""
+        if address:
+            return address
+    return "routing id " + rid.hex()
 
 
 def _peek_seq(frames: list[bytes]) -> tuple[int, int]:

@@ -25,6 +25,7 @@ FIGURES = {
     "bench_audit.py": r"AuditChain\.append\s+\d",
     "bench_drift.py": r"DissimilarityGuard\.index\s+\d",
     "bench_features.py": r"OnlineFeatures\.on_bar\s+\d",
+    "bench_fuzz.py": r"hostile messages/s, sent and answered\s+[1-9][\d,]*",
     "bench_inference.py": r"ensemble: OnnxEnsemble\.predict \(total_us\)\s+\d",
     "bench_ingest.py": r"sidecar: first send -> last row committed\s+\d",
     "bench_nt8sim.py": r"tick -> BRACKET \(entry submitted\+filled\)\s+[1-9]",
@@ -77,6 +78,15 @@ def test_roundtrip_smoke_fails_when_the_sidecar_does_not_trade(tmp_path: Path) -
     proc = run_bench("bench_roundtrip.py", "--smoke", "--no-inprocess", "--config", str(config))
     assert proc.returncode == 1, failure_report(proc)
     assert "FAILED" in proc.stderr and "no BRACKET" in proc.stderr, failure_report(proc)
+    assert "Traceback" not in proc.stderr, failure_report(proc)
+
+
+def test_fuzz_smoke_fails_when_the_sidecar_does_not_serve_the_clean_session(tmp_path: Path) -> None:
+    config = tmp_path / "no-strategy.toml"
+    config.write_text('[strategy]\nnames = "none"\n', encoding="utf-8")
+    proc = run_bench("bench_fuzz.py", "--smoke", "--config", str(config))
+    assert proc.returncode == 1, failure_report(proc)
+    assert "FAILED" in proc.stderr and "clean session was not served" in proc.stderr, failure_report(proc)
     assert "Traceback" not in proc.stderr, failure_report(proc)
 
 

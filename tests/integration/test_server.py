@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import gc
 import json
 import random
 import sqlite3
@@ -272,11 +274,33 @@ def test_metrics_endpoint_reports_counters(tmp_path):
         strategy = next(iter(s.server.sessions.values())).pipeline.strategies[0]
         strategy.metrics = lambda: {"predictions": 3.0}  # what a strategy counts reaches the endpoint
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    wait_until(lambda: not s.server.sessions, "the session ended")
+    after = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     s.stop()
     assert f'nt8bridge_strategy_events_total{{event="predictions",strategy="{strategy.name}"}} 3.0' in text
     assert 'nt8bridge_quality_events_total{reason="QUALITY_NONFINITE_PRICE"} 1.0' in text
     assert "nt8bridge_ticks_accepted_total 1.0" in text
     assert 'nt8bridge_stage_latency_microseconds_count{stage="quality"}' in text
+    # counters do not go down when the session that counted ends
+    assert f'nt8bridge_strategy_events_total{{event="predictions",strategy="{strategy.name}"}} 3.0' in after
+    assert 'nt8bridge_quality_events_total{reason="QUALITY_NONFINITE_PRICE"} 1.0' in after
+    assert "nt8bridge_sessions_opened_total 1.0" in after
+    assert 'nt8bridge_sessions_ended_total{reason="BYE"} 1.0' in after
+    assert "nt8bridge_sessions_active 0.0" in after
+
+
+def test_refused_hellos_are_counted_in_the_metrics(tmp_path):
+    from bridge.transport.metrics import serve_metrics
+    s = RunningSidecar(Config(server=dataclasses.replace(ServerConfig(), max_sessions=1)), f"sqlite:///{tmp_path}/r.sqlite")
+    port = serve_metrics(s.server, s.writer, "127.0.0.1", 0)
+    with Nt8Client(s.endpoint, instance_id="one", account="a", instruments=[ES]) as c:
+        c.connect()
+        with pytest.raises(ClientError):
+            Nt8Client(s.endpoint, instance_id="two", account="a", instruments=[ES]).connect()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    s.stop()
+    assert 'nt8bridge_sessions_refused_total{limit="max_sessions"} 1.0' in text
+    assert 'nt8bridge_errors_sent_total{code="SESSION_LIMIT_REACHED"} 1.0' in text
 
 
 def _random_frames(rng: random.Random, valid: list[list[bytes]]) -> list[bytes]:
@@ -456,3 +480,213 @@ def test_a_clean_stop_handles_what_the_sessions_already_sent(sidecar_factory):
         counts = session_counts(sidecar.db_url, welcome.session_id)
     assert counts.ticks == n
     assert counts.end_reason == "BYE"
+
+
+# --- what an ended session leaves behind, and how many sessions a peer may hold ---------------------
+
+
+def per_session_objects() -> collections.Counter:
+    """Live objects of the classes every session builds, by class (after a full collection)."""
+    from bridge.audit.reconcile import Reconciler
+    from bridge.audit.recorder import Recorder
+    from bridge.core.market import MarketState
+    from bridge.engine.orders import OrderTracker
+    from bridge.engine.pipeline import DecisionPipeline
+    from bridge.engine.quality import QualityGate
+    from bridge.risk.engine import RiskEngine
+    from bridge.transport.server import Session
+    from strategies.base import Strategy
+    from strategies.features import FeatureEngine
+    from strategies.portfolio import Portfolio
+
+    kinds = (Session, DecisionPipeline, Recorder, RiskEngine, QualityGate, MarketState, OrderTracker, Reconciler,
+             FeatureEngine, Portfolio, Strategy, m.Hello)
+    gc.collect()
+    counts: collections.Counter = collections.Counter()
+    for obj in gc.get_objects():
+        for kind in kinds:
+            if isinstance(obj, kind):
+                counts[kind.__name__] += 1
+    return counts
+
+
+def server_sizes(server: SidecarServer) -> dict[str, int]:
+    """The length of every container the server and its stats hold."""
+    sizes = {name: len(v) for name, v in vars(server).items() if isinstance(v, (dict, list, set, collections.deque))}
+    sizes |= {f"stats.{name}": len(v) for name, v in vars(server.stats).items() if isinstance(v, dict)}
+    sizes["limit_commands.accepted"] = len(server.limit_commands.accepted)
+    sizes["switch.events"] = len(server.switch.events)
+    return sizes
+
+
+class SessionCycles:
+    """HELLO, a lockstep tick, and an end, over and over: by BYE, by a second HELLO on the same connection
+    (REHELLO), or by the same instance connecting again (REPLACED)."""
+
+    ENDS = ("BYE", "REHELLO", "REPLACED")
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.peer = RawPeer(endpoint)
+        self.opened = 0
+
+    def hello(self, peer: RawPeer, instance: str) -> None:
+        peer.send(codec.encode(hello(instance), 1, time.time_ns()))
+        assert isinstance(peer.recv(), m.Welcome)
+        self.opened += 1
+
+    def run(self, first: int, n: int) -> None:
+        for i in range(first, first + n):
+            instance = f"cycle-{i}"
+            self.hello(self.peer, instance)  # after a REHELLO cycle, this HELLO ends the session before it
+            self.peer.send(codec.encode(tick(2670.0), 2, time.time_ns()))
+            ack = self.peer.recv()
+            assert isinstance(ack, m.Heartbeat) and ack.ack_seq == 2, ack
+            end = self.ENDS[i % 3]
+            if end == "BYE":
+                self.peer.send(codec.encode(m.Bye("cycle"), 3, time.time_ns()))
+            elif end == "REPLACED":
+                other = RawPeer(self.endpoint)
+                self.hello(other, instance)
+                other.send(codec.encode(m.Bye("cycle"), 2, time.time_ns()))
+                self.peer.close()
+                self.peer = other  # its session ended with that BYE; its next HELLO opens a new one
+
+    def close(self) -> None:
+        self.peer.send(codec.encode(m.Bye("done"), 3, time.time_ns()))
+        self.peer.close()
+
+
+def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s  # a bound on waiting, not a speed requirement
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def test_two_thousand_sessions_opened_and_ended_leave_the_server_as_it_was(sidecar):
+    server = sidecar.server
+    cycles = SessionCycles(sidecar.endpoint)
+    cycles.run(0, 30)  # the first sessions import the strategies and fill the log windows
+    cycles.close()
+    cycles = SessionCycles(sidecar.endpoint)
+    wait_until(lambda: not server.sessions, "the warm-up sessions ended")
+    objects, sizes = per_session_objects(), server_sizes(server)
+    assert objects["Session"] == 0 and objects["DecisionPipeline"] == 0
+
+    cycles.hello(cycles.peer, "watched")  # what is counted is what a live session holds
+    live = per_session_objects()
+    assert live["Session"] == 1 and live["DecisionPipeline"] == 1 and live["RiskEngine"] == objects["RiskEngine"] + 1
+
+    cycles.run(1, 2000)
+    cycles.close()
+    wait_until(lambda: not server.sessions, "every session ended")
+    assert per_session_objects() == objects
+    assert server_sizes(server) == sizes
+    ended = server.stats.sessions_ended
+    assert ended["REHELLO"] >= 667 and ended["REPLACED"] >= 667 and ended["BYE"] >= 667
+    assert server.stats.sessions_opened == sum(ended.values())
+    sidecar.stop()
+    # what must be kept went to storage: a row per session, with how it ended
+    with sqlite3.connect(sidecar.db_url.removeprefix("sqlite:///")) as conn:
+        stored = dict(conn.execute("select end_reason, count(*) from sessions group by end_reason").fetchall())
+    assert stored == dict(ended)
+
+
+def test_a_hello_beyond_max_sessions_is_refused_counted_and_logged_and_the_others_go_on(sidecar_factory, caplog):
+    s = sidecar_factory(max_sessions=2)
+    a = Nt8Client(s.endpoint, instance_id="a", account="Sim101", instruments=[ES])
+    b = Nt8Client(s.endpoint, instance_id="b", account="Sim101", instruments=[ES])
+    a.connect()
+    b.connect()
+    c = Nt8Client(s.endpoint, instance_id="c", account="Sim101", instruments=[ES])
+    with caplog.at_level("WARNING", logger="nt8bridge.server"):
+        with pytest.raises(ClientError, match=r"server\.max_sessions = 2"):
+            c.connect()
+        assert [e.code for e in c.errors] == [ErrorCode.SESSION_LIMIT_REACHED]
+        flood = RawPeer(s.endpoint)
+        for k in range(60):
+            flood.send(codec.encode(hello(f"flood-{k}"), 1, time.time_ns()))
+        for _ in range(60):
+            assert flood.recv_error().code == ErrorCode.SESSION_LIMIT_REACHED
+    assert s.server.stats.sessions_refused == {"max_sessions": 61}
+    assert s.server.stats.errors_sent["SESSION_LIMIT_REACHED"] == 61
+    logged = [r for r in caplog.records if "SESSION_LIMIT_REACHED" in r.getMessage()]
+    assert 1 <= len(logged) <= 20  # every refusal counted, the log spared
+    # the two sessions are untouched, and a session ending frees its place for the one refused
+    assert len(s.server.sessions) == 2
+    assert a.step(tick(2670.0)) == [] and b.step(tick(2670.25)) == []
+    a.close()
+    wait_until(lambda: len(s.server.sessions) == 1, "a's session ended")
+    c.connect()  # the same connection, trying again
+    assert c.step(tick(2670.0)) == []
+    assert b.step(tick(2670.5)) == []
+    for client in (b, c):
+        client.close()
+    flood.close()
+
+
+def test_max_sessions_per_peer_counts_the_sessions_of_one_address(sidecar_factory):
+    s = sidecar_factory(max_sessions=10, max_sessions_per_peer=2)
+    port = s.endpoint.rsplit(":", 1)[1]
+    other_address = f"tcp://127.0.0.2:0;127.0.0.1:{port}"  # the same sidecar, from another loopback address
+    a1, a2, a3 = (Nt8Client(s.endpoint, instance_id=f"a{k}", account="Sim101", instruments=[ES]) for k in (1, 2, 3))
+    a1.connect()
+    a2.connect()
+    with pytest.raises(ClientError, match=r"127\.0\.0\.1 already holds 2 sessions \(server\.max_sessions_per_peer"):
+        a3.connect()
+    b1 = Nt8Client(other_address, instance_id="b1", account="Sim101", instruments=[ES])
+    b1.connect()  # another peer: its own allowance
+    assert s.server.stats.sessions_refused == {"max_sessions_per_peer": 1}
+    peers = collections.Counter(x["peer"] for x in s.server.status_report()["live_sessions"])
+    assert peers == {"127.0.0.1": 2, "127.0.0.2": 1}
+    assert a1.step(tick(2670.0)) == [] and b1.step(tick(2670.0)) == []
+    a2.close()
+    wait_until(lambda: len(s.server.sessions) == 2, "a2's session ended")
+    a3.connect()
+    assert a3.step(tick(2670.0)) == []
+    for client in (a1, a3, b1):
+        client.close()
+
+
+def test_at_the_limit_an_instance_that_reconnects_replaces_its_own_session(sidecar_factory):
+    s = sidecar_factory(max_sessions=1, max_sessions_per_peer=1)
+    first = Nt8Client(s.endpoint, instance_id="desk", account="Sim101", instruments=[ES])
+    first_welcome = first.connect()
+    with pytest.raises(ClientError, match="SESSION_LIMIT_REACHED|max_sessions"):
+        Nt8Client(s.endpoint, instance_id="other", account="Sim101", instruments=[ES]).connect()
+    again = Nt8Client(s.endpoint, instance_id="desk", account="Sim101", instruments=[ES])
+    again.connect()  # NT8 reconnected before the sidecar noticed the old connection was gone
+    assert again.step(tick(2670.0)) == []
+    assert s.server.stats.sessions_ended == {"REPLACED": 1}
+    first.close(reason=None)
+    again.close()
+    s.stop()
+    assert session_counts(s.db_url, first_welcome.session_id).end_reason == "REPLACED"
+
+
+def test_without_an_address_each_connection_is_a_peer_of_its_own(tmp_path):
+    """inproc has no peer address: a peer is then its connection (routing id)."""
+    config = Config(server=dataclasses.replace(ServerConfig(), max_sessions_per_peer=1))
+    writer = StorageWriter(f"sqlite:///{tmp_path}/inproc.sqlite")
+    writer.start()
+    server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config))
+    endpoint = server.bind(f"inproc://sessions-{id(tmp_path)}")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    peers = [RawPeer(endpoint) for _ in range(2)]
+    try:
+        for k, peer in enumerate(peers):
+            peer.send(codec.encode(hello(f"inproc-{k}"), 1, time.time_ns()))
+            assert isinstance(peer.recv(), m.Welcome)
+        peers[0].send(codec.encode(hello("inproc-0b"), 1, time.time_ns()))  # its own session ends first
+        assert isinstance(peers[0].recv(), m.Welcome)
+        live = server.status_report()["live_sessions"]
+        assert len(live) == 2 and all(x["peer"].startswith("routing id ") for x in live)
+        assert len({x["peer"] for x in live}) == 2
+    finally:
+        for peer in peers:
+            peer.close()
+        server.request_stop()
+        thread.join(10)
+        writer.close()

@@ -48,3 +48,17 @@ def test_missing_or_broken_file_says_so(tmp_path):
     broken.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken, env={})
+
+
+def test_session_limits_are_validated_documented_and_overridable():
+    config = build_config({}, env={})
+    assert (config.server.max_sessions, config.server.max_sessions_per_peer) == (64, 32)
+    shown = to_toml(config)
+    assert "max_sessions = 64" in shown and "max_sessions_per_peer = 32" in shown
+    assert "SESSION_LIMIT_REACHED" in shown and "127.0.0.1" in shown  # each key's help text says what it does
+    with pytest.raises(ConfigError) as info:
+        build_config({"server": {"max_sessions": 0, "max_sessions_per_peer": "eight"}}, env={})
+    assert "server.max_sessions: must be >= 1" in str(info.value)
+    assert "server.max_sessions_per_peer: expected int" in str(info.value)
+    config = build_config({"server": {"max_sessions": 4}}, env={"NT8BRIDGE_SERVER__MAX_SESSIONS_PER_PEER": "2"})
+    assert (config.server.max_sessions, config.server.max_sessions_per_peer) == (4, 2)
