@@ -225,3 +225,20 @@ def cs(nt8):
     import NinjaTrader.NinjaScript.AddOns.Nt8Bridge as nb
 
     return nb
+
+
+# --------------------------------------------------------------------------- long forms
+#
+# The chaos and fuzz tests run a short form by default (CI); --full runs the long one (a million hostile
+# messages, twenty kills of the sidecar, an hour of market time in the soak).
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the long forms of the chaos, soak and fuzz tests (tens of minutes)")
+
+
+@pytest.fixture(scope="session")
+def full(request: pytest.FixtureRequest) -> bool:
+    """True with --full: tests with a short and a long form run the long one."""
+    return bool(request.config.getoption("--full"))

@@ -51,17 +51,42 @@ and written with one ``os.write`` per record, no Python buffering:
   ``AuditChain.catch_up(records)`` re-appends such records (checked against the chain) before
   new ones are written. A journal found behind its last checkpoint refuses appends until then.
 
+Disk full
+---------
+A journal write that fails for lack of room (ENOSPC, EDQUOT, EFBIG) does not break the chain:
+
+* the file is cut back to the end of its last whole line (``AuditJournal.write``), so it never holds
+  half a record (if even the cut fails, the chain halts as below and the next open moves the partial
+  line aside);
+* the record is chained as usual and returned (the caller hands it to the database writer), and its
+  line waits in memory; later records queue behind it, in seq order, so the journal stays one chain,
+  never forked, with no gap;
+* the waiting lines are written, oldest first, as soon as the disk takes them: tried every 0.5 s by
+  the journal's background thread (inside ``append`` when there is none), and at ``close``;
+* ``disk_full``, ``disk_full_since``, ``pending_records`` tell the owner (the sidecar refuses new
+  entries meanwhile and raises an alert: ``bridge.transport.storage_health``);
+* checkpoints only ever cover records that are in the journal; a checkpoint that does not fit is cut
+  back and tried later, with one log line;
+* the bound: at most ``max_pending_records`` (100,000) records or ``max_pending_bytes`` (64 MB) wait;
+  beyond it ``append`` raises AuditError without advancing the chain (that event is refused, not
+  half recorded). ``close`` with records still waiting raises AuditError naming them: they are in
+  the database if the writer could store them, and the journal catches up from there at the next
+  start (``bridge.audit.trail.open_chain``). An fsync that fails (even with ENOSPC) still halts:
+  after a failed fsync the kernel may have dropped the pages, so what the file holds is unknown.
+
 Threads
 -------
 One writer thread is expected (the hot path). ``append`` takes an uncontended lock (~0.1 us), so
 several threads are safe too, and the order of seq is the order of the file. The journal's
-background thread only fsyncs and writes checkpoints (signing ~50 us and two fsyncs stay off the
-hot path). A failure there (EIO on fsync, disk full) makes every later ``append`` raise AuditError:
-the audit trail fails closed. One process per journal: the file is locked (``bridge.audit.filelock``).
+background thread fsyncs, writes checkpoints (signing ~50 us and two fsyncs stay off the hot path)
+and retries the lines that wait for room. Any other failure there (EIO on fsync, an unwritable
+checkpoint file) makes every later ``append`` raise AuditError: the audit trail fails closed. One
+process per journal: the file is locked (``bridge.core.filelock``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -69,13 +94,13 @@ import operator
 import os
 import threading
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.audit import filelock
+from bridge.core import filelock
 
 
 __all__ = [
@@ -102,6 +127,17 @@ log = logging.getLogger("nt8bridge.audit")
 GENESIS_HASH = "00" * 32
 _GENESIS_RAW = bytes(32)
 _sha256 = hashlib.sha256
+
+MAX_PENDING_RECORDS = 100_000
+"""Records kept in memory while the journal's disk is full (with MAX_PENDING_BYTES, whichever comes first)."""
+MAX_PENDING_BYTES = 64 << 20
+_PENDING_RETRY_S = 0.5  # how often a full journal is tried again
+_DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None)
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    """No room: the file system is full, a quota is reached, or the file is too large."""
+    return exc.errno in _DISK_FULL_ERRNOS
 
 # --------------------------------------------------------------------------- canonical JSON
 
@@ -383,6 +419,8 @@ class AuditJournal:
         self._sync_each = fsync_interval_s is not None and fsync_interval_s <= 0
         self._dirty = False
         self.failed: BaseException | None = None
+        self.size = os.fstat(self._fd).st_size  # bytes up to the end of the last whole write
+        self.torn = False  # a failed write could not be cut back: the file ends in a partial line
         self._on_tick = on_tick
         self._on_error = on_error
         self._closing = False
@@ -400,13 +438,27 @@ class AuditJournal:
     # -- writing
 
     def write(self, line: bytes) -> None:
-        """Append one whole record line. In the page cache (SIGKILL-safe) when this returns."""
+        """Append whole record lines. In the page cache (SIGKILL-safe) when this returns.
+
+        A write that fails (a full disk, ENOSPC, often after writing part of the line) is cut back to
+        the end of the last whole line before the OSError is raised, so the file never ends in half a
+        record; if even that fails, ``torn`` is set (the next open moves the partial line aside)."""
         fd = self._fd
         if fd is None:
             raise AuditError(f"audit journal {self.path} is closed")
-        written = os.write(fd, line)
-        while written < len(line):  # a short write (signal, nearly full disk): O_APPEND keeps it contiguous
-            written += os.write(fd, line[written:])
+        before = self.size
+        try:
+            written = os.write(fd, line)
+            while written < len(line):  # a short write (signal, nearly full disk): O_APPEND keeps it contiguous
+                written += os.write(fd, line[written:])
+        except OSError:
+            try:
+                os.ftruncate(fd, before)  # shrinking needs no space
+            except OSError:
+                self.torn = True
+                log.exception("audit journal %s: a failed write could not be cut back to %d bytes", self.path, before)
+            raise
+        self.size = before + len(line)
         if self._sync_each:
             os.fsync(fd)
         else:
@@ -428,6 +480,7 @@ class AuditJournal:
         assert self._fd is not None
         os.ftruncate(self._fd, length)
         os.fsync(self._fd)
+        self.size = length
 
     def _run(self) -> None:
         interval = self.fsync_interval_s
@@ -685,9 +738,21 @@ class AuditChain:
 
     def __init__(self, journal_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str],
                  key_path: str | os.PathLike[str], checkpoint_every: int = 1000,
-                 checkpoint_interval_s: float = 60, *, fsync_interval_s: float | None = 0.2) -> None:
+                 checkpoint_interval_s: float = 60, *, fsync_interval_s: float | None = 0.2,
+                 max_pending_records: int = MAX_PENDING_RECORDS, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be >= 1")
+        # Disk full: records whose journal line could not be written wait here, in order, and are
+        # written (before any newer one) when space returns; see "Disk full" in the module docstring.
+        self.max_pending_records = max_pending_records
+        self.max_pending_bytes = max_pending_bytes
+        self._pending: deque[tuple[int, str, bytes]] = deque()  # (seq, hash, journal line)
+        self._pending_bytes = 0
+        self.disk_full_since: float | None = None  # Unix seconds; None while the journal is writable
+        self.disk_full_error: str | None = None
+        self.disk_full_episodes = 0
+        self._pending_next_try = 0.0
+        self._cp_disk_full = False
         self.journal_path = Path(journal_path)
         self.checkpoint_path = Path(checkpoint_path)
         self.key_path = Path(key_path)
@@ -741,6 +806,7 @@ class AuditChain:
             self._seq, self._hash = rec.seq, rec.hash
         self._hash_raw = bytes.fromhex(self._hash)
         self._head = (self._seq, self._hash)
+        self._journaled = self._head  # the last record whose line is in the journal
         cps, valid_length, torn = _read_checkpoint_file(self.checkpoint_path)
         if torn:  # a checkpoint cut by power loss: the next one must start on a line of its own
             _move_torn_tail(self.checkpoint_path, torn)
@@ -771,6 +837,25 @@ class AuditChain:
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last record (0 and GENESIS_HASH when empty)."""
         return self._head
+
+    @property
+    def disk_full(self) -> bool:
+        """Records are waiting in memory for room in the journal (appends go on, in order)."""
+        return bool(self._pending)
+
+    @property
+    def pending_records(self) -> int:
+        """Records chained but not yet in the journal (the disk was full)."""
+        return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    @property
+    def journaled_seq(self) -> int:
+        """seq of the last record whose line is in the journal."""
+        return self._journaled[0]
 
     def append(self, kind: str, subject_id: str, session_id: int | None, payload: dict[str, Any],
                ts_us: int | None = None) -> AuditRecord:
@@ -806,17 +891,38 @@ class AuditChain:
         with self._lock:
             if self._halt is not None or self._behind is not None:
                 raise AuditError(self._halt or self._behind)
+            pending = self._pending
+            if pending and (len(pending) >= self.max_pending_records or self._pending_bytes >= self.max_pending_bytes):
+                self._retry_pending()
+                if pending and (len(pending) >= self.max_pending_records
+                                or self._pending_bytes >= self.max_pending_bytes):
+                    raise AuditError(self._over_bound())
             seq = self._seq + 1
             prev = self._hash
             tail = f',"seq":{seq},"session_id":{sid},"subject_id":{sj},"ts_us":{ts_us}}}'
             digest = _sha256(self._hash_raw + f"{{{head}{tail}".encode()).digest()
             h = digest.hex()
-            try:
-                self._journal.write(f'{{"hash":"{h}",{head},"prev_hash":"{prev}"{tail}\n'.encode())
-            except BaseException as exc:
-                # a failed or partial write may have left half a line: no further appends until reopened
-                self._halt = f"audit journal write failed ({exc!r}); reopen the chain"
-                raise
+            line = f'{{"hash":"{h}",{head},"prev_hash":"{prev}"{tail}\n'.encode()
+            if pending:
+                # behind a full disk: in memory, after the records already waiting (the chain is one line)
+                pending.append((seq, h, line))
+                self._pending_bytes += len(line)
+                if self._sync_checkpoints and time.monotonic() >= self._pending_next_try:
+                    self._retry_pending()  # no background thread to do it
+            else:
+                try:
+                    self._journal.write(line)
+                except OSError as exc:
+                    if not _is_disk_full(exc) or self._journal.torn:
+                        self._halt = f"audit journal write failed ({exc!r}); reopen the chain"
+                        raise
+                    self._enter_disk_full(exc, seq, h, line)  # the file was cut back to its last whole line
+                except BaseException as exc:
+                    # a failed or partial write may have left half a line: no further appends until reopened
+                    self._halt = f"audit journal write failed ({exc!r}); reopen the chain"
+                    raise
+                else:
+                    self._journaled = (seq, h)
             self._seq, self._hash, self._hash_raw = seq, h, digest
             self._head = (seq, h)
             if seq >= self._cp_next_seq:
@@ -835,6 +941,9 @@ class AuditChain:
         with self._lock:
             if self._halt is not None:
                 raise AuditError(self._halt)
+            if self._pending:
+                raise AuditError(f"{len(self._pending)} records wait for room in the journal; catch_up after they "
+                                 "are written")
             for r in records:
                 if r.seq <= self._seq:
                     continue
@@ -842,7 +951,7 @@ class AuditChain:
                     raise ValueError(f"record {r.seq} does not continue the chain at seq {self._seq}")
                 self._journal.write(r.to_line())
                 self._seq, self._hash, self._hash_raw = r.seq, r.hash, bytes.fromhex(r.hash)
-                self._head = (r.seq, r.hash)
+                self._head = self._journaled = (r.seq, r.hash)
                 n += 1
             self._journal.fsync()
             if self._behind is not None:
@@ -850,6 +959,60 @@ class AuditChain:
                 if self._behind is None:
                     log.info("audit chain %s caught up to seq %d", self.journal_path, self._seq)
         return n
+
+    # -- disk full
+
+    def _enter_disk_full(self, exc: OSError, seq: int, h: str, line: bytes) -> None:
+        """The journal's disk is full: keep ``line`` in memory, first of the records that wait (under the lock)."""
+        self._pending.append((seq, h, line))
+        self._pending_bytes += len(line)
+        self.disk_full_since = time.time()
+        self.disk_full_error = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+        self.disk_full_episodes += 1
+        self._pending_next_try = time.monotonic() + _PENDING_RETRY_S
+        log.error("AUDIT JOURNAL DISK FULL: %s cannot be written (%s) from seq %d; records are kept in memory, in "
+                  "order (at most %d records or %d MB), and written when space returns: free space on that disk",
+                  self.journal_path, self.disk_full_error, seq, self.max_pending_records,
+                  self.max_pending_bytes >> 20)
+
+    def _retry_pending(self) -> None:
+        """Write the records waiting for room, oldest first, as far as the disk allows (under the lock)."""
+        pending = self._pending
+        self._pending_next_try = time.monotonic() + _PENDING_RETRY_S
+        journal = self._journal
+        while pending:
+            chunk, n, size = [], 0, 0
+            for _seq, _h, line in pending:  # a few hundred KB per write: a short write wastes little
+                chunk.append(line)
+                n += 1
+                size += len(line)
+                if size >= 256 << 10:
+                    break
+            try:
+                journal.write(b"".join(chunk))
+            except OSError as exc:
+                if not _is_disk_full(exc) or journal.torn:
+                    self._halt = f"audit journal write failed ({exc!r}); reopen the chain"
+                    log.error("audit journal %s: %s; appends refused until the chain is reopened", self.journal_path,
+                              self._halt)
+                return  # still full: cut back to the last whole line by the journal; try again later
+            for _ in range(n):
+                seq, h, _line = pending.popleft()
+            self._pending_bytes -= size
+            self._journaled = (seq, h)
+        took = time.time() - (self.disk_full_since or time.time())
+        log.warning("audit journal %s is writable again after %.1fs: the records kept in memory are written, up to "
+                    "seq %d", self.journal_path, took, self._journaled[0])
+        self.disk_full_since = None
+        self.disk_full_error = None
+        if self._sync_checkpoints:
+            self._journal.fsync()
+
+    def _over_bound(self) -> str:
+        took = time.time() - (self.disk_full_since or time.time())
+        return (f"audit journal {self.journal_path}: the disk has been full for {took:.0f}s and {len(self._pending)} "
+                f"records ({self._pending_bytes >> 20} MB) wait in memory, the most that is kept: this record is "
+                "refused; free space on that disk")
 
     # -- checkpoints
 
@@ -861,8 +1024,12 @@ class AuditChain:
             self._journal.wake()
 
     def _tick(self) -> None:
-        """Background thread: checkpoint when requested, or when the interval passed with new records."""
-        seq = self._head[0]
+        """Background thread: write what waits for room in the journal; checkpoint when requested, or when
+        the interval passed with new records."""
+        if self._pending and time.monotonic() >= self._pending_next_try:
+            with self._lock:
+                self._retry_pending()
+        seq = self._journaled[0]
         if seq > self._cp_seq and (self._cp_requested or seq - self._cp_seq >= self.checkpoint_every
                                    or time.monotonic() - self._cp_time >= self.checkpoint_interval_s):
             self._cp_requested = False
@@ -870,17 +1037,34 @@ class AuditChain:
 
     def _checkpoint_head(self) -> None:
         with self._cp_lock:  # the background thread and close()/checkpoint() may both get here
-            seq, h = self._head  # read once: a consistent pair
+            seq, h = self._journaled  # read once: a consistent pair; never a record still waiting in memory
             fd = self._cp_fd
             if seq <= self._cp_seq or fd is None:
                 return
             self._journal.fsync()  # the checkpointed record (and all before it) are durable first
             cp = sign_checkpoint(self._key, seq, h, time.time_ns() // 1000)
             line = canonical_bytes(cp) + b"\n"
-            written = os.write(fd, line)
-            while written < len(line):
-                written += os.write(fd, line[written:])
+            before = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+                while written < len(line):
+                    written += os.write(fd, line[written:])
+            except OSError as exc:
+                if not _is_disk_full(exc):
+                    raise
+                os.ftruncate(fd, before)  # never half a checkpoint; the next one is tried later
+                if not self._cp_disk_full:
+                    self._cp_disk_full = True
+                    log.error("audit checkpoint file %s: the disk is full (%s); the checkpoint of seq %d is skipped "
+                              "and retried later: free space on that disk", self.checkpoint_path, exc, seq)
+                self._cp_time = time.monotonic()
+                self._cp_next_time = self._cp_time + self.checkpoint_interval_s
+                return
             os.fsync(fd)
+            if self._cp_disk_full:
+                self._cp_disk_full = False
+                log.warning("audit checkpoint file %s is writable again (checkpoint of seq %d written)",
+                            self.checkpoint_path, seq)
             self._cp_seq, self._cp_time = seq, time.monotonic()
             self._cp_next_time = self._cp_time + self.checkpoint_interval_s
             self._last_cp = (seq, h)
@@ -902,10 +1086,15 @@ class AuditChain:
         """Stop the background thread, write a final checkpoint, fsync and close. Idempotent."""
         if self._cp_fd is None:
             return
+        unwritten: tuple[int, int, int] | None = None
         try:
             self._journal.stop_background()
             if self._halt is None and self._behind is None:
                 with self._lock:
+                    if self._pending:
+                        self._retry_pending()
+                    if self._pending:
+                        unwritten = (len(self._pending), self._pending[0][0], self._pending[-1][0])
                     self._checkpoint_head()
         finally:
             fd, self._cp_fd = self._cp_fd, None
@@ -915,6 +1104,10 @@ class AuditChain:
                 os.close(fd)
         if self._journal.failed is not None:
             raise AuditError(f"audit journal background work failed: {self._journal.failed!r}")
+        if unwritten is not None:
+            raise AuditError(f"audit journal {self.journal_path}: the disk is still full; {unwritten[0]} records (seq "
+                             f"{unwritten[1]}..{unwritten[2]}) are not in it. They were handed to the database "
+                             "writer: free space and start again, and the journal catches up from the database")
 
     def __enter__(self) -> AuditChain:
         return self

@@ -13,6 +13,7 @@ its public half in ``.pub`` beside it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -21,12 +22,22 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from bridge.audit.chain import AuditChain, AuditJournal, VerifyResult, load_public_key, read_checkpoints, verify_rows
+from bridge.audit.chain import (
+    AuditChain,
+    AuditJournal,
+    AuditRecord,
+    VerifyResult,
+    load_public_key,
+    read_checkpoints,
+    verify_rows,
+)
 from bridge.core.config import Config, user_config_path
 from bridge.storage.database import create_engine_for, default_db_url
 from bridge.storage.schema import audit_chain
 
 log = logging.getLogger("nt8bridge.audit")
+
+BACKLOG_WAIT_S = 120.0  # how long open_chain waits for the storage writer to replay a spool left by a dead run
 
 
 @dataclass(frozen=True)
@@ -56,17 +67,32 @@ def audit_paths(config: Config, db_url: str) -> AuditPaths:
 
 
 def open_chain(config: Config, db_url: str, sink) -> AuditChain:
-    """The sidecar's chain, resumed from its journal; records the database lacks are written again."""
+    """The sidecar's chain, resumed from its journal; records the database lacks are written again, and
+    records the journal lacks (the database is ahead: a power loss, or a process that died while the
+    journal's disk was full and records waited in memory) are journaled again first, so the chain goes
+    on from the true head and never forks."""
     paths = audit_paths(config, db_url)
     paths.journal.parent.mkdir(parents=True, exist_ok=True)
     paths.key.parent.mkdir(parents=True, exist_ok=True)
     ac = config.audit
+    _store_backlog_first(sink)
     chain = AuditChain(paths.journal, paths.checkpoints, paths.key, checkpoint_every=ac.checkpoint_every,
                        fsync_interval_s=ac.fsync_interval_ms / 1000.0)
     engine = create_engine_for(db_url)
     try:
         with engine.connect() as conn:
             stored = conn.execute(select(audit_chain.c.seq).order_by(audit_chain.c.seq.desc()).limit(1)).scalar()
+            if stored is not None and stored > chain.head[0]:
+                rows = conn.execute(select(audit_chain).where(audit_chain.c.seq > chain.head[0])
+                                    .order_by(audit_chain.c.seq)).mappings().all()
+                ahead = [AuditRecord.from_dict({**row, "payload": json.loads(row["payload"])}) for row in rows]
+                n = chain.catch_up(ahead)
+                log.warning("audit: the database held %d records the journal %s lacked (seq %d..%d): journaled "
+                            "them again, the chain goes on from seq %d", n, paths.journal, ahead[0].seq,
+                            ahead[-1].seq, chain.head[0])
+    except BaseException:
+        chain.close()
+        raise
     finally:
         engine.dispose()
     stored = stored or 0
@@ -79,6 +105,88 @@ def open_chain(config: Config, db_url: str, sink) -> AuditChain:
                     "committed): stored them now (seq %d..%d)", len(missing), missing[0].seq, missing[-1].seq)
     log.info("audit chain at seq %d, journal %s, checkpoints %s", chain.head[0], paths.journal, paths.checkpoints)
     return chain
+
+
+def _store_backlog_first(sink) -> None:
+    """Before the database's head is read: a storage writer that starts with a backlog (a spool left by a
+    run that died while the database was away) may hold audit records the database and the journal both
+    lack; it is given the time to store them, so the chain resumes from them instead of forking."""
+    if getattr(sink, "state", "ok") == "ok":
+        return
+    from bridge.storage.database import StorageError
+
+    try:
+        sink.sync(timeout=BACKLOG_WAIT_S)
+    except StorageError as exc:
+        log.warning("audit: the storage backlog is not stored yet (%s); the chain resumes from its journal", exc)
+
+
+def open_chain_on_database_head(config: Config, db_url: str, sink) -> AuditChain:
+    """The chain of a sidecar that has just become the leader of a hot-standby pair: continued from the
+    database's head, which the other sidecar was extending while this one stood by.
+
+    The database holds the pair's one chain; each sidecar's journal is its local copy. A journal that
+    already ends on the database's head is kept. Any other (behind, because the other sidecar led
+    meanwhile; or ahead, holding records that this sidecar journaled when it last led and that never
+    reached the database before it died) is moved aside into ``superseded/`` with its checkpoints,
+    kept as evidence, and a new journal starts with the database's head record as its anchor: the
+    next record chains onto it, in constant time however long the chain."""
+    import json
+    import time
+
+    from bridge.audit.chain import AuditRecord
+
+    paths = audit_paths(config, db_url)
+    paths.journal.parent.mkdir(parents=True, exist_ok=True)
+    paths.key.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine_for(db_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(audit_chain).order_by(audit_chain.c.seq.desc()).limit(1)).mappings().first()
+    finally:
+        engine.dispose()
+    head = None if row is None else AuditRecord.from_dict({**row, "payload": json.loads(row["payload"])})
+    ac = config.audit
+
+    def open_() -> AuditChain:
+        return AuditChain(paths.journal, paths.checkpoints, paths.key, checkpoint_every=ac.checkpoint_every,
+                          fsync_interval_s=ac.fsync_interval_ms / 1000.0)
+
+    chain = open_()
+    local = chain.head
+    head_seq = head.seq if head else 0
+    if local == ((head.seq, head.hash) if head else (0, local[1])):
+        return chain
+    if local[0] > head_seq:
+        # this sidecar led last and died before the database had its last records: if its journal
+        # extends the database's chain, those records are stored now and the chain goes on from them
+        records = AuditJournal.read(paths.journal)
+        at_head = next((r for r in records if r.seq == head_seq), None)
+        if head is None or (at_head is not None and at_head.hash == head.hash):
+            missing = [r for r in records if r.seq > head_seq]
+            for r in missing:
+                sink.write("audit_chain", (r.seq, r.ts_us, r.kind, r.subject_id, r.session_id, r.payload_json(),
+                                           r.prev_hash, r.hash))
+            log.warning("audit: %d records of the journal were not in the database (this sidecar led last and "
+                        "stopped before they were committed): stored them now (seq %d..%d)", len(missing),
+                        head_seq + 1, local[0])
+            return chain
+    chain.close()
+    aside = paths.journal.parent / "superseded" / time.strftime("%Y%m%dT%H%M%S")
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in (paths.journal, paths.checkpoints):
+        if path.exists():
+            path.replace(aside / path.name)
+    if head is not None:
+        paths.journal.write_bytes(head.to_line())
+    if local[0] > (head.seq if head else 0):
+        log.warning("audit: this sidecar's journal ended at seq %d, beyond the database's head %d: records it "
+                    "journaled when it last led never reached the database; kept in %s", local[0],
+                    head.seq if head else 0, aside)
+    else:
+        log.info("audit: journal resumed on the database's head (seq %d); the previous journal is in %s",
+                 head.seq if head else 0, aside)
+    return open_()
 
 
 def verify_database(db_url: str, checkpoints: Path | None = None, public_key: Path | None = None) -> VerifyResult:

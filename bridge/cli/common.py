@@ -37,3 +37,16 @@ def db_url(args: argparse.Namespace, config: Config) -> str:
 def console():
     from rich.console import Console
     return Console(stderr=True)
+
+
+def operator_key(path: str | None, variable: str | None = None):
+    """The operator key of ``--key FILE`` (or ``--approver-key``), else of the file the environment names
+    ($NT8BRIDGE_OPERATOR_KEY, or ``variable``), else None: an unsigned request, as a sidecar without
+    ``security.operators_file`` takes it."""
+    from bridge.transport.operators import ENV_KEY, key_from_env, read_operator_key
+    return read_operator_key(path) if path else key_from_env(variable or ENV_KEY)
+
+
+def add_key_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key", metavar="FILE", help="your operator key file, for a sidecar with operator keys "
+                        "(default: $NT8BRIDGE_OPERATOR_KEY; docs/security.md)")

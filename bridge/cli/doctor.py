@@ -243,6 +243,28 @@ def check_nt8(nt8_dir: str | None) -> list[Check]:
     return checks
 
 
+def check_security(config: Config) -> Check:
+    """Remote mode (docs/security.md): the secret and operator files readable, and nothing exposed beyond
+    loopback without them (what `nt8bridge serve` would refuse)."""
+    from bridge.transport.security import Security, exposure_problem
+    try:
+        security = Security.from_config(config.security)
+    except ConfigError as exc:
+        return Check("security", "FAIL", str(exc), "see docs/security.md")
+    problem = exposure_problem(config.server.bind, config.server.control_bind, security)
+    if problem is not None:
+        return Check("security", "FAIL", problem, "the sidecar refuses to start like this (docs/security.md)")
+    if not security.remote:
+        return Check("security", "OK", "loopback only, unauthenticated (remote mode off)")
+    allow = ", ".join(str(n) for n in security.allow) or "any peer with the secret"
+    operators = (f"{len(security.operators)} operators sign control requests" if security.operators is not None
+                 else "control requests unsigned (control channel on loopback)")
+    warn = not security.allow and security.operators is None
+    return Check("security", "WARN" if warn else "OK",
+                 f"remote mode: {len(security.secrets)} secret(s), peers: {allow}; {operators}",
+                 "consider security.allow (the NT8 machines) and security.operators_file" if warn else "")
+
+
 def check_database(config: Config) -> Check:
     from bridge.storage.database import StorageError, default_db_url, probe
     url = config.storage.url or default_db_url()
@@ -261,6 +283,7 @@ def run_checks(config_path: str | None, nt8_dir: str | None, control: str | None
     endpoint = control or config.server.control_bind
     sidecar = _status(endpoint) if endpoint else None
     checks += check_ports(config, sidecar)
+    checks.append(check_security(config))
     checks += check_sidecar(endpoint, sidecar)
     checks += check_nt8(nt8_dir)
     checks.append(check_database(config))

@@ -14,7 +14,8 @@ from typing import Any
 from bridge import __version__
 from bridge.core.config import Config, ConfigError, load_config, to_toml
 from bridge.core.errors import UserError
-from bridge.cli import doctor, ml, ops, service
+from bridge.cli import doctor, ml, ops, remote, service
+from bridge.cli.common import add_key_option, operator_key
 from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
 
 log = logging.getLogger("nt8bridge")
@@ -78,6 +79,7 @@ def _progress(console: Any, total: int, quiet: bool, unit: str) -> Any:
 def _playback_python(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
                      console: Any) -> tuple[dict[str, Any], list[int]]:
     from bridge.nt8.playback import PlaybackError, load_stream, run_playback
+    from bridge.transport.security import client_secret
     try:
         with console.status("reading data files"):
             stream = load_stream(files, args.instrument)
@@ -91,7 +93,8 @@ def _playback_python(files: list[Path], args: argparse.Namespace, config: Config
     with _progress(console, len(stream), args.quiet, "ticks") as progress:
         task = progress.add_task("playback", total=len(stream))
         result = run_playback(stream, endpoint, config, master, window=args.window,
-                              progress=lambda n: progress.update(task, completed=n))
+                              progress=lambda n: progress.update(task, completed=n),
+                              secret=client_secret(config.security))  # a config in remote mode: its secret
     summary: dict[str, Any] = {
         "engine": "python", "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
         "ticks_read": result.ticks_read, "ticks_rejected": result.ticks_rejected,
@@ -123,6 +126,7 @@ def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config
                                 lockstep=not args.free_running, window=args.window, latency_ms=args.latency_ms,
                                 speed=args.speed,
                                 timezone=args.timezone,
+                                parameters={"SharedSecretFile": config.security.secret_file},  # remote mode, if set
                                 progress=lambda n, total: progress.update(task, completed=n, total=total))
         except Nt8SimError as exc:
             raise UserError(str(exc)) from None
@@ -302,18 +306,25 @@ def cmd_kill(args: argparse.Namespace, config: Config) -> int:
 
     from bridge.transport.control import ControlError, send_command
     endpoint = args.control or config.server.control_bind
+    key = operator_key(args.key)  # signs the request for a sidecar with operator keys (docs/security.md)
     try:
         if args.command == "kill":
-            operator = args.operator or getpass.getuser()
-            reply = send_command(endpoint, "kill", operator=operator, reason=args.reason)
+            operator = args.operator or (key.name if key else getpass.getuser())
+            reply = send_command(endpoint, "kill", operator=operator, reason=args.reason, key=key)
             print(f"KILLED by {operator}: {reply['sessions_flattened']} NT8 sessions told to flatten everything; "
                   f"new orders are refused until `nt8bridge enable --operator NAME`")
         elif args.command == "enable":
-            reply = send_command(endpoint, "enable", operator=args.operator, reason=args.reason)
+            reply = send_command(endpoint, "enable", operator=args.operator, reason=args.reason, key=key)
             print(f"trading enabled by {args.operator} ({reply['sessions']} sessions)")
         else:
-            reply = send_command(endpoint, "status")
-            print(json.dumps(reply, indent=2) if args.json else f"{reply['state']} ({reply['sessions']} sessions)")
+            reply = send_command(endpoint, "status", key=key)
+            role = reply.get("role", "single")
+            leader = reply.get("leader") or {}
+            pair = "" if role == "single" else (f", {role} of a hot-standby pair (epoch {reply.get('leader_epoch')}"
+                                                f"{'' if role == 'leader' else ', leader ' + leader.get('endpoint', '?')})")
+            from bridge.transport.storage_health import describe
+            print(json.dumps(reply, indent=2) if args.json else f"{reply['state']} ({reply['sessions']} sessions{pair})"
+                  f"{describe(reply.get('storage'))}")
     except ControlError as exc:
         raise UserError(str(exc)) from None
     return 0
@@ -330,9 +341,10 @@ def cmd_stop(args: argparse.Namespace, config: Config) -> int:
         raise UserError("the control channel is disabled (server.control_bind is empty): give --control ENDPOINT")
     if args.wait is not None and args.wait < 0:
         raise UserError("--wait takes a number of seconds >= 0")
-    operator = args.operator or getpass.getuser()
+    key = operator_key(args.key)
+    operator = args.operator or (key.name if key else getpass.getuser())
     try:
-        reply = send_command(endpoint, "shutdown", operator=operator, reason=args.reason)
+        reply = send_command(endpoint, "shutdown", operator=operator, reason=args.reason, key=key)
     except ControlError as exc:
         raise UserError(str(exc)) from None
     print(f"shutdown accepted by the sidecar at {endpoint} (asked by {operator}; {reply['sessions']} NT8 sessions "
@@ -635,17 +647,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("kill", help="KILL SWITCH: flatten every NT8 session and refuse new orders until enabled")
     s.add_argument("--reason", default="manual kill switch", help="why (recorded in the audit log)")
-    s.add_argument("--operator", help="who (default: the login name)")
+    s.add_argument("--operator", help="who (default: the name in --key, else the login name)")
     s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_key_option(s)
     s.set_defaults(func=cmd_kill)
     s = sub.add_parser("enable", help="trade again after a kill (needs a named operator)")
     s.add_argument("--operator", required=True, help="who re-enables (recorded)")
     s.add_argument("--reason", default="", help="why (recorded)")
     s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_key_option(s)
     s.set_defaults(func=cmd_kill)
     s = sub.add_parser("status", help="the sidecar's trading state (ACTIVE or HALTED) and sessions")
     s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
     s.add_argument("--json", action="store_true")
+    add_key_option(s)
     s.set_defaults(func=cmd_kill)
     s = sub.add_parser("stop", help="stop the running sidecar cleanly (storage flushed), through its control channel; "
                        "recorded in the audit log")
@@ -654,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", default="nt8bridge stop", help="why (recorded; default 'nt8bridge stop')")
     s.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to this long until the sidecar has stopped "
                    "(exit 1 if it has not)")
+    add_key_option(s)
     s.set_defaults(func=cmd_stop)
 
     s = sub.add_parser("backtest", help="walk-forward backtest of strategies through the whole decision path")
@@ -703,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_db)
 
     ops.register(sub, db_option)
+    remote.register(sub)
     ml.register(sub, db_option)
     service.register(sub)
     doctor.register(sub)

@@ -8,7 +8,7 @@ import json
 from typing import Any, Callable
 
 from bridge.core.config import Config
-from bridge.cli.common import db_url
+from bridge.cli.common import add_key_option, db_url, operator_key
 from bridge.core.errors import UserError
 
 
@@ -35,22 +35,25 @@ def _value(text: str) -> Any:
 
 def cmd_risk(args: argparse.Namespace, config: Config) -> int:
     from bridge.transport.control import ControlError, send_command
+    from bridge.transport.operators import ENV_APPROVER_KEY
     endpoint = _endpoint(args, config)
+    key = operator_key(args.key)  # signs the request for a sidecar with operator keys (docs/security.md)
     try:
         if args.risk_command == "set":
-            reply = send_command(endpoint, "set_limit", operator=args.operator, reason=args.reason,
+            reply = send_command(endpoint, "set_limit", operator=args.operator, reason=args.reason, key=key,
                                  scope=args.scope, field=args.limit, value=_value(args.value))
             print(f"{args.scope} {args.limit} = {args.value} by {args.operator} ({len(reply['applied'])} sessions; "
                   f"sessions that connect later get it too); recorded in the audit trail")
         elif args.risk_command == "override":
+            approver = operator_key(args.approver_key, ENV_APPROVER_KEY)
             reply = send_command(endpoint, "override", scope=args.scope, field=args.limit, value=_value(args.value),
                                  who=args.who, why=args.why, approved_by=args.approved_by,
-                                 duration_s=args.minutes * 60.0)
+                                 duration_s=args.minutes * 60.0, key=key, approver_key=approver)
             print(f"override {args.scope} {args.limit} = {args.value} for {args.minutes:g} min, asked by {args.who}, "
                   f"approved by {args.approved_by} ({len(reply['applied'])} sessions); it expires by itself; "
                   "recorded in the audit trail")
         else:
-            reply = send_command(endpoint, "limits")
+            reply = send_command(endpoint, "limits", key=key)
             print(json.dumps(reply["limits"], indent=2))
     except ControlError as exc:
         raise UserError(str(exc)) from None
@@ -101,10 +104,13 @@ def register(sub: argparse._SubParsersAction, db_option: Callable[[argparse.Argu
     d.add_argument("--why", required=True, help="why")
     d.add_argument("--approved-by", required=True, help="who approved it (another person)")
     d.add_argument("--minutes", type=float, required=True, help="how long it lasts")
+    d.add_argument("--approver-key", metavar="FILE", help="the approver's own operator key file, for a sidecar with "
+                   "operator keys: the approver signs the same request (default: $NT8BRIDGE_APPROVER_KEY)")
     d = rsub.add_parser("show", help="the limits, overrides and trading states in force in every session")
     for p in rsub.choices.values():
         p.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: "
                        "server.control_bind)")
+        add_key_option(p)
         p.set_defaults(func=cmd_risk)
 
     s = sub.add_parser("report", help="compliance exports")

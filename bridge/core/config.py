@@ -11,6 +11,7 @@ environment variables ``NT8BRIDGE_<SECTION>__<KEY>`` (e.g. ``NT8BRIDGE_SERVER__B
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 import tomllib
@@ -50,6 +51,25 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """Remote mode (docs/security.md). Only paths live here, never a secret or a key: the whole
+    configuration is written into the audit trail at every start."""
+
+    secret_file: str = _opt("", "file holding the shared secret that authenticates every message with NT8 (HMAC-SHA256; "
+                            "create it with `nt8bridge secret new FILE`); empty: no authentication, and the sidecar "
+                            "refuses to listen anywhere but on loopback")
+    allow: str = _opt("", "peers that may open sessions: IP addresses or networks (CIDR), comma separated, e.g. "
+                      "10.1.2.3, 192.168.7.0/24; empty: any peer (that holds the secret)")
+    hello_window_s: float = _opt(30.0, "a HELLO, or a signed control request, is accepted once, and only when its "
+                                 "send time is within this many seconds of the sidecar's clock (keep both clocks on "
+                                 "NTP)", min=1.0, max=3600.0)
+    operators_file: str = _opt("", "TOML file of the operators' keys ([operators] NAME = \"HEX\"; `nt8bridge operator "
+                               "new`); set: every control request must be signed with its operator's own key, and an "
+                               "override's approver with another; empty: unsigned, and the control channel must stay "
+                               "on loopback")
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     url: str = _opt("", "SQLAlchemy URL; empty means an SQLite file in the user's data folder")
     batch_rows: int = _opt(2000, "rows per committed batch", min=1, max=1_000_000)
@@ -58,6 +78,12 @@ class StorageConfig:
     flush_interval_ms: int = _opt(250, "partial batches are handed to the writer at least this often",
                                   min=10, max=60_000)
     store_ticks: bool = _opt(True, "store every accepted tick (turn off only to save disk)")
+    spool_path: str = _opt("", "file that holds the rows while the database is unreachable, replayed in order when "
+                           "it is back; empty: <file>.spool beside an SQLite database, else storage.spool beside "
+                           "the audit journal")
+    on_outage: str = _opt("continue", "while the database is unreachable (rows go to the spool): 'continue' "
+                          "trading, or 'reducing': refuse new orders that would increase a position until the "
+                          "backlog is stored", choices=("continue", "reducing"))
 
 
 @dataclass(frozen=True)
@@ -245,10 +271,37 @@ class FillModelConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    enabled: bool = _opt(False, "run as one of a hot-standby pair: the sidecar that holds the cluster's lock in "
+                         "PostgreSQL leads and serves NT8, the other refuses sessions (SESSION_STANDBY) until the "
+                         "leader is gone; needs storage.url on PostgreSQL, shared by both")
+    cluster: str = _opt("default", "name of the pair: sidecars with the same name and database compete for one lock")
+    advertise: str = _opt("", "the endpoint NT8 should connect to for this sidecar, told to the other one and to "
+                          "refused NT8 sessions (empty: the bound endpoint)")
+    poll_ms: int = _opt(200, "how often a standby tries the lock and a leader checks that it still holds it",
+                        min=20, max=10_000)
+    lease_ms: int = _opt(2000, "a leader that cannot confirm its lock for this long steps down (its database "
+                         "connection is lost); PostgreSQL releases the lock of a silent leader after 1.5 times "
+                         "this, so two sidecars never lead at once", min=200, max=600_000)
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    lookback_h: float = _opt(24.0, "when NT8 (re)connects, brackets its strategy instance opened in the last "
+                             "this many hours and that are still open are resumed from storage", min=0.0,
+                             max=24.0 * 14)
+    flatten: bool = _opt(False, "after a restart or a failover, flatten what was resumed instead of managing it "
+                         "on (NT8 keeps its stops and targets either way)")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     bars: BarsConfig = field(default_factory=BarsConfig)
@@ -377,6 +430,14 @@ def _cross_checks(sections: dict[str, Any]) -> list[str]:
                 errors.append(f"strategy.spread_pairs: {pair.strip()!r} is not BASE/OTHER (e.g. ES/NQ)")
         if not strategy.spread_exit_z < strategy.spread_entry_z:
             errors.append("strategy: spread_exit_z must be below spread_entry_z")
+    security = sections.get("security")
+    if security is not None:
+        for entry in split_allow(security.allow):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                errors.append(f"security.allow: {entry!r} is not an IP address or network (e.g. 10.1.2.3 or "
+                              "192.168.7.0/24)")
     portfolio = sections.get("portfolio")
     if portfolio is not None and portfolio.start_trading:
         try:
@@ -385,6 +446,11 @@ def _cross_checks(sections: dict[str, Any]) -> list[str]:
             errors.append(f"portfolio.start_trading: {portfolio.start_trading!r} is not an ISO 8601 time "
                           "(e.g. 2023-11-01T00:00:00)")
     return errors
+
+
+def split_allow(text: str) -> list[str]:
+    """The entries of ``security.allow``: comma (or space) separated, blanks dropped."""
+    return [e for e in text.replace(",", " ").split() if e]
 
 
 def parse_utc(text: str) -> int:

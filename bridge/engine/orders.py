@@ -90,6 +90,7 @@ class OrderTracker:
         self.duplicate_executions = 0
         self.unknown_order_events = 0
         self.closed: list[BracketRecord] = []  # brackets CLOSED since the pipeline last took them
+        self.resumed_executions: set[str] = set()  # fills read back from storage when the session resumed
 
     def next_ids(self) -> tuple[str, str]:
         """A fresh (decision id, client order id) pair; deterministic within a session."""
@@ -102,6 +103,8 @@ class OrderTracker:
         self._active.setdefault(bracket.instrument_id, {})[bracket.client_order_id] = bracket
 
     def _set_status(self, b: BracketRecord, status: BracketStatus) -> None:
+        if b.status is status:
+            return  # a report repeated (NT8's replay after a reconnect): closed, and booked, once
         b.status = status
         if status not in ACTIVE:
             self._active.get(b.instrument_id, {}).pop(b.client_order_id, None)
@@ -135,6 +138,11 @@ class OrderTracker:
             self.unknown_order_events += 1
             return None
         if update.role != OrderRole.ENTRY:
+            # an adopted bracket learns its exit prices from its legs' reports
+            if update.role == OrderRole.STOP and b.stop_price != b.stop_price:
+                b.stop_price = update.stop_price
+            elif update.role == OrderRole.TARGET and b.target_price != b.target_price:
+                b.target_price = update.limit_price
             return b
         state = update.state
         if state in (OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED):

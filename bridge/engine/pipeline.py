@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +43,7 @@ from bridge.protocol.messages import (
     MsgType,
     OrderRole,
     OrderState,
+    OrderType,
     OrderUpdate,
     Position,
     Side,
@@ -103,6 +105,7 @@ class DecisionPipeline:
         self.orders_sent = 0
         self.denials = 0
         self.exits_sent = 0
+        self.fills_replayed = 0  # fills NT8 reported again after a reconnect that storage already had
         for i in instruments:
             self.gate.add_instrument(i.instrument_id, i.spec, i.decl.tick_size)
             self.market.add_instrument(i.instrument_id, i.decl.name, i.decl.tick_size, i.decl.point_value)
@@ -245,7 +248,7 @@ class DecisionPipeline:
         self.decisions += 1
         return self.orders.next_ids()
 
-    def _flatten(self, iid: int, reason: str, algorithm_id: str, event_ns: int, now: int,
+    def flatten(self, iid: int, reason: str, algorithm_id: str, event_ns: int, now: int,
                  inputs: dict[str, Any]) -> Flatten:
         decision_id, _ = self._decision_id()
         for b in self.orders.active(iid):
@@ -265,7 +268,7 @@ class DecisionPipeline:
                 continue
             if b.deadline_ns and event_ns >= b.deadline_ns and (b.entry_filled or b.status.name != "SENT"):
                 flattened.add(iid)
-                out.append(self._flatten(iid, f"time limit of {b.client_order_id} reached", b.algorithm_id,
+                out.append(self.flatten(iid, f"time limit of {b.client_order_id} reached", b.algorithm_id,
                                          event_ns, now, {"bracket": b.client_order_id, "deadline_ns": b.deadline_ns}))
             elif b.group and b.entry_filled and event_ns - b.ts_entry_ns >= leg_timeout_ns:
                 out.extend(self._leg_risk(b, event_ns, now, flattened))
@@ -284,7 +287,7 @@ class DecisionPipeline:
         for b in [filled, *partners]:
             if b.entry_filled and b.instrument_id not in flattened and not b.exit_requested:
                 flattened.add(b.instrument_id)
-                out.append(self._flatten(b.instrument_id, f"leg risk: {b.client_order_id} filled, "
+                out.append(self.flatten(b.instrument_id, f"leg risk: {b.client_order_id} filled, "
                                          f"{', '.join(s.client_order_id for s in stuck)} did not", b.algorithm_id,
                                          event_ns, now, {"group": filled.group}))
         log.warning("leg risk in %s: closed the filled legs", filled.group)
@@ -296,7 +299,7 @@ class DecisionPipeline:
             held = self.orders.position_of(e.instrument_id, e.algorithm_id)
             if not held or any(b.exit_requested for b in self.orders.active(e.instrument_id)):
                 continue
-            out.append(self._flatten(e.instrument_id, e.rationale, e.algorithm_id, event_ns, now,
+            out.append(self.flatten(e.instrument_id, e.rationale, e.algorithm_id, event_ns, now,
                                      {"position": held}))
         return out
 
@@ -342,6 +345,9 @@ class DecisionPipeline:
         if self.switch.halted:  # the kill switch: nothing new leaves until a named operator enables trading
             last = self.switch.events[-1]
             denied.insert(0, f"RISK_KILL_SWITCH (by {last.operator}: {last.reason})")
+        held = self._held_by_switch(checked)
+        if held:
+            denied.insert(0, held)
         messages: list[Message] = []
         for plan, inputs, result in checked:
             s = plan.signal
@@ -357,7 +363,7 @@ class DecisionPipeline:
             }
             if denied:
                 self.denials += 1
-                why = (denied[0] if self.switch.halted else str(result.reason) if not result.approved
+                why = (denied[0] if self.switch.halted or held else str(result.reason) if not result.approved
                        else f"another leg of {s.group} was denied ({denied[0]})")
                 self.recorder.decision(decision_id, s.instrument_id, plan.algorithm_id, event_ns, now,
                                        f"DENIED:{why}", plan.rationale, record_inputs)
@@ -378,10 +384,24 @@ class DecisionPipeline:
         self.timings.record("emit", perf() - t2)
         return messages
 
+    def _held_by_switch(self, checked: list[Any]) -> str | None:
+        """Why a hold the sidecar put on the switch (the database away, the audit journal's disk full)
+        denies these plans, or None: HALTED denies them all, REDUCING a group with any leg that would
+        not shrink its instrument's position (held plus working entries)."""
+        hold = self.switch.hold_in_force
+        if hold is None or self.switch.halted:
+            return None
+        for plan, (position, working), _result in checked:
+            if not hold.allows(position, working, plan.signal.side.sign, plan.quantity):
+                return hold.denial
+        return None
+
     # --- order events ---------------------------------------------------------------------------
 
     def on_order_update(self, seq: int, update: OrderUpdate) -> list[Message]:
         self.recorder.order_update(seq, update)
+        if update.client_order_id not in self.orders.brackets:
+            self._adopt(update)
         self.reconciler.on_order_update(update.nt8_order_id, update.instrument_id, update.filled, update.ts_event_ns)
         b = self.orders.on_order_update(update)
         if (b is None or not b.group or update.role != OrderRole.ENTRY or b.entry_filled
@@ -397,7 +417,7 @@ class DecisionPipeline:
                 continue
             if partner.entry_filled:
                 flattened.add(partner.instrument_id)
-                out.append(self._flatten(partner.instrument_id, f"leg risk: partner leg {b.client_order_id} was "
+                out.append(self.flatten(partner.instrument_id, f"leg risk: partner leg {b.client_order_id} was "
                                          f"{OrderState(update.state).name.lower()}", partner.algorithm_id,
                                          self._last_event_ns, now, {"group": b.group}))
             else:
@@ -424,6 +444,8 @@ class DecisionPipeline:
                     "EXTRA", execution.instrument_id, f"fill {execution.execution_id} of order "
                     f"{execution.client_order_id or execution.nt8_order_id!r}, which the sidecar never sent",
                     execution.ts_event_ns))
+        elif execution.execution_id in self.orders.resumed_executions and not self.orders.last_duplicate_differs:
+            self.fills_replayed += 1  # NT8 replays its fills after a reconnect: storage had this one already
         else:
             self.recorder.audit("duplicate_execution", execution.execution_id, time.time_ns(), _fields(execution))
             if self.orders.last_duplicate_differs:
@@ -431,13 +453,77 @@ class DecisionPipeline:
                     "DIFFERENT", execution.instrument_id, f"execution {execution.execution_id} reported again with "
                     f"price {execution.price} quantity {execution.quantity}", execution.ts_event_ns))
         self._reconcile(execution.ts_event_ns)
+        self._book_closed()
+        return []
+
+    def _book_closed(self) -> None:
         for b in self.orders.closed:
             pv = self.instruments[b.instrument_id].decl.point_value
             pnl = b.side.sign * (b.exit_value - b.entry_value) * pv - b.commission
             self.realized += pnl
             self.portfolio.on_trade_closed(b.algorithm_id, b.group, b.leg, b.legs, pnl)
         self.orders.closed.clear()
-        return []
+
+    # --- resuming after a reconnect, a restart or a failover ----------------------------------------
+
+    def resume(self, history: Any) -> dict[str, Any]:
+        """Rebuild the ledger of this strategy instance from storage (``bridge.storage.queries.InstanceHistory``):
+        its brackets, their fills and its FLATTEN fills replayed in order, then each entry's last state. The
+        brackets keep their client order ids, so NT8's reports about them (and its replay of them after
+        WELCOME) land on them, and nothing is sent again. Returns what was resumed, for the audit trail."""
+        by_name = {i.decl.name: iid for iid, i in self.instruments.items()}
+        elsewhere: list[str] = []
+        for sb in history.brackets:
+            iid = by_name.get(sb.instrument)
+            if iid is None:  # this session no longer streams that instrument: NT8 still manages its legs
+                elsewhere.append(sb.client_order_id)
+                continue
+            self.orders.add(BracketRecord(sb.client_order_id, sb.decision_id or "", iid, Side[sb.side], sb.quantity,
+                                          EntryType[sb.entry_type], _nan(sb.entry_price), _nan(sb.stop_price),
+                                          _nan(sb.target_price), sb.algorithm_id or "", 0))
+        for f in history.fills:
+            iid = by_name.get(f["instrument"])
+            if iid is None:
+                continue
+            self.orders.on_execution(Execution(f["execution_id"], f["client_order_id"] or "",
+                                               int(OrderRole[f["role"]]) if f["role"] else 0, f["nt8_order_id"] or "",
+                                               iid, int(Side[f["side"]]), f["price"], f["quantity"],
+                                               f["commission"] or 0.0, f["ts_event_ns"]))
+            self.orders.resumed_executions.add(f["execution_id"])
+        for sb in history.brackets:
+            b = self.orders.brackets.get(sb.client_order_id)
+            if b is not None and sb.entry_state in OrderState.__members__:
+                self.orders.on_order_update(OrderUpdate(b.client_order_id, int(OrderRole.ENTRY), "", b.instrument_id,
+                                                        int(OrderState[sb.entry_state]), 0, int(b.side), b.quantity,
+                                                        b.entry_filled, math.nan, math.nan, math.nan, 0, 0, ""))
+        closed = len(self.orders.closed)
+        self._book_closed()
+        active = self.orders.active()
+        return {"brackets": len(history.brackets), "fills": len(history.fills), "closed": closed,
+                "active": sorted(b.client_order_id for b in active),
+                "positions": {self.instruments[i].decl.name: q for i, q in sorted(self.orders.positions.items()) if q},
+                "realized": self.realized, "instruments_not_streamed": elsewhere}
+
+    def _adopt(self, update: OrderUpdate) -> None:
+        """A report about an entry of ours that this ledger never saw (storage lost it: a crash between
+        sending the BRACKET and committing it) becomes a bracket again from what NT8 says of it, so its
+        fills count and its position is managed; the stop and target prices follow from their legs' reports."""
+        if (update.role != OrderRole.ENTRY or update.instrument_id not in self.instruments
+                or not _OUR_CLIENT_ID.fullmatch(update.client_order_id)):
+            return
+        entry_type = {int(OrderType.LIMIT): EntryType.LIMIT, int(OrderType.STOP_MARKET): EntryType.STOP}.get(
+            update.order_type, EntryType.MARKET)
+        price = (update.limit_price if entry_type is EntryType.LIMIT else update.stop_price
+                 if entry_type is EntryType.STOP else math.nan)
+        b = BracketRecord(update.client_order_id, "", update.instrument_id, Side(update.side), update.quantity,
+                          entry_type, price, math.nan, math.nan, "adopted", 0)
+        self.orders.add(b)
+        self.recorder.audit("bracket_adopted", b.client_order_id, time.time_ns(),
+                            {"instrument": self.instruments[b.instrument_id].decl.name, "side": b.side.name,
+                             "quantity": b.quantity, "entry_type": entry_type.name, "entry_price": finite_or_none(price),
+                             "nt8_order_id": update.nt8_order_id, "state": OrderState(update.state).name,
+                             "why": "NT8 reported an entry of ours that storage did not have"})
+        log.warning("adopted bracket %s from NT8's report: storage did not have it", b.client_order_id)
 
     def on_position(self, seq: int, position: Position) -> None:
         self.recorder.position(seq, position)
@@ -481,6 +567,14 @@ def risk_engine_for(config: Config, instruments: list[SessionInstrument],
             base = limits.get(scope, Limits())
             limits[scope] = dataclasses.replace(base, sessions=lambda ts, iid=i.instrument_id: is_open(iid, ts))
     return RiskEngine(limits)
+
+
+# client order ids this sidecar gives: S<session id>-B<n> (OrderTracker.next_ids)
+_OUR_CLIENT_ID = re.compile(r"S\d+-B\d+")
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
 
 
 def _finite(x: Any) -> Any:

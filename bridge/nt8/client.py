@@ -3,6 +3,10 @@
 Used by tests, benchmarks and ``nt8bridge playback --engine python``. In lockstep it waits, after
 each message, for the sidecar's HEARTBEAT acknowledging that message, collecting every reply that
 came before it: the replies to message N are exactly what arrives between the acks of N-1 and N.
+
+With ``secret`` (remote mode, bridge/protocol/auth.py) every message carries an HMAC trailer, and a
+message from the sidecar whose MAC is missing or wrong, or whose seq is not above the last one, is
+dropped and counted in ``auth_failures``, never returned.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import time
 
 import zmq
 
-from bridge.protocol import codec
+from bridge.protocol import auth, codec
+from bridge.protocol.auth import AuthError, SessionAuth
 from bridge.protocol.messages import (
     Bye,
     Error,
@@ -20,6 +25,7 @@ from bridge.protocol.messages import (
     HelloFlags,
     InstrumentDecl,
     Message,
+    MsgType,
     Tick,
     TickBatch,
     Welcome,
@@ -32,7 +38,8 @@ class ClientError(RuntimeError):
 
 class Nt8Client:
     def __init__(self, endpoint: str, *, instance_id: str, account: str, instruments: list[InstrumentDecl],
-                 lockstep: bool = True, timeout_s: float = 10.0, context: zmq.Context | None = None) -> None:
+                 lockstep: bool = True, timeout_s: float = 10.0, context: zmq.Context | None = None,
+                 secret: bytes | None = None) -> None:
         self.endpoint = endpoint
         self.instance_id = instance_id
         self.account = account
@@ -49,6 +56,11 @@ class Nt8Client:
         self.welcome: Welcome | None = None
         self.errors: list[Error] = []
         self.last_ack = 0
+        self.secret = secret  # remote mode: the shared secret (never logged)
+        self.auth: SessionAuth | None = None  # the session's keys, from WELCOME
+        self._client_nonce = b""
+        self._last_seq_in = 0
+        self.auth_failures = 0  # messages from the sidecar dropped: MAC missing or wrong, or a replayed seq
 
     def __enter__(self) -> Nt8Client:
         return self
@@ -58,7 +70,17 @@ class Nt8Client:
 
     def send(self, msg: Message) -> int:
         self.seq += 1
-        self.sock.send_multipart(codec.encode(msg, self.seq, time.time_ns()), copy=True)
+        now = time.time_ns()
+        if self.secret is None:
+            frames = codec.encode(msg, self.seq, now)
+        elif isinstance(msg, Hello):  # a new session: a fresh nonce, and no key until its WELCOME
+            self._client_nonce, self.auth, self._last_seq_in = auth.new_nonce(), None, 0
+            frames = auth.encode_hello(msg, self.seq, now, self.secret, self._client_nonce)
+        elif self.auth is not None:
+            frames = self.auth.encode(msg, self.seq, now)
+        else:
+            raise ClientError("remote mode: no session key before WELCOME; connect() first")
+        self.sock.send_multipart(frames, copy=True)
         return self.seq
 
     def send_ticks(self, ticks: list[Tick]) -> int:
@@ -66,13 +88,45 @@ class Nt8Client:
         return self.send(TickBatch(ticks))
 
     def recv(self, timeout_ms: int) -> Message | None:
-        """One decoded message, or None when nothing arrived in time."""
-        if not self.sock.poll(timeout_ms):
-            return None
-        _, msg = codec.decode(self.sock.recv_multipart())
-        if isinstance(msg, Error):
-            self.errors.append(msg)
-        return msg
+        """One decoded message, or None when nothing (authentic) arrived in time."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            if not self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                return None
+            frames = self.sock.recv_multipart()
+            msg = codec.decode(frames)[1] if self.secret is None else self._open(frames)
+            if msg is None:
+                continue
+            if isinstance(msg, Error):
+                self.errors.append(msg)
+            return msg
+
+    def _open(self, frames: list[bytes]) -> Message | None:
+        """Remote mode: the message if it is authentic, else None (counted)."""
+        header = codec.decode_header(frames[0])
+        if self.auth is None:
+            if header.msg_type == MsgType.WELCOME:
+                try:
+                    self.auth = auth.open_welcome(frames, self.secret, self._client_nonce)
+                except AuthError:
+                    self.auth_failures += 1
+                    return None
+            elif len(frames) == 2 and header.msg_type == MsgType.ERROR:
+                return codec.decode(frames)[1]  # a refused HELLO: there is no session key to MAC it with
+            else:
+                self.auth_failures += 1
+                return None
+        else:
+            try:
+                self.auth.check(frames[0], frames[1], frames[2] if len(frames) == 3 else None)
+            except AuthError:
+                self.auth_failures += 1
+                return None
+            if header.seq <= self._last_seq_in:  # authentic but seen: a replay
+                self.auth_failures += 1
+                return None
+        self._last_seq_in = header.seq
+        return codec.decode(frames[:2])[1]
 
     def connect(self) -> Welcome:
         """Send HELLO and wait for WELCOME."""
@@ -87,6 +141,9 @@ class Nt8Client:
                 return msg
             if isinstance(msg, Error):
                 raise ClientError(f"the sidecar refused HELLO: {msg.text}")
+        if self.auth_failures:
+            raise ClientError(f"no authentic WELCOME from {self.endpoint} within {self.timeout_ms} ms "
+                              f"({self.auth_failures} messages failed their MAC): does the sidecar hold this secret?")
         raise ClientError(f"no WELCOME from {self.endpoint} within {self.timeout_ms} ms: is `nt8bridge serve` "
                           "running there?")
 

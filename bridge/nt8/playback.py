@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,8 +152,8 @@ def _fmt(x: float) -> str:
 
 
 def run_playback(stream: TickStream, endpoint: str, config: Config, master: InstrumentMaster, *,
-                 window: int = 256, instance_id: str = "playback",
-                 progress: Callable[[int], None] | None = None) -> PlaybackResult:
+                 window: int = 256, instance_id: str | None = None,
+                 progress: Callable[[int], None] | None = None, secret: bytes | None = None) -> PlaybackResult:
     """Replay ``stream`` through the sidecar at ``endpoint`` in lockstep; deterministic for a given window.
 
     Messages go out in batches and every one is acknowledged; replies are attributed to the
@@ -162,7 +163,11 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     lockstep); while nothing is live it is up to ``window`` ticks, and the reports of a bracket
     placed and filled inside such a batch reach the sidecar at its end. ``window=1`` is exact
     lockstep throughout. The batch boundaries depend only on the data, so runs are repeatable.
+    ``secret``: a sidecar in remote mode (every message authenticated; the trading is the same).
+    ``instance_id``: each run is a strategy instance of its own by default (``playback-<random>``): a new
+    playback of history must not resume the brackets of an earlier run stored in the same database.
     """
+    instance_id = instance_id or f"playback-{uuid.uuid4().hex[:12]}"
     if window < 1:
         raise ValueError("window must be at least 1")
     decls = []
@@ -178,7 +183,8 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     algorithms: dict[str, str] = {}
     commands: list[tuple[int, str]] = []
     start = time.perf_counter()
-    with Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls) as client:
+    with Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls,
+                   secret=secret) as client:
         welcome = client.connect()
         iids, tss, prices, bids, asks, sizes = (stream.instrument.tolist(), stream.ts_ns.tolist(),
                                                 stream.price.tolist(), stream.bid.tolist(), stream.ask.tolist(),

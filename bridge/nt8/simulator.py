@@ -36,7 +36,8 @@ _UNIX_EPOCH_TICKS = 621355968000000000
 _LINK_STOPPED = re.compile(r"Nt8Bridge link: stopped \(.*\): (?P<link_sent>\d+) sent, (?P<link_received>\d+) received, "
                            r"(?P<link_dropped>\d+) dropped, (?P<link_dropped_stale>\d+) stale dropped, "
                            r"(?P<link_downs>\d+) link downs, (?P<link_protocol_errors>\d+) protocol errors"
-                           r"(?:, (?P<link_dropped_order_events>\d+) of the dropped were order events)?")
+                           r"(?:, (?P<link_dropped_order_events>\d+) of the dropped were order events)?"
+                           r"(?:, (?P<link_auth_failures>\d+) unauthenticated dropped)?")  # remote mode only
 
 _runtime_lock = threading.Lock()
 _loaded: dict[str, Any] = {}
@@ -210,7 +211,8 @@ def _numpy_copy(net_array: Any) -> Any:
 
 def _link_counters(prints: list[str]) -> dict[str, int]:
     """link_sent, link_received, link_dropped (queue full, or never sent), link_dropped_stale (queued before a
-    session), link_downs, link_protocol_errors and link_dropped_order_events from the link's stop line; empty
+    session), link_downs, link_protocol_errors, link_dropped_order_events and, in remote mode, link_auth_failures
+    (messages from the sidecar dropped as unauthenticated) from the link's stop line; empty
     when the strategy never started its link (or the line was not kept)."""
     for line in reversed(prints):
         m = _LINK_STOPPED.search(line)

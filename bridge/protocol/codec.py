@@ -250,10 +250,11 @@ def encode_header(header: Header) -> bytes:
                        header.ts_send_ns // _NS_PER_WIRE_TICK, header.ts_echo_ns // _NS_PER_WIRE_TICK)
 
 
-def encode(msg: Message, seq: int, ts_send_ns: int, ts_echo_ns: int = 0) -> list[bytes]:
-    """The two frames [header, body] of ``msg``."""
+def encode(msg: Message, seq: int, ts_send_ns: int, ts_echo_ns: int = 0, flags: int = 0) -> list[bytes]:
+    """The two frames [header, body] of ``msg``; ``flags`` is the header's (bridge/protocol/auth.py sets
+    its AUTH bit and adds the trailer frame)."""
     return [
-        HEADER.pack(MAGIC, PROTOCOL_VERSION, int(msg.TYPE), 0, seq,
+        HEADER.pack(MAGIC, PROTOCOL_VERSION, int(msg.TYPE), flags, seq,
                     ts_send_ns // _NS_PER_WIRE_TICK, ts_echo_ns // _NS_PER_WIRE_TICK),
         _ENCODERS[msg.TYPE](msg),
     ]
@@ -422,7 +423,10 @@ def decode_body(msg_type: int, body: bytes, seq: int = 0) -> Message:
 def decode(frames: list[bytes]) -> tuple[Header, Message]:
     """Decode [header, body] frames (routing id already stripped)."""
     if len(frames) != 2:
+        # three frames is what a peer in remote mode sends: say so, a secret on one side only is a setup slip
         raise ProtocolError(ErrorCode.PROTOCOL_BAD_FRAME_COUNT,
-                            f"{len(frames)} frames, expected 2 (header, body)")
+                            f"{len(frames)} frames, expected 2 (header, body)" + (
+                                "; a third frame is an HMAC trailer (remote mode): give both sides the same "
+                                "shared secret, or neither (docs/security.md)" if len(frames) == 3 else ""))
     header = decode_header(frames[0])
     return header, decode_body(header.msg_type, frames[1], header.seq)

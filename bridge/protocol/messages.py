@@ -144,6 +144,7 @@ class ErrorCode(IntEnum):
     SESSION_UNKNOWN_INSTRUMENT = 202
     SESSION_BAD_HELLO = 203
     SESSION_LIMIT_REACHED = 204
+    SESSION_STANDBY = 205  # this sidecar is the standby of a pair: connect to the leader (the text names it)
     QUALITY_NONFINITE_PRICE = 300
     QUALITY_NONPOSITIVE_PRICE = 301
     QUALITY_OFF_TICK_GRID = 302
@@ -154,6 +155,12 @@ class ErrorCode(IntEnum):
     QUALITY_TIME_BACKWARDS = 307
     QUALITY_OUTSIDE_SESSION = 308
     QUALITY_BAD_BAR = 309
+    # remote mode (bridge/protocol/auth.py, docs/security.md); the control channel uses them too
+    AUTH_REQUIRED = 400  # no HMAC trailer (or no signature) where the sidecar requires one
+    AUTH_BAD_MAC = 401  # the HMAC does not verify: another secret or key, or an altered message
+    AUTH_REPLAY = 402  # seen before, or outside the freshness window
+    AUTH_PEER_NOT_ALLOWED = 403  # the peer's address is not in security.allow
+    AUTH_APPROVER_SAME_KEY = 404  # an override approved with the operator's own key
     INTERNAL_ERROR = 900
 
 

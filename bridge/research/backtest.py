@@ -85,6 +85,7 @@ def trades_from_fills(fills: list[tuple[int, Fill]], algorithms: dict[str, str],
 
 def _run(stream: TickStream, config: Config, master: InstrumentMaster, db_url: str, window: int,
          progress: Callable[[str, int, int], None] | None, phase: str) -> PlaybackResult:
+    from bridge.transport.security import client_secret
     from bridge.transport.sidecar import SidecarProcess
     with tempfile.TemporaryDirectory(prefix="nt8bridge-backtest-") as tmp:
         path = Path(tmp) / "config.toml"
@@ -92,7 +93,8 @@ def _run(stream: TickStream, config: Config, master: InstrumentMaster, db_url: s
         with SidecarProcess(db_url, path) as proc:
             assert proc.endpoint is not None
             return run_playback(stream, proc.endpoint, config, master, window=window, instance_id=f"backtest-{phase}",
-                                progress=(lambda n: progress(phase, n, len(stream))) if progress else None)
+                                progress=(lambda n: progress(phase, n, len(stream))) if progress else None,
+                                secret=client_secret(config.security))  # a config in remote mode: its secret
 
 
 def _trades(result: PlaybackResult, stream: TickStream, master: InstrumentMaster) -> tuple[list[TradeRecord], int]:

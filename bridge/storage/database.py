@@ -213,6 +213,14 @@ def _postgres_engine(url: URL) -> Engine:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     if "application_name" not in url.query:
         connect_args["application_name"] = "nt8bridge"
+    # A server that vanished without closing the connection (a network black hole, a host powered off)
+    # must fail a commit in seconds, not after the kernel's default of many minutes: the writer then spools
+    # instead of holding its thread, and its queue, on a dead socket. Linux honours tcp_user_timeout; the
+    # keepalives work everywhere libpq does.
+    for key, value in (("keepalives", 1), ("keepalives_idle", 5), ("keepalives_interval", 2),
+                       ("keepalives_count", 3), ("tcp_user_timeout", 15_000)):
+        if key not in url.query:
+            connect_args[key] = value
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 

@@ -70,3 +70,69 @@ def execution_ids(url: str, session_ids: list[int]) -> list[str]:
             return list(conn.execute(select(e.c.execution_id).where(e.c.session_id.in_(session_ids))).scalars())
     finally:
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class StoredBracket:
+    """A bracket as storage knows it, and the last word on its entry."""
+
+    client_order_id: str
+    session_id: int
+    decision_id: str | None
+    instrument: str
+    side: str  # BUY / SELL
+    quantity: int
+    entry_type: str  # MARKET / LIMIT / STOP
+    entry_price: float | None
+    stop_price: float | None
+    target_price: float | None
+    algorithm_id: str | None
+    entry_state: str | None  # the entry's last ORDER_UPDATE state (FILLED, CANCELLED, WORKING...), None if none
+
+
+@dataclass(frozen=True)
+class InstanceHistory:
+    """What a new session of a strategy instance resumes from after a reconnect, a restart or a failover:
+    the brackets sent to it, and every fill of theirs and of its FLATTEN orders, once each, in the order
+    they happened."""
+
+    brackets: tuple[StoredBracket, ...]
+    fills: tuple[dict, ...]  # executions rows
+
+
+def instance_history(url: str, instance_id: str, account: str, since_ns: int) -> InstanceHistory:
+    """The brackets and fills of ``instance_id`` (on ``account``) from its sessions started at ``since_ns`` or
+    later; a fill is found under whichever session stored it."""
+    engine = create_engine_for(url)
+    t = metadata.tables
+    s, o, e, u = t["sessions"], t["orders"], t["executions"], t["order_updates"]
+    try:
+        with engine.connect() as conn:
+            sessions = list(conn.execute(select(s.c.session_id).where(
+                s.c.instance_id == instance_id, s.c.account == account, s.c.started_ns >= since_ns)).scalars())
+            if not sessions:
+                return InstanceHistory((), ())
+            orders = conn.execute(select(o).where(o.c.session_id.in_(sessions))
+                                  .order_by(o.c.ts_created_ns, o.c.client_order_id)).mappings().all()
+            ids = [r["client_order_id"] for r in orders]
+            states: dict[str, str] = {}
+            for cid, state in conn.execute(select(u.c.client_order_id, u.c.state)
+                                           .where(u.c.client_order_id.in_(ids), u.c.role == "ENTRY")
+                                           .order_by(u.c.id)):
+                states[cid] = state  # the last one wins
+            fills = conn.execute(select(e).where(e.c.client_order_id.in_(ids)
+                                                 | (e.c.session_id.in_(sessions) & (e.c.role == "FLATTEN")))
+                                 .order_by(e.c.ts_event_ns, e.c.id)).mappings().all()
+    finally:
+        engine.dispose()
+    brackets = tuple(StoredBracket(r["client_order_id"], r["session_id"], r["decision_id"], r["instrument"],
+                                   r["side"], r["quantity"], r["entry_type"], r["entry_price"], r["stop_price"],
+                                   r["target_price"], r["algorithm_id"], states.get(r["client_order_id"]))
+                     for r in orders)
+    seen: set[str] = set()  # sessions store NT8's replays of a fill each under their own session: once each
+    unique = []
+    for row in fills:
+        if row["execution_id"] not in seen:
+            seen.add(row["execution_id"])
+            unique.append(dict(row))
+    return InstanceHistory(brackets, tuple(unique))

@@ -343,6 +343,38 @@ drift_alerts = Table(
 )
 
 
+
+# --------------------------------------------------------------------------- leadership (migration 0004)
+# Which sidecar of a hot-standby pair leads. The lock itself is a PostgreSQL advisory lock held on a
+# connection of the leader's (bridge/transport/leadership.py); this row only says who took it last,
+# under which epoch, and where NT8 should connect: a standby names the leader when it refuses a HELLO,
+# and the epoch orders the leaders in the audit trail.
+
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("cluster", String, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    _text("node"),  # host:pid of the leader
+    _text("endpoint"),  # the endpoint NT8 connects to
+    _ns("since_ns"),
+)
+
+
+# --------------------------------------------------------------------------- writer progress (migration 0005)
+# How far each run of the storage writer has committed (bridge/storage/writer.py): one row per run, moved
+# forward in the same transaction as the rows, so replaying the writer's spool after a crash skips what
+# was committed just before it and no row is stored twice.
+
+storage_progress = Table(
+    "storage_progress",
+    metadata,
+    Column("stream_id", String, primary_key=True),  # one writer's run (a random id chosen at its start)
+    Column("last_seq", BigInteger, nullable=False),  # its queue items up to this one are committed
+    _ns("updated_ns"),
+)
+
+
 def _row_columns(table: Table) -> tuple[str, ...]:
     # Autoincrement ids are assigned by the database, so the hot path never supplies them.
     return tuple(c.name for c in table.columns if not (c.primary_key and c.autoincrement is True))
@@ -355,3 +387,4 @@ IGNORE_DUPLICATES: frozenset[str] = frozenset({"instruments", "orders", "executi
 """Tables whose rows may be re-sent (instrument announcements, order re-submission after a
 reconnect, NT8's execution replay, audit records replayed from the journal after a crash): a row whose
 key already exists is skipped, not rejected."""
+

@@ -7,7 +7,9 @@ command acts between two messages, never concurrently with one. A request is one
 (the way to stop a sidecar where there are no POSIX signals), or a limit command (``set_limit``,
 ``override``, ``limits``; see bridge/risk/commands.py); the reply is
 ``{"ok": true, "state": ..., ...}`` or ``{"ok": false, "error": ...}``. ``nt8bridge kill``,
-``enable``, ``status``, ``stop`` and ``risk ...`` send them (``send_command``).
+``enable``, ``status``, ``stop`` and ``risk ...`` send them (``send_command``). With
+``security.operators_file`` set, every request carries its operator's signature, and a refused one is
+answered ``{"ok": false, "error": ..., "code": 400-404}`` (bridge/transport/operators.py).
 
 A sidecar holds its control endpoint until it has flushed storage and closed its audit journal, so
 "nothing listens there any more" (``wait_until_released``) means the stop is complete.
@@ -23,6 +25,7 @@ from typing import Any
 import zmq
 
 from bridge.core.errors import ControlError
+from bridge.transport.operators import OperatorKey, approve_request, key_from_env, sign_request
 
 __all__ = ["COMMANDS", "ControlError", "parse_request", "send_command", "tcp_address", "wait_until_released"]
 
@@ -44,14 +47,23 @@ def parse_request(data: bytes) -> dict[str, Any]:
 
 
 def send_command(endpoint: str, cmd: str, *, operator: str = "", reason: str = "", timeout_ms: int = 5000,
-                 **fields: Any) -> dict:
-    """Send one control command (with its ``fields``) to a running sidecar and return its reply."""
+                 key: OperatorKey | None = None, approver_key: OperatorKey | None = None, **fields: Any) -> dict:
+    """Send one control command (with its ``fields``) to a running sidecar and return its reply.
+
+    Signed with ``key`` (else the key file named by $NT8BRIDGE_OPERATOR_KEY, if any) for a sidecar with
+    operator keys; ``approver_key`` adds an override's approval (bridge/transport/operators.py)."""
+    req: dict[str, Any] = {"cmd": cmd, "operator": operator, "reason": reason, **fields}
+    key = key if key is not None else key_from_env()
+    if key is not None:
+        req = sign_request(req, key)
+        if approver_key is not None:
+            req = approve_request(req, approver_key)
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
-        sock.send(json.dumps({"cmd": cmd, "operator": operator, "reason": reason, **fields}).encode())
+        sock.send(json.dumps(req).encode())
         if not sock.poll(timeout_ms):
             raise ControlError(f"no answer from the sidecar's control channel at {endpoint} within "
                                f"{timeout_ms / 1000:g} s: is `nt8bridge serve` running, and is server.control_bind "

@@ -6,6 +6,7 @@ Counter takes a lock per increment); a scrape reads plain integers and the folde
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 from prometheus_client import start_http_server
@@ -13,7 +14,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.registry import Collector
 
 from bridge.transport.server import SidecarServer
-from bridge.storage.writer import StorageWriter
+from bridge.storage.writer import STATES, StorageWriter, WriterStats
 from bridge.core.timing import BUCKET_BOUNDS_US
 
 
@@ -47,13 +48,27 @@ class SidecarCollector(Collector):
         for reason, n in sorted(s.sessions_ended.items()):
             ended.add_metric([reason], n)
         yield ended
-        refused = CounterMetricFamily("nt8bridge_sessions_refused", "HELLOs refused with SESSION_LIMIT_REACHED, by the "
-                                      "limit reached", labels=["limit"])
+        refused = CounterMetricFamily("nt8bridge_sessions_refused", "HELLOs refused: SESSION_LIMIT_REACHED by the "
+                                      "limit reached, SESSION_STANDBY as 'standby'", labels=["limit"])
         for limit, n in sorted(s.sessions_refused.items()):
             refused.add_metric([limit], n)
         yield refused
         yield CounterMetricFamily("nt8bridge_sessions_lost", "sessions ended by heartbeat timeout",
                                   value=s.sessions_lost)
+        leadership = self.server.leadership
+        if leadership is not None:  # a hot-standby pair: alert when no sidecar of the cluster says 1
+            yield GaugeMetricFamily("nt8bridge_leader", "1 while this sidecar leads its hot-standby pair, 0 as the "
+                                    "standby", value=1 if leadership.is_leader else 0)
+            yield GaugeMetricFamily("nt8bridge_leader_epoch", "leadership epoch of the pair as this sidecar last "
+                                    "read it", value=(leadership.leader.epoch if leadership.leader else 0))
+            yield CounterMetricFamily("nt8bridge_leadership_connection_failures", "failed connections and queries "
+                                      "of the leadership lock", value=leadership.connection_failures)
+        auth = CounterMetricFamily("nt8bridge_auth_refused", "remote mode: messages (data) and control requests "
+                                   "(control) refused, by AUTH_* code", labels=["channel", "code"])
+        for channel, codes in sorted(s.auth_refused.items()):
+            for code, n in sorted(codes.items()):
+                auth.add_metric([channel, code], n)
+        yield auth
         yield CounterMetricFamily("nt8bridge_send_failures", "replies that could not be sent", value=s.send_failures)
         yield CounterMetricFamily("nt8bridge_internal_errors", "messages the sidecar failed on",
                                   value=s.internal_errors)
@@ -88,6 +103,45 @@ class SidecarCollector(Collector):
                                       "times the hot path waited for the storage queue", value=w.backpressure_waits)
             yield GaugeMetricFamily("nt8bridge_storage_queue_depth", "batches waiting to be committed",
                                     value=w.queue_depth)
+            yield from _outage_metrics(w)
+        yield from _hold_metrics(self.server)
+
+
+def _outage_metrics(w: WriterStats) -> Iterator:
+    """The writer's state (alert on nt8bridge_storage_state{state!="ok"} == 1) and its backlog."""
+    state = GaugeMetricFamily("nt8bridge_storage_state", "1 for the storage writer's current state: ok, catching_up, "
+                              "database_down, disk_full", labels=["state"])
+    for name in STATES:
+        state.add_metric([name], 1.0 if w.state == name else 0.0)
+    yield state
+    yield GaugeMetricFamily("nt8bridge_storage_state_seconds", "seconds in the current storage state",
+                            value=max(0.0, time.time() - w.state_since))
+    yield GaugeMetricFamily("nt8bridge_storage_spooled_rows", "rows in the spool, waiting for the database",
+                            value=w.rows_spooled)
+    yield GaugeMetricFamily("nt8bridge_storage_spool_bytes", "size of the storage spool file", value=w.spool_bytes)
+    yield GaugeMetricFamily("nt8bridge_storage_held_rows", "rows the writer holds in memory, neither committed nor "
+                            "spooled", value=w.rows_held)
+    yield CounterMetricFamily("nt8bridge_storage_outages", "times the database was found unreachable",
+                              value=w.outages)
+    yield CounterMetricFamily("nt8bridge_storage_rows_replayed", "rows stored from the backlog after an outage",
+                              value=w.rows_replayed)
+
+
+def _hold_metrics(server: SidecarServer) -> Iterator:
+    """The audit journal's disk (alert on nt8bridge_audit_journal_disk_full == 1) and the trading holds."""
+    chain = server.chain
+    if chain is not None:
+        yield GaugeMetricFamily("nt8bridge_audit_journal_disk_full", "1 while audit records wait in memory for room "
+                                "in the journal", value=1.0 if chain.disk_full else 0.0)
+        yield GaugeMetricFamily("nt8bridge_audit_pending_records", "audit records waiting in memory for the journal",
+                                value=chain.pending_records)
+    holds = GaugeMetricFamily("nt8bridge_trading_hold", "1 while the sidecar holds trading back by itself, by cause "
+                              "(storage: REDUCING while the database is away, with storage.on_outage = reducing; "
+                              "audit: HALTED while the audit journal's disk is full)", labels=["source", "state"])
+    for source, state in (("storage", "REDUCING"), ("audit", "HALTED")):
+        hold = server.switch.holds.get(source)
+        holds.add_metric([source, state], 1.0 if hold is not None else 0.0)
+    yield holds
 
 
 def serve_metrics(server: SidecarServer, writer: StorageWriter | None, host: str, port: int) -> int:

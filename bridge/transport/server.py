@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import queue
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ from bridge.audit.recorder import Recorder, RowSink
 from bridge.risk.commands import DeskLimitCommands, command_from_request
 from bridge.core.timing import StageTimings
 from bridge.transport.memory import MemoryTrimmer
+from bridge.transport.storage_health import StorageHealth
+from bridge.protocol.auth import AuthError, SessionAuth, accept_hello, open_hello
+from bridge.transport.operators import ControlAuthError, verify_request
+from bridge.transport.security import Security
 from strategies.base import Strategy
 
 log = logging.getLogger("nt8bridge.server")
@@ -104,6 +109,8 @@ class ServerStats:
     seq_gaps: int = 0
     send_failures: int = 0
     internal_errors: int = 0
+    # remote mode's refusals (bridge/transport/security.py): channel ("data", "control") -> AUTH_* code name -> count
+    auth_refused: dict[str, Counter] = field(default_factory=lambda: {"data": Counter(), "control": Counter()})
 
 
 @dataclass
@@ -124,6 +131,7 @@ class Session:
     last_clock_sample: float = -math.inf  # monotonic seconds
     clock_offset_ns: int | None = None  # the last sample: NT8's send stamp minus the sidecar's clock at receipt
     clock_sampled_ns: int | None = None  # when it was taken (sidecar wall clock)
+    auth: SessionAuth | None = None  # remote mode: the session's keys (bridge/protocol/auth.py); None: unauthenticated
 
 
 class SidecarServer:
@@ -131,7 +139,9 @@ class SidecarServer:
 
     def __init__(self, config: Config, sink: RowSink, master: InstrumentMaster,
                  strategy_factory: Callable[[], list[Strategy]],
-                 context: zmq.Context | None = None, chain: Any = None) -> None:
+                 context: zmq.Context | None = None, chain: Any = None, leadership: Any = None,
+                 on_lead: Callable[[Any], Any] | None = None,
+                 history: Callable[[str, str, int], Any] | None = None) -> None:
         self.config = config
         self.sink = sink
         self.master = master
@@ -151,11 +161,26 @@ class SidecarServer:
         self.switch = TradingSwitch()  # desk-wide: a kill halts every session, the ones to come too
         self.chain = chain  # the audit chain (bridge/audit/chain.py), shared by every session; None: audit_log rows
         self._desk = Recorder(sink, None, chain=chain)  # records that belong to no session (kill, enable)
+        # the database away, the audit journal's disk full: alerts and trading holds (storage_health.py)
+        self.storage_health = StorageHealth(config.storage.on_outage, sink, lambda: self.chain, self.switch,
+                                            lambda *record: self._desk.audit(*record))
         self.control_endpoint: str | None = None
         self._control: zmq.Socket | None = None
         self.metrics_port: int | None = None  # set by whoever serves the metrics; reported by ``status``
         # run-time limit changes and overrides, validated on a scratch engine, applied to every session
         self.limit_commands = DeskLimitCommands(lambda: risk_engine_for(config, [], lambda iid, ts: True))
+        # A hot-standby pair (bridge/transport/leadership.py): None for a sidecar on its own, which always leads.
+        # ``on_lead`` is called on this thread when this sidecar becomes the leader and returns the audit chain,
+        # resumed on the database's head: a standby appends nothing to the chain the leader is writing.
+        self.leadership = leadership
+        self._on_lead = on_lead
+        # (instance id, account, since ns) -> bridge.storage.queries.InstanceHistory: what a new session of a
+        # strategy instance resumes from; None starts every session empty (tests, tools)
+        self.history = history
+        # remote mode (docs/security.md): the secret, the allowlist, operator keys, replay guards; read from the files
+        # security.* names (ConfigError when one is unusable). Off by default: loopback, unauthenticated.
+        self.security = Security.from_config(config.security)
+        self._hello_auth: tuple[bytes, SessionAuth] | None = None  # a verified HELLO's keys, until _hello opens it
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -246,7 +271,16 @@ class SidecarServer:
                                  for s in self.sessions.values()],
                 "max_sessions": cfg.max_sessions, "max_sessions_per_peer": cfg.max_sessions_per_peer,
                 "sessions_opened": self.stats.sessions_opened, "sessions_ended": dict(self.stats.sessions_ended),
-                "sessions_refused": dict(self.stats.sessions_refused), "send_failures": self.stats.send_failures}
+                "sessions_refused": dict(self.stats.sessions_refused), "send_failures": self.stats.send_failures,
+                "storage": self.storage_health.report(),
+                "role": self.role, "leader_epoch": self.leadership.epoch if self.leadership else None,
+                "leader": dataclasses.asdict(self.leadership.leader) if self.leadership and self.leadership.leader
+                else None}
+
+    @property
+    def role(self) -> str:
+        """"leader" or "standby" in a hot-standby pair; "single" on its own."""
+        return "single" if self.leadership is None else str(self.leadership.role)
 
     def change_limit(self, req: dict[str, Any]) -> list[dict[str, Any]]:
         """A ``set_limit`` or ``override`` command: validated, applied to every session (and the ones to
@@ -276,11 +310,14 @@ class SidecarServer:
         sock = self._control
         assert sock is not None
         try:
-            data = sock.recv(zmq.NOBLOCK)
+            frame = sock.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return
+        data = frame.bytes
         try:
             req = parse_request(data)
+            if self.security.operators is not None:
+                verify_request(req, self.security.operators, self.security.control_guard)
             cmd = req["cmd"]
             reply: dict[str, Any] = {"ok": True}
             if cmd == "kill":
@@ -295,11 +332,22 @@ class SidecarServer:
                 self.shutdown(req.get("operator", ""), req.get("reason", ""))
             elif cmd == "status":
                 reply |= self.status_report()
+                reply["security"] = self.security_report()
             reply |= {"state": str(self.switch.state), "sessions": len(self.sessions),
                       "events": [dataclasses.asdict(e) for e in self.switch.events[-5:]]}
+        except ControlAuthError as exc:
+            self.stats.auth_refused["control"][exc.code.name] += 1
+            self._log_limited("CONTROL_" + exc.code.name, "refused control request from %s: %s",
+                              _peer_of(frame, b""), exc)
+            reply = {"ok": False, "error": str(exc), "code": int(exc.code)}
         except ControlError as exc:
             reply = {"ok": False, "error": str(exc)}
         sock.send(json.dumps(reply).encode())
+
+    def security_report(self) -> dict[str, Any]:
+        """Remote mode as ``status`` shows it: what is enforced and what was refused, never a secret."""
+        refused = self.stats.auth_refused
+        return {**self.security.describe(), "refused": {channel: dict(c) for channel, c in refused.items()}}
 
     def request_stop(self) -> None:
         """Ask the loop to end (safe from a signal handler or another thread)."""
@@ -332,7 +380,9 @@ class SidecarServer:
                     self._trim_memory()
                 now = time.monotonic()
                 if now >= next_timers:
+                    self._apply_leadership()
                     self._heartbeats_and_timeouts(now)
+                    self.storage_health.poll()
                     next_timers = now + min(hb_s / 2, 0.25)
                 if now >= next_flush:
                     self.sink.flush()
@@ -397,7 +447,9 @@ class SidecarServer:
         body_frames = frames[1:]
         session = self.sessions.get(rid)
         header = None
+        guarded = self.security.guarded
         try:
+            trailer = self._admit(session, body_frames, peer) if guarded else None
             size = sum(len(f) for f in body_frames)
             if size > self.config.server.max_message_bytes:
                 seq, msg_type = _peek_seq(body_frames)
@@ -405,16 +457,23 @@ class SidecarServer:
                                     f"message of {size} bytes; at most {self.config.server.max_message_bytes}",
                                     seq, msg_type)
             header, msg = codec.decode(body_frames)
+            if guarded and self.security.remote:
+                self._authenticate(rid, session, header, body_frames, trailer)
             if header.msg_type not in _FROM_NT8:
                 raise ProtocolError(ErrorCode.PROTOCOL_WRONG_DIRECTION,
                                     f"{MsgType(header.msg_type).name} is sent by the sidecar, not by NT8",
                                     header.seq, header.msg_type)
             if header.msg_type == _HELLO:
-                self._hello(rid, header, msg, peer)
+                try:
+                    self._hello(rid, header, msg, peer)
+                finally:
+                    self._hello_auth = None
                 return
             if session is None:
                 raise ProtocolError(ErrorCode.SESSION_NO_HELLO, "send HELLO first", header.seq, header.msg_type)
             self._dispatch(session, header, msg)
+        except AuthError as exc:
+            self._refuse_auth(rid, session, exc, peer)
         except ProtocolError as exc:
             self._refuse(rid, session, exc)
         except Exception:
@@ -499,6 +558,14 @@ class SidecarServer:
         return replies
 
     def _hello(self, rid: bytes, header: codec.Header, hello: Hello, peer: str | None = None) -> None:
+        if self.leadership is not None:
+            self._apply_leadership()  # a leader's first session finds the chain resumed and the start recorded
+        if self.leadership is not None and not self.leadership.is_leader:
+            self.stats.sessions_refused["standby"] += 1
+            raise ProtocolError(ErrorCode.SESSION_STANDBY,
+                                f"this sidecar ({self.leadership.node}) is the standby of cluster "
+                                f"{self.leadership.cluster!r}; {self.leadership.describe_leader()}: the NinjaScript "
+                                "tries every endpoint listed in 'Sidecar endpoint'", header.seq, header.msg_type)
         old = self.sessions.get(rid)
         if old is not None:
             peer = old.peer  # the same connection
@@ -544,6 +611,7 @@ class SidecarServer:
             recorder.audit("risk_event", event["event"], now_ns, event)
         now = time.monotonic()
         session = Session(session_id, rid, peer, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
+        session.auth = self._take_hello_auth(rid)  # remote mode: every message from WELCOME on is MAC'd
         for i in instruments:
             recorder.instrument(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value, i.spec.currency,
                                 i.spec.exchange, now_ns)
@@ -555,9 +623,44 @@ class SidecarServer:
         log.info("session %s opened from %s: instance %r account %r instruments %s%s", session_id, peer,
                  hello.instance_id, hello.account, [d.name for d in hello.instruments],
                  " (lockstep)" if hello.lockstep else "")
+        resumed = self._resume(session, now_ns)
         cfg = self.config.server
         self._send(session, Welcome(session_id, __version__, cfg.heartbeat_ms, cfg.heartbeat_timeout_ms, now_ns,
                                     cfg.max_message_bytes), header.ts_send_ns)
+        for msg in resumed:
+            self._send(session, msg)
+
+    def _resume(self, session: Session, now_ns: int) -> list[Message]:
+        """Give a new session what storage knows of its strategy instance: open brackets, positions, the
+        day's realized P&L (``recovery.lookback_h``). Then NT8's replay after WELCOME confirms or corrects
+        it. With ``recovery.flatten``, what was resumed open is closed at market instead (FLATTEN)."""
+        if self.history is None or self.config.recovery.lookback_h <= 0:
+            return []
+        hello = session.hello
+        since = now_ns - int(self.config.recovery.lookback_h * 3600e9)
+        try:
+            history = self.history(hello.instance_id, hello.account, since)
+        except Exception as exc:  # the database away: NT8's replay is what the session starts from
+            log.warning("session %s: could not read the history of %r from storage (%s); starting from what NT8 "
+                        "replays", session.session_id, hello.instance_id, str(exc).splitlines()[0] if str(exc) else exc)
+            session.recorder.audit("resume", hello.instance_id, now_ns, {"error": str(exc)[:500]})
+            return []
+        if not history.brackets and not history.fills:
+            return []
+        summary = session.pipeline.resume(history)
+        session.recorder.audit("resume", hello.instance_id, now_ns, summary)
+        log.info("session %s resumed %d brackets of %r from storage: open %s, positions %s, realized %.2f",
+                 session.session_id, summary["brackets"], hello.instance_id, summary["active"], summary["positions"],
+                 summary["realized"])
+        if not self.config.recovery.flatten:
+            return []
+        p = session.pipeline
+        out: list[Message] = []
+        for iid in sorted(p.instruments):
+            if p.orders.position(iid) or p.orders.active(iid):
+                out.append(p.flatten(iid, "resumed after a restart or failover; recovery.flatten is on", "recovery",
+                                      p._last_event_ns, now_ns, {"position": p.orders.position(iid)}))
+        return out
 
     def _check_limits(self, peer: str, replaced: list[Session], header: codec.Header) -> None:
         """Refuse a HELLO that would open a session beyond ``server.max_sessions`` or
@@ -616,6 +719,38 @@ class SidecarServer:
                                {"nt8_ts_send_ns": header.ts_send_ns, "sidecar_ns": now_ns,
                                 "offset_ns": session.clock_offset_ns, "seq": header.seq})
 
+    # --- leadership -----------------------------------------------------------------------------
+
+    def _apply_leadership(self) -> None:
+        """Apply what the leadership thread decided, on this thread: a new leader resumes the audit chain
+        on the database's head and records that it leads; a sidecar that stepped down ends its sessions
+        with SESSION_STANDBY, so that each NT8 moves to the new leader at once."""
+        if self.leadership is None:
+            return
+        while True:
+            try:
+                change = self.leadership.changes.get_nowait()
+            except queue.Empty:
+                return
+            if change.role == "leader":
+                if self._on_lead is not None:
+                    self.chain = self._on_lead(change.info)
+                    self._desk.chain = self.chain
+                self.record_config()
+                self._desk.audit("leadership", self.leadership.node, change.at_ns,
+                                 {"role": "leader", "epoch": change.info.epoch, "node": change.info.node,
+                                  "endpoint": change.info.endpoint, "reason": change.reason})
+                continue
+            # another sidecar may be extending the chain already: from here on, plain audit_log rows
+            self.chain = self._desk.chain = None
+            for session in list(self.sessions.values()):
+                session.recorder.chain = None
+                self._send_error(session.routing_id, session, ErrorCode.SESSION_STANDBY, 0, 0,
+                                 f"this sidecar stepped down ({change.reason}); {self.leadership.describe_leader()}")
+                self._end_session(session, "STEPPED_DOWN")
+            self._desk.audit("leadership", self.leadership.node, change.at_ns,
+                             {"role": "standby", "epoch": self.leadership.epoch, "reason": change.reason})
+
     # --- timers ---------------------------------------------------------------------------------
 
     def _trim_memory(self) -> None:
@@ -665,7 +800,9 @@ class SidecarServer:
         if session.peer_gone:
             return  # nothing reaches it any more; what it sent is still processed
         session.seq_out += 1
-        frames = codec.encode(msg, session.seq_out, time.time_ns(), ts_echo_ns)
+        auth = session.auth
+        frames = (codec.encode(msg, session.seq_out, time.time_ns(), ts_echo_ns) if auth is None
+                  else auth.encode(msg, session.seq_out, time.time_ns(), ts_echo_ns))
         sent = self._send_frames(session.routing_id, frames)
         if sent:
             session.last_sent = time.monotonic()
@@ -701,6 +838,56 @@ class SidecarServer:
         self._log_refusal(rid, exc)
         self._send_error(rid, session, exc.code, exc.seq, exc.msg_type, exc.text)
         self._ack_refused(session, exc.seq)
+
+    # --- remote mode (bridge/transport/security.py) ---------------------------------------------
+
+    def _admit(self, session: Session | None, body_frames: list[bytes], peer: str | None) -> bytes | None:
+        """Before anything is decoded: a connection without a session must come from an address in
+        ``security.allow``; in remote mode the trailer is taken off ``body_frames`` (checked by
+        ``_authenticate`` once the header is read) and returned."""
+        if session is None and not self.security.allows(peer):
+            seq, msg_type = _peek_seq(body_frames)
+            raise AuthError(ErrorCode.AUTH_PEER_NOT_ALLOWED, f"{peer or 'a peer without an IP address'} is not in "
+                            "security.allow; add it there to let it connect", seq, msg_type)
+        if self.security.remote and len(body_frames) == 3:
+            return body_frames.pop()
+        return None
+
+    def _authenticate(self, rid: bytes, session: Session | None, header: codec.Header, frames: list[bytes],
+                      trailer: bytes | None) -> None:
+        """Remote mode: the message's MAC, before anything acts on it. A HELLO must verify under the shared
+        secret, be fresh and carry a nonce not seen before, or it opens nothing and replaces no session;
+        any other message must verify under its session's key and have a seq above the last one."""
+        if header.msg_type == _HELLO:
+            secret, nonce = open_hello(frames[0], frames[1], trailer, self.security.secrets, header.seq)
+            why = self.security.hello_guard.check(nonce, header.ts_send_ns)
+            if why is not None:
+                raise AuthError(ErrorCode.AUTH_REPLAY, f"HELLO {why}", header.seq, header.msg_type)
+            self._hello_auth = (rid, accept_hello(secret, nonce))
+            return
+        if session is None:
+            return  # SESSION_NO_HELLO follows: there is no key to check it with
+        if session.auth is None:
+            raise AuthError(ErrorCode.AUTH_REQUIRED, "the session was opened without authentication; send HELLO again",
+                            header.seq, header.msg_type)
+        session.auth.check(frames[0], frames[1], trailer, header.seq, header.msg_type)
+        if header.seq <= session.last_seq_in:
+            raise AuthError(ErrorCode.AUTH_REPLAY, f"seq {header.seq} is not above the last one seen "
+                            f"({session.last_seq_in}): a replay", header.seq, header.msg_type)
+
+    def _take_hello_auth(self, rid: bytes) -> SessionAuth | None:
+        """The keys ``_authenticate`` derived for the HELLO being opened on ``rid`` (None when unauthenticated)."""
+        pending, self._hello_auth = self._hello_auth, None
+        return pending[1] if pending is not None and pending[0] == rid else None
+
+    def _refuse_auth(self, rid: bytes, session: Session | None, exc: AuthError, peer: str | None) -> None:
+        """Answered and counted like any refusal, but never acknowledged: nothing in the message can be
+        trusted, its seq included, and it must not move the session's."""
+        self.stats.auth_refused["data"][exc.code.name] += 1
+        who = session.peer if session is not None else (peer or _peer_of(None, rid))
+        self._log_limited(exc.code.name, "refused message from %s (%s, seq %s): %s: %s", who, rid.hex(), exc.seq,
+                          exc.code.name, exc.text)
+        self._send_error(rid, session, exc.code, exc.seq, exc.msg_type, exc.text)
 
     def _ack_refused(self, session: Session | None, seq: int) -> None:
         """A lockstep peer waits for the acknowledgement of every seq, refused ones included."""

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import zmq
 
-from bridge.core.config import Config
+from bridge.core.config import Config, ConfigError
 from bridge.core.instruments import InstrumentMaster
 from bridge.transport.control import ControlError, send_command
 from bridge.transport.server import SidecarServer
+from bridge.transport.storage_health import spool_path_for
+from bridge.transport.operators import key_from_env
+from bridge.transport.security import Security, exposure_problem
 from bridge.storage.writer import StorageWriter
 from strategies.base import Strategy
 
@@ -44,29 +47,56 @@ def master_for(config: Config) -> InstrumentMaster:
 def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file: Path | None = None,
                 metrics: bool | None = None, control_bind: str | None = None) -> SidecarServer:
     """Serve until a ``shutdown`` command or a stop signal (``stop_signals``); flushes every row to
-    storage before returning. A port already taken is a RuntimeError that says which and what to do."""
+    storage before returning. A port already taken is a RuntimeError that says which and what to do; so is
+    an endpoint beyond loopback without remote mode's secret (or operator keys), checked before anything
+    starts."""
+    refusal = exposure_problem(bind or config.server.bind,
+                               config.server.control_bind if control_bind is None else control_bind,
+                               Security.from_config(config.security))
+    if refusal is not None:
+        raise RuntimeError(refusal)
     writer = StorageWriter(db_url, batch_rows=config.storage.batch_rows, queue_batches=config.storage.queue_batches,
-                           flush_interval_s=config.storage.flush_interval_ms / 1000.0)
+                           flush_interval_s=config.storage.flush_interval_ms / 1000.0,
+                           spool_path=spool_path_for(config, db_url))  # the backlog while the database is away
     writer.start()
     chain = None
-    if config.audit.enabled:
+    on_lead = None
+    if config.audit.enabled and not config.ha.enabled:
         from bridge.audit.trail import open_chain
         chain = open_chain(config, db_url, writer)
-    server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config), chain=chain)
+    elif config.audit.enabled:
+        from bridge.audit.trail import open_chain_on_database_head
+
+        def chain_on_database_head(_info: object) -> object:
+            return open_chain_on_database_head(config, db_url, writer)
+        on_lead = chain_on_database_head
+    server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config), chain=chain,
+                           on_lead=on_lead, history=instance_history_reader(writer, db_url))
 
     def give_up(message: str) -> RuntimeError:
         server.close_control()
-        if chain is not None:
-            chain.close()
+        if server.chain is not None:
+            server.chain.close()
         writer.close()
         return RuntimeError(message)
 
-    server.record_config()
+    if not config.ha.enabled:  # a standby records its configuration when it becomes the leader
+        server.record_config()
     try:
         endpoint = server.bind(bind)
     except zmq.ZMQError as exc:
         raise give_up(f"cannot bind {bind or config.server.bind}: {exc.strerror}; another sidecar or program "
                       "holds it: set server.bind or give --bind (`nt8bridge doctor` checks the ports)") from None
+    leadership = None
+    if config.ha.enabled:
+        from bridge.transport.leadership import Leadership
+        try:
+            leadership = Leadership(db_url, config.ha.cluster, config.ha.advertise or endpoint,
+                                    poll_ms=config.ha.poll_ms, lease_ms=config.ha.lease_ms)
+        except ValueError as exc:
+            raise give_up(str(exc)) from None
+        server.leadership = leadership
+        leadership.start()
     try:
         control = server.bind_control(control_bind)
     except zmq.ZMQError as exc:
@@ -99,15 +129,35 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
         server.run()
     finally:
         try:
-            if chain is not None:
-                chain.close()  # fsync and a last signed checkpoint
-            writer.close()
+            try:
+                if server.chain is not None:
+                    server.chain.close()  # fsync and a last signed checkpoint
+            finally:
+                writer.close()  # even when the chain could not close (its disk full): the rows still go
             stats = writer.stats
-            log.info("storage closed: %d rows committed, %d rejected, %d backpressure waits",
-                     sum(stats.rows_written.values()), stats.rows_rejected, stats.backpressure_waits)
+            log.info("storage closed: %d rows committed, %d rejected, %d backpressure waits%s",
+                     sum(stats.rows_written.values()), stats.rows_rejected, stats.backpressure_waits,
+                     f"; {stats.rows_spooled} rows left in the spool {stats.spool_path}" if stats.rows_spooled else "")
         finally:
+            if leadership is not None:  # after the last row is committed: the standby resumes from all of it
+                leadership.stop()
             server.close_control()  # last: a released control endpoint means everything is on disk
     return server
+
+
+def instance_history_reader(writer: StorageWriter, db_url: str):
+    """What a HELLO resumes from: the stored brackets of the connecting strategy instance. Rows still with
+    the writer are committed first (a reconnect to the same sidecar), waiting a second at most; with the
+    database away (the writer not ``ok``) nothing is waited for: the session starts from what NT8 replays."""
+    from bridge.storage.queries import instance_history
+
+    def read(instance_id: str, account: str, since_ns: int):
+        if writer.state != "ok":  # the database away or catching up: no second lost waiting on it
+            raise RuntimeError(f"storage is {writer.state}")
+        writer.sync(timeout=1.0)
+        return instance_history(db_url, instance_id, account, since_ns)
+
+    return read
 
 
 def stop_signals() -> list[int]:
@@ -209,9 +259,10 @@ class SidecarProcess:
         if not self.control_endpoint:
             return False
         try:
-            send_command(self.control_endpoint, "shutdown", operator="nt8bridge",
+            key = key_from_env()  # a sidecar with operator keys takes a shutdown signed by an operator only
+            send_command(self.control_endpoint, "shutdown", operator=key.name if key else "nt8bridge", key=key,
                          reason=f"stopped by the process that started it (pid {os.getpid()})")
-        except ControlError as exc:
+        except (ControlError, ConfigError) as exc:
             log.warning("the sidecar's control channel did not take the shutdown (%s); interrupting it", exc)
             return False
         return True

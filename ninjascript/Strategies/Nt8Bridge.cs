@@ -38,6 +38,14 @@ namespace NinjaTrader.NinjaScript.Strategies
 		private readonly Dictionary<string, Bracket> brackets = new Dictionary<string, Bracket>();
 		private readonly Dictionary<string, Leg> legsByName = new Dictionary<string, Leg>();
 		private readonly HashSet<string> executionsSeen = new HashSet<string>();
+		// What was reported to the sidecar, replayed after every WELCOME: a sidecar that restarted, or the standby
+		// that took over, learns each leg's last state and every fill, even those posted while no session was up
+		// (a lockstep post without a session is dropped). The sidecar recognises the fills it already has by id.
+		private const int ReplayMaxExecutions = 10000;
+		private readonly Dictionary<string, Wire.OrderUpdate> lastUpdateByLeg = new Dictionary<string, Wire.OrderUpdate>();
+		private readonly List<string> legOrder = new List<string>();
+		private readonly List<Wire.Execution> executionsPosted = new List<Wire.Execution>();
+		private int welcomes;
 		private int flattenOrdinal;
 		private bool linkUp;
 		private string lastDecision = "none yet";
@@ -65,6 +73,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 				OnSidecarLost = SidecarLostAction.CancelEntries;
 				MaxPositionContracts = 5;
 				SendQueueCapacity = 65536;
+				SharedSecretFile = "";
 				Lockstep = false;
 				LockstepWindow = 1;
 			}
@@ -566,6 +575,8 @@ namespace NinjaTrader.NinjaScript.Strategies
 				Endpoint = SidecarEndpoint, HeartbeatMs = HeartbeatMs, HeartbeatTimeoutMs = HeartbeatTimeoutMs, SendQueueCapacity = SendQueueCapacity,
 				Lockstep = Lockstep, LockstepTimeoutMs = HeartbeatTimeoutMs, LockstepWindow = LockstepWindow, Log = text => Print(text),
 			};
+			// remote mode: unreadable is an error (LinkException says what to do), never a fallback to no authentication
+			options.Secret = string.IsNullOrWhiteSpace(SharedSecretFile) ? null : Wire.Auth.ReadSecretFile(SharedSecretFile.Trim());
 			link = new Wire.BridgeLink(options, MakeHello, this);
 			try
 			{
@@ -603,8 +614,51 @@ namespace NinjaTrader.NinjaScript.Strategies
 
 		private void Post(Wire.Message m)
 		{
+			Remember(m);
 			if (link != null)
 				link.Post(m);
+		}
+
+		private void Remember(Wire.Message m)
+		{
+			Wire.OrderUpdate u = m as Wire.OrderUpdate;
+			if (u != null)
+			{
+				string key = u.ClientOrderId + "/" + u.Role + "/" + u.Nt8OrderId;
+				if (!lastUpdateByLeg.ContainsKey(key))
+					legOrder.Add(key);
+				lastUpdateByLeg[key] = u;
+				return;
+			}
+			Wire.Execution e = m as Wire.Execution;
+			if (e != null)
+			{
+				if (executionsPosted.Count >= ReplayMaxExecutions)
+					executionsPosted.RemoveAt(0);
+				executionsPosted.Add(e);
+			}
+		}
+
+		// After a reconnect: each leg's last state (entries before their fills, so that a sidecar which never stored a
+		// bracket can take it on from its entry), every fill, then the positions and the account.
+		private void ReplayToSidecar()
+		{
+			if (link == null)
+				return;
+			foreach (string key in legOrder)
+				link.Post(lastUpdateByLeg[key]);
+			foreach (Wire.Execution e in executionsPosted)
+				link.Post(e);
+			for (int id = 0; id < wireInstruments.Count; id++)
+			{
+				Position p = Positions[seriesOfWireId[id]];
+				link.Post(new Wire.Position
+				{
+					InstrumentId = (ushort)id, MarketPosition = p.MarketPosition == MarketPosition.Long ? (byte)1 : p.MarketPosition == MarketPosition.Short ? (byte)2 : (byte)0,
+					Quantity = p.Quantity, AvgPrice = p.AveragePrice, TsEvent = WireTime(NinjaTrader.Core.Globals.Now),
+				});
+			}
+			Print("nt8bridge: replayed " + legOrder.Count + " order states and " + executionsPosted.Count + " fills to the sidecar");
 		}
 
 		private void PostAccount()
@@ -623,7 +677,8 @@ namespace NinjaTrader.NinjaScript.Strategies
 		public void OnWelcome(Wire.Welcome welcome)
 		{
 			linkUp = true;
-			TriggerCustomEvent(o => { PostAccount(); ShowStatus(); }, null);
+			bool again = ++welcomes > 1;
+			TriggerCustomEvent(o => { if (again) ReplayToSidecar(); PostAccount(); ShowStatus(); }, null);
 		}
 
 		public void OnCommand(Wire.Header header, Wire.Message message)
@@ -758,7 +813,7 @@ namespace NinjaTrader.NinjaScript.Strategies
 
 		#region Properties
 		[NinjaScriptProperty]
-		[Display(Name = "Sidecar endpoint", Description = "ZeroMQ endpoint of the nt8bridge sidecar", Order = 1, GroupName = "1. Sidecar")]
+		[Display(Name = "Sidecar endpoint", Description = "ZeroMQ endpoint of the nt8bridge sidecar; for a hot-standby pair both, comma separated (tcp://10.0.0.5:5555,tcp://10.0.0.6:5555)", Order = 1, GroupName = "1. Sidecar")]
 		public string SidecarEndpoint { get; set; }
 
 		[NinjaScriptProperty]
@@ -783,6 +838,11 @@ namespace NinjaTrader.NinjaScript.Strategies
 		[Range(1000, 10000000)]
 		[Display(Name = "Send queue (messages)", Description = "Messages held while the sidecar is slow or away; beyond it they are dropped and counted", Order = 6, GroupName = "1. Sidecar")]
 		public int SendQueueCapacity { get; set; }
+
+		// A path, not the secret: NT8 saves properties in its workspace XML, and the secret must stay in its own file.
+		[NinjaScriptProperty]
+		[Display(Name = "Shared secret file", Description = "Remote mode: a copy of the sidecar's secret file (nt8bridge secret new FILE); every message is then authenticated both ways. Empty for a sidecar on this machine", Order = 7, GroupName = "1. Sidecar")]
+		public string SharedSecretFile { get; set; }
 
 		[NinjaScriptProperty]
 		[Display(Name = "When the sidecar is lost", Description = "Cancel working entries, flatten everything, or keep orders as they are", Order = 1, GroupName = "2. Safety")]

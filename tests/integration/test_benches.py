@@ -24,21 +24,26 @@ BENCHES = sorted(p.name for p in BENCH.glob("*.py") if p.name != "smoke.py")  # 
 FIGURES = {
     "bench_audit.py": r"AuditChain\.append\s+\d",
     "bench_drift.py": r"DissimilarityGuard\.index\s+\d",
+    "bench_failover.py": r"failover: leader killed -> session with the standby\s+n=\s*1\s+p50\s+\d",
     "bench_features.py": r"OnlineFeatures\.on_bar\s+\d",
     "bench_fuzz.py": r"hostile messages/s, sent and answered\s+[1-9][\d,]*",
     "bench_inference.py": r"ensemble: OnnxEnsemble\.predict \(total_us\)\s+\d",
     "bench_ingest.py": r"sidecar: first send -> last row committed\s+\d",
     "bench_nt8sim.py": r"tick -> BRACKET \(entry submitted\+filled\)\s+[1-9]",
+    "bench_outage.py": r"catch-up from the spool\s+:\s+[1-9][\d,]* rows/s",
     "bench_risk.py": r"RiskEngine\.check_new\s+n=\s*[\d,]+\s+p50\s+\d",
     "bench_roundtrip.py": r"tick -> BRACKET \(sidecar child\)\s+\d+\s+\d",
+    "bench_soak.py": r"last window / first window, round-trip p50\s+\d",
     "bench_storage.py": r"StorageWriter end to end :\s+\d",
     "bench_strategies.py": r"with \S+ \+ portfolio:\s+p50\s+\d",
     "quality_report.py": r"ES 06-18\.Last\.txt\.gz\s+\d",
 }
-NEEDS_SHARED_DATA = {"bench_features.py", "bench_nt8sim.py", "bench_strategies.py", "quality_report.py"}
-NEEDS_MONO = {"bench_nt8sim.py"}
+NEEDS_SHARED_DATA = {"bench_failover.py", "bench_features.py", "bench_nt8sim.py", "bench_strategies.py",
+                     "quality_report.py"}
+NEEDS_MONO = {"bench_failover.py", "bench_nt8sim.py"}
+NEEDS_PG = {"bench_failover.py"}  # given the test server with --pg
 # Mono and four playbacks up to the first entry of ES 06-18, at event 25,500: about half a minute
-SLOW = {"bench_nt8sim.py"}
+SLOW = {"bench_failover.py", "bench_nt8sim.py"}
 
 
 def run_bench(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -66,7 +71,8 @@ def test_smoke_run_produces_figures(name: str, request: pytest.FixtureRequest) -
         request.getfixturevalue("shared_data")  # skips when ../shared/data is truly absent
     if name in NEEDS_MONO and shutil.which("mcs") is None:
         pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
-    proc = run_bench(name, "--smoke")
+    extra = ("--pg", request.getfixturevalue("pg_url")) if name in NEEDS_PG else ()
+    proc = run_bench(name, "--smoke", *extra)
     assert proc.returncode == 0, failure_report(proc)
     assert "SMOKE RUN" in proc.stderr, failure_report(proc)
     assert re.search(FIGURES[name], proc.stdout), f"no figure matching {FIGURES[name]!r}\n{failure_report(proc)}"

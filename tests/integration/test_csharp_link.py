@@ -717,3 +717,101 @@ def test_wait_connected_returns_once_the_session_is_up_or_after_the_timeout(cs, 
     assert not away.link.IsConnected  # and it keeps trying in the background
     away.link.Stop("test over")
     assert not away.link.WaitConnected(1000)  # stopped: returns at once
+
+
+# --------------------------------------------------------------------------- 9. remote mode (docs/security.md)
+
+def _net(data: bytes):
+    from System import Array, Byte
+    return Array[Byte](list(data))
+
+
+@pytest.fixture
+def remote_sidecar(tmp_path):
+    """``nt8bridge serve`` in remote mode (a secret file in its config), and the secret."""
+    from bridge.transport.security import new_secret_file, read_secret_file
+
+    secret_file = new_secret_file(tmp_path / "secret.hex")
+    config = tmp_path / "remote.toml"
+    config.write_text(f'[security]\nsecret_file = "{secret_file.as_posix()}"\n')
+    db = f"sqlite:///{tmp_path}/remote.sqlite"
+    with SidecarProcess(db, config) as sidecar:
+        yield sidecar, read_secret_file(secret_file)[0], db
+
+
+def test_remote_mode_a_link_with_the_secret_works_as_on_loopback_in_both_modes(cs, probe, make, remote_sidecar):
+    from bridge.transport.control import send_command
+
+    sidecar, secret, db = remote_sidecar
+    h = make(sidecar.endpoint, Lockstep=True, Secret=_net(secret))
+    h.link.Start()
+    assert h.link.IsConnected and h.listener.WelcomeCount == 1
+    session = h.link.SessionId
+    assert h.link.Post(probe.Probe.Tick(1, 2670.0))
+    assert h.link.Post(probe.Probe.Tick(2, math.nan))  # refused by the quality gate: an authenticated ERROR, the ack
+    assert h.listener.CommandCount == 1 and int(h.listener.Command(0).Code) == int(m.ErrorCode.QUALITY_NONFINITE_PRICE)
+    assert h.link.Post(probe.Probe.OrderUpdate("remote-1"))
+    h.link.Stop("playback over")
+    assert h.link.AuthFailures == 0 and h.link.ProtocolErrors == 0
+    assert "0 unauthenticated dropped" in h.log_text()
+
+    threaded = make(sidecar.endpoint, instance="remote-threaded", Secret=_net(secret), HeartbeatMs=200,
+                    HeartbeatTimeoutMs=2000)
+    threaded.link.Start()
+    threaded.wait(lambda: threaded.link.IsConnected, 30, "the threaded session")
+    for i in range(500):
+        assert threaded.link.Post(probe.Probe.Tick(10 + i, 2670.25))
+    threaded_session = threaded.link.SessionId
+    threaded.link.Stop("done")
+    assert threaded.link.AuthFailures == 0 and threaded.link.Dropped == 0
+    status = send_command(sidecar.control_endpoint, "status")
+    assert status["security"]["refused"] == {"data": {}, "control": {}}
+    sidecar.stop()
+    counts = session_counts(db, session)
+    assert counts.ticks == 1 and counts.order_updates == 1 and counts.end_reason == "BYE"
+    assert session_counts(db, threaded_session).ticks == 500
+
+
+def test_remote_mode_a_link_with_another_secret_or_none_is_refused_and_says_why(cs, probe, make, remote_sidecar):
+    from bridge.transport.control import send_command
+
+    sidecar, secret, _ = remote_sidecar
+    wrong = make(sidecar.endpoint, Lockstep=True, Secret=_net(bytes(32)))
+    with pytest.raises(Exception, match="different shared secrets"):
+        wrong.link.Start()
+    assert not wrong.link.IsConnected
+    none = make(sidecar.endpoint, Lockstep=True)
+    with pytest.raises(Exception, match="HMAC trailer"):
+        none.link.Start()
+    status = send_command(sidecar.control_endpoint, "status")
+    assert status["security"]["refused"]["data"] == {"AUTH_BAD_MAC": 1, "AUTH_REQUIRED": 1}
+    assert status["live_sessions"] == []
+
+
+def test_remote_mode_the_link_drops_forged_and_replayed_commands_and_never_acts_on_them(cs, probe, make, router):
+    from bridge.protocol import auth
+
+    sock, endpoint = router
+    secret = b"s" * 32
+    h = make(endpoint, Secret=_net(secret))
+    h.link.Start()
+    assert sock.poll(10_000)
+    rid, *hello = sock.recv_multipart()
+    assert len(hello) == 3 and auth.flags_of(hello[0]) & auth.FLAG_AUTH
+    fake = auth.accept_hello(*auth.open_hello(*hello, (secret,)))
+    now = time.time_ns()
+    sock.send_multipart([rid, *fake.encode(m.Welcome(5, "fake", 1000, 5000, now, 65536), 1, now)])
+    h.wait(lambda: h.link.IsConnected, 10, "WELCOME")
+    bracket = m.SubmitBracket("B-1", 0, 1, 1, 1, math.nan, 2668.0, 2674.0, 1, "algo", "D-1")
+    good = fake.encode(bracket, 2, now)
+    altered = [good[0], codec.encode(m.SubmitBracket("B-1", 0, 1, 9, 1, math.nan, 2668.0, 2674.0, 1, "algo", "D-1"),
+                                     2, now)[1], good[2]]
+    unauthenticated_error = codec.encode(m.Error(301, 0, 2, "forged"), 3, now)
+    for frames in (altered, good[:2], good, good, unauthenticated_error):  # the good one twice: a replay
+        sock.send_multipart([rid, *frames])
+    h.wait(lambda: h.link.AuthFailures == 4, 10, "four messages dropped as unauthenticated")
+    sock.send_multipart([rid, *fake.encode(m.Heartbeat(1), 3, now)])  # an authentic one after them: still taken
+    h.wait(lambda: h.link.Received >= 3, 10, "the authentic heartbeat")
+    assert h.listener.CommandCount == 1 and int(h.listener.Command(0).Quantity) == 1  # only the authentic bracket
+    assert h.link.IsConnected and h.link.LinkDowns == 0 and h.link.ErrorsReceived == 0
+    assert "never acted on" in h.log_text()

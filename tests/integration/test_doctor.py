@@ -225,3 +225,24 @@ def test_a_desk_in_order_is_all_ok_and_a_skewed_nt8_clock_only_warns(tmp_path):
         code = sidecar.wait(60)
         log.close()
     assert stop.returncode == 0 and code == 0, stop.stdout + stop.stderr
+
+
+def test_remote_mode_is_checked_as_the_sidecar_would_start(tmp_path, capsys):
+    """A bind beyond loopback without a secret is what `nt8bridge serve` refuses: doctor says so first;
+    with the secret file it is remote mode, reported without a word of the secret."""
+    from bridge.transport.security import new_secret_file, read_secret_file
+
+    config, ports = write_config(tmp_path)
+    exposed = config.read_text(encoding="utf-8").replace(f"tcp://127.0.0.1:{ports['bind']}",
+                                                         f"tcp://0.0.0.0:{ports['bind']}")
+    config.write_text(exposed, encoding="utf-8")
+    user = nt8_dir(tmp_path)
+    code, checks, _ = run(capsys, config, user, "--json")
+    assert code == 1 and only_failure(checks) == ["security"]
+    assert "nt8bridge secret new" in checks["security"]["detail"]
+    secret = new_secret_file(tmp_path / "secret.hex")
+    config.write_text(exposed.replace('secret_file = ""', f'secret_file = "{secret.as_posix()}"'), encoding="utf-8")
+    code, checks, _ = run(capsys, config, user, "--json")
+    assert code == 0 and checks["security"]["status"] == "WARN"  # no allowlist, no operator keys: said, not refused
+    assert "remote mode: 1 secret" in checks["security"]["detail"]
+    assert read_secret_file(secret)[0].hex() not in json.dumps(checks)

@@ -347,3 +347,41 @@ def test_free_running_at_a_playback_speed_lets_the_sidecar_trade(shared_data, nt
     assert_brackets_sound(result)
     sessions = sessions_of_instance(db, result.instance_id)
     assert sorted(execution_ids(db, sessions)) == sorted(f["execution_id"] for f in result.fills)
+
+
+def test_remote_mode_the_strategy_with_the_shared_secret_file_trades_and_with_another_is_refused(shared_data, nt8,
+                                                                                                 tmp_path):
+    """Remote mode end to end in C#: the strategy's 'Shared secret file' property, read in StartLink, makes
+    its link authenticate every message both ways (docs/security.md). The same playback trades exactly as
+    on loopback; with a file holding another secret the sidecar refuses the session and nothing trades."""
+    from bridge.core.config import load_config as _load
+    from bridge.nt8.simulator import run_nt8sim
+    from bridge.transport.control import send_command
+    from bridge.transport.security import new_secret_file
+
+    secret_file = new_secret_file(tmp_path / "secret.hex")
+    config_path = tmp_path / "remote.toml"
+    config_path.write_text(PLUMBING_CONFIG.read_text() + f'\n[security]\nsecret_file = "{secret_file.as_posix()}"\n')
+    assert _load(config_path).security.secret_file  # the sidecar below really is in remote mode
+    reference, _ = play([shared_data / ES_FILE], tmp_path, "loopback", max_events=40_000)
+    proc = SidecarProcess(f"sqlite:///{tmp_path / 'remote.sqlite'}", config_path)
+    endpoint = proc.start()
+    try:
+        result = run_nt8sim([shared_data / ES_FILE], endpoint, CONFIG, master_for(CONFIG), max_events=40_000,
+                            parameters={"SharedSecretFile": str(secret_file)})
+        wrong = tmp_path / "other.hex"
+        new_secret_file(wrong)
+        refused = run_nt8sim([shared_data / ES_FILE], endpoint, CONFIG, master_for(CONFIG), max_events=1_000,
+                             parameters={"SharedSecretFile": str(wrong)})
+        status = send_command(proc.control_endpoint, "status")
+    finally:
+        assert proc.stop() == 0, proc.tail()
+    assert result.strategy_error is None
+    assert result.brackets >= 1 and result.fills, "the remote playback should trade"
+    assert (result.digest, result.brackets, len(result.fills)) == (reference.digest, reference.brackets,
+                                                                    len(reference.fills))
+    assert result.counters["link_auth_failures"] == 0 and result.counters["link_protocol_errors"] == 0
+    # the wrong secret: the strategy stops on the link's error (a playback never pretends to run), nothing trades
+    assert refused.strategy_error and "different shared secrets" in refused.strategy_error
+    assert not refused.orders and not refused.fills
+    assert status["security"]["remote"] and status["security"]["refused"]["data"] == {"AUTH_BAD_MAC": 1}

@@ -23,7 +23,7 @@ from bridge.protocol import codec
 from bridge.protocol import messages as m
 from bridge.protocol.messages import ErrorCode, MsgType
 from bridge.transport.server import SidecarServer
-from bridge.transport.sidecar import make_strategy_factory, master_for
+from bridge.transport.sidecar import instance_history_reader, make_strategy_factory, master_for
 from bridge.storage.queries import session_counts, sessions_of_instance
 from bridge.storage.writer import StorageWriter
 
@@ -32,11 +32,16 @@ T0 = int(datetime(2018, 5, 8, 14, 30, tzinfo=timezone.utc).timestamp()) * 1_000_
 
 
 class RunningSidecar:
-    def __init__(self, config: Config, db_url: str) -> None:
+    """A sidecar server on a thread of the test process; ``resume``: sessions resume their strategy instance
+    from storage, as `nt8bridge serve` does."""
+
+    def __init__(self, config: Config, db_url: str, resume: bool = False) -> None:
         self.db_url = db_url
         self.writer = StorageWriter(db_url, batch_rows=500)
         self.writer.start()
-        self.server = SidecarServer(config, self.writer, master_for(config), make_strategy_factory(config))
+        history = instance_history_reader(self.writer, db_url) if resume else None
+        self.server = SidecarServer(config, self.writer, master_for(config), make_strategy_factory(config),
+                                    history=history)
         self.endpoint = self.server.bind("tcp://127.0.0.1:*")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

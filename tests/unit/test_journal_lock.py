@@ -1,4 +1,4 @@
-"""One writer process per audit journal (bridge/audit/filelock.py).
+"""One writer process per audit journal (bridge/core/filelock.py).
 
 The POSIX lock is tested for real across two processes. The Windows lock cannot run here: its test
 replaces ``msvcrt`` with a recorder and proves only that the Windows branch is the one taken when the
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bridge.audit import filelock
+from bridge.core import filelock
 from bridge.audit.chain import AuditError, AuditJournal
 from tests.conftest import REPO_ROOT
 

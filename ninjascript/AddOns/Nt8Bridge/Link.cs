@@ -51,7 +51,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 
 	public sealed class LinkOptions
 	{
-		public string Endpoint = "tcp://127.0.0.1:5555";
+		public string Endpoint = "tcp://127.0.0.1:5555";  // or several, comma separated: a hot-standby pair (see Endpoints)
 		public int HeartbeatMs = 1000;
 		public int HeartbeatTimeoutMs = 5000;
 		public int ConnectTimeoutMs = 2000;
@@ -65,6 +65,9 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		public int StopDrainMs = -1;          // threaded Stop: wait this long at most for the sidecar to acknowledge the last
 		                                      // message before BYE; negative: max(HeartbeatTimeoutMs, 5000); 0: no wait
 		public Action<string> Log;            // may be null; the strategy passes NT8's Print
+		public byte[] Secret;                 // remote mode: the shared secret (Auth.ReadSecretFile); every message is then
+		                                      // MAC'd both ways, and what the sidecar sends unauthenticated is dropped
+		                                      // (AuthFailures). Null: unauthenticated, for a sidecar on loopback. Never logged.
 
 		internal LinkOptions Copy() { return (LinkOptions)MemberwiseClone(); }
 	}
@@ -81,6 +84,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 	{
 		private const uint HelloFlagLockstep = 1;
 		private const ushort SessionNoHello = 200;  // ErrorCode SESSION_NO_HELLO: the sidecar has no session for us
+		private const ushort SessionStandby = 205;  // ErrorCode SESSION_STANDBY: that sidecar is (now) the standby of a pair
 		private const int ReceiveSliceMs = 100;      // the reader and writer look at liveness at least this often
 		private const int BatchMessages = 512;       // messages written per socket write when the queue is long
 		private const int LogBurst = 20;             // rate-limited log: lines per window
@@ -90,6 +94,12 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		private const long DialLogEveryMs = 60000;   // while the sidecar stays away: one reminder a minute, not one per attempt
 
 		private readonly LinkOptions options;  // a copy: the caller's object may change while threads read it
+		// A hot-standby pair: the link dials one endpoint at a time, and moves to the next one whenever a connection
+		// fails, is refused (the standby answers HELLO with SESSION_STANDBY) or is lost; it backs off only once
+		// every endpoint has failed since the last session. The leader is whichever sidecar says WELCOME.
+		private readonly string[] endpoints;
+		private int endpointIndex;   // the endpoint dialled next
+		private int failedInRound;   // endpoints that failed since the last session (or the last backoff)
 		private readonly Func<Hello> helloFactory;
 		private readonly ILinkListener listener;
 		private readonly object lifecycleLock = new object();
@@ -117,6 +127,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		private const int MaxBatchTicks = 1000;  // 51 bytes each: a TICKS message stays under the 64 KiB message limit
 		private Connection ls;
 		private long nextLockstepDial;
+		private bool takeoverAwaited;  // lockstep: this outage has had its wait for a takeover (AwaitTakeover)
 		private int lockstepBackoffMs;
 
 		private readonly object logLock = new object();
@@ -125,6 +136,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		private long failedDials, lastDialLog;
 
 		private long sent, received, dropped, droppedOrderEvents, droppedStale, reconnects, linkDowns, protocolErrors, errorsReceived;
+		private long authFailures;
 		private long sessionId;
 		private double lastRoundTripMs;
 		private volatile string lastError;
@@ -142,6 +154,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			public ulong LastPostedSeq; // threaded: seq of the last posted message written (not HELLO, not our HEARTBEATs); writer only
 			public uint PeerTimeoutMs;  // the sidecar's heartbeat timeout, from WELCOME
 			public volatile bool Welcomed;
+			public volatile SessionAuth Auth;  // remote mode: made when HELLO is sealed (writer), keyed by WELCOME (reader)
 			public int Down, Reported;
 			public volatile string DownReason;
 			public readonly ManualResetEventSlim ReaderDone = new ManualResetEventSlim(false);
@@ -163,7 +176,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				throw new ArgumentNullException(nameof(helloFactory));
 			if (listener == null)
 				throw new ArgumentNullException(nameof(listener));
-			if (string.IsNullOrEmpty(options.Endpoint))
+			if (string.IsNullOrEmpty(options.Endpoint) || ParseEndpoints(options.Endpoint).Length == 0)
 				throw new ArgumentException("LinkOptions.Endpoint is empty; the sidecar listens on tcp://127.0.0.1:5555 by default");
 			if (options.HeartbeatMs <= 0 || options.HeartbeatTimeoutMs <= options.HeartbeatMs)
 				throw new ArgumentException("LinkOptions: HeartbeatTimeoutMs (" + options.HeartbeatTimeoutMs + ") must exceed HeartbeatMs ("
@@ -176,7 +189,12 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				throw new ArgumentException("LinkOptions: BackoffInitialMs must be positive and BackoffMaxMs at least as large");
 			if (options.SendQueueCapacity <= 0 || options.MaxFrameBytes <= 0)
 				throw new ArgumentException("LinkOptions: SendQueueCapacity and MaxFrameBytes must be positive");
+			if (options.Secret != null && options.Secret.Length > 0 && options.Secret.Length < Auth.MinSecretBytes)
+				throw new ArgumentException("LinkOptions.Secret: at least " + Auth.MinSecretBytes + " bytes (nt8bridge secret new FILE writes 32)");
 			this.options = options.Copy();
+			// our own copy: the caller's array may change while the threads read it; empty means none
+			this.options.Secret = options.Secret == null || options.Secret.Length == 0 ? null : (byte[])options.Secret.Clone();
+			endpoints = ParseEndpoints(options.Endpoint);
 			if (this.options.StopDrainMs < 0)
 				this.options.StopDrainMs = Math.Max(options.HeartbeatTimeoutMs, DefaultStopDrainMs);
 			this.helloFactory = helloFactory;
@@ -186,6 +204,12 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		}
 
 		public LinkState State { get { return (LinkState)Volatile.Read(ref state); } }
+
+		/// <summary>The endpoints of LinkOptions.Endpoint, in the order they are tried.</summary>
+		public string[] Endpoints { get { return (string[])endpoints.Clone(); } }
+
+		/// <summary>The endpoint of the current session, or the one dialled next.</summary>
+		public string Endpoint { get { return endpoints[Volatile.Read(ref endpointIndex)]; } }
 		public bool IsConnected { get { return State == LinkState.Connected; } }
 		public ulong SessionId { get { return (ulong)Interlocked.Read(ref sessionId); } }
 
@@ -213,6 +237,9 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		/// <summary>Broken ZMTP framing, oversize frames, and messages that could not be decoded.</summary>
 		public long ProtocolErrors { get { return Interlocked.Read(ref protocolErrors); } }
 		public long ErrorsReceived { get { return Interlocked.Read(ref errorsReceived); } }
+		/// <summary>Remote mode: messages from the sidecar dropped because their HMAC was missing or wrong, or their seq
+		/// replayed; never acted on.</summary>
+		public long AuthFailures { get { return Interlocked.Read(ref authFailures); } }
 		/// <summary>Messages waiting in the send queue (threaded mode).</summary>
 		public int Queued { get { return Volatile.Read(ref queued); } }
 
@@ -232,12 +259,13 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			{
 				lock (lockstepGate)
 				{
-					string why;
-					if (LockstepDial(out why))
-						return;
+					string why = null;
+					for (int attempt = 0; attempt < endpoints.Length; attempt++)
+						if (LockstepDial(out why))
+							return;
 					started = false;
 					throw new LinkException("Cannot open a lockstep session with the sidecar at " + options.Endpoint + ": " + why
-						+ ". Start the sidecar (nt8bridge serve --bind " + options.Endpoint + ") or correct the endpoint, then start again.");
+						+ ". Start the sidecar (nt8bridge serve --bind " + endpoints[0] + ") or correct the endpoint, then start again.");
 				}
 			}
 			SetState(LinkState.Connecting);
@@ -334,7 +362,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			}
 			Log("stopped (" + this.byeReason + "): " + Sent + " sent, " + Received + " received, " + Dropped + " dropped, "
 				+ DroppedStale + " stale dropped, " + LinkDowns + " link downs, " + ProtocolErrors + " protocol errors, "
-				+ DroppedOrderEvents + " of the dropped were order events");
+				+ DroppedOrderEvents + " of the dropped were order events"
+				+ (options.Secret != null ? ", " + AuthFailures + " unauthenticated dropped" : ""));
 		}
 
 		public void Dispose() { Stop("disposed"); }
@@ -371,9 +400,12 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				if (stopping)
 					break;
 				SetState(LinkState.Down);
-				if (stopEvent.WaitOne(backoff))
+				// the next endpoint of a pair at once; the full backoff once every endpoint has failed
+				bool allFailed = EveryEndpointFailed();
+				if (stopEvent.WaitOne(allFailed ? backoff : options.BackoffInitialMs))
 					break;
-				backoff = (int)Math.Min((long)backoff * 2, options.BackoffMaxMs);
+				if (allFailed)
+					backoff = (int)Math.Min((long)backoff * 2, options.BackoffMaxMs);
 			}
 		}
 
@@ -408,6 +440,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				hello = null;
 				why = e.Message;
 				DialFailed(why);
+				NextEndpoint(false);
 				return null;
 			}
 			why = null;
@@ -781,10 +814,15 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 						Drop(message);
 						return false;
 					}
-					if (!LockstepDial(out why))
+					if (!LockstepDial(out why) && !AwaitTakeover(out why))
 					{
-						nextLockstepDial = Deadline(lockstepBackoffMs);
-						lockstepBackoffMs = (int)Math.Min((long)lockstepBackoffMs * 2, options.BackoffMaxMs);
+						if (EveryEndpointFailed())
+						{
+							nextLockstepDial = Deadline(lockstepBackoffMs);
+							lockstepBackoffMs = (int)Math.Min((long)lockstepBackoffMs * 2, options.BackoffMaxMs);
+						}
+						else
+							nextLockstepDial = 0;  // the next endpoint of the pair at the next Post
 						Drop(message);  // DialFailed has logged why
 						return false;
 					}
@@ -810,6 +848,25 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					return false;  // the ticks before it go first: the sidecar sees NT8's order
 				return SendLockstep(conn, message, false);
 			}
+		}
+
+		// Lockstep, once per outage: the data stands still (up to LockstepTimeoutMs) while the other sidecar of a pair
+		// takes over, or a restarted one comes back. A live market waits for nobody, but a playback can, and should:
+		// otherwise it would race through the seconds of a failover in microseconds, dropping everything.
+		private bool AwaitTakeover(out string why)
+		{
+			why = null;
+			if (takeoverAwaited)
+				return false;
+			takeoverAwaited = true;
+			long deadline = Deadline(options.LockstepTimeoutMs);
+			while (!stopping && MsUntil(deadline) > 0)
+			{
+				Thread.Sleep(Math.Min(options.BackoffInitialMs, Math.Max(1, MsUntil(deadline))));
+				if (LockstepDial(out why))
+					return true;
+			}
+			return false;
 		}
 
 		// Sends the pending ticks as one TICKS message.
@@ -958,12 +1015,12 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			};
 			try
 			{
-				dealer.Connect(options.Endpoint, options.ConnectTimeoutMs);
+				dealer.Connect(Endpoint, options.ConnectTimeoutMs);
 			}
 			catch (Exception e)
 			{
 				dealer.Dispose();
-				throw new LinkException("cannot connect to the sidecar at " + options.Endpoint + ": " + e.Message, e);
+				throw new LinkException("cannot connect to the sidecar at " + Endpoint + ": " + e.Message, e);
 			}
 			return dealer;
 		}
@@ -973,7 +1030,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		{
 			try
 			{
-				byte[][] frames = Codec.Encode(message, conn.NextSeq, WireTime.Now());
+				byte[][] frames = options.Secret == null ? Codec.Encode(message, conn.NextSeq, WireTime.Now()) : Seal(conn, message);
 				conn.NextSeq++;
 				return frames;
 			}
@@ -1022,8 +1079,75 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			return false;
 		}
 
+		// Remote mode: HELLO opens the connection's SessionAuth with a fresh nonce; everything after WELCOME is sealed
+		// with the session's key (nothing else is sent before WELCOME: the queue waits for it).
+		private byte[][] Seal(Connection conn, Message message)
+		{
+			if (message.Type == MsgType.Hello)
+			{
+				SessionAuth auth = new SessionAuth(options.Secret);
+				conn.Auth = auth;
+				return auth.SealHello((Hello)message, conn.NextSeq, WireTime.Now());
+			}
+			SessionAuth keyed = conn.Auth;
+			if (keyed == null || !keyed.Established)
+				throw new InvalidOperationException("remote mode: no session key before the sidecar's WELCOME");
+			return keyed.Seal(message, conn.NextSeq, WireTime.Now());
+		}
+
+		// Remote mode: true, with the trailer taken off, for an authentic message of this connection's session; false
+		// (dropped, counted, logged) for anything else, which is never acted on. One exception, an ERROR without a
+		// trailer when it can only end the connection: before WELCOME (a refused HELLO has no key to be MAC'd with) and
+		// SESSION_NO_HELLO (the sidecar no longer holds the session, so no key either). Both make the link redial and
+		// nothing more, which is all an attacker on the path could do with a TCP reset anyway.
+		private bool Authentic(Connection conn, byte[][] frames, out byte[][] plain)
+		{
+			plain = frames;
+			Header header;
+			try
+			{
+				header = Codec.DecodeHeader(frames != null && frames.Length > 0 ? frames[0] : null);
+			}
+			catch (ProtocolException)
+			{
+				return true;  // not a message at all: Handle counts and logs it as a protocol error
+			}
+			SessionAuth auth = conn.Auth;
+			if (frames.Length != 3 || (header.Flags & Auth.FlagAuth) == 0)
+			{
+				if (header.Type == MsgType.Error && frames.Length == 2 && frames[1].Length >= 2
+					&& (!conn.Welcomed || BitConverter.ToUInt16(frames[1], 0) == SessionNoHello))
+					return true;
+				return Unauthentic(header, "without its HMAC trailer");
+			}
+			if (auth == null)
+				return Unauthentic(header, "before HELLO was sent");
+			if (!auth.Established)
+			{
+				if (header.Type != MsgType.Welcome || !auth.OpenWelcome(frames))
+					return Unauthentic(header, "that does not verify before the session (not the answer to our HELLO under our secret)");
+			}
+			else
+			{
+				string why = auth.Check(frames, header.Seq);
+				if (why != null)
+					return Unauthentic(header, why);
+			}
+			plain = new[] { frames[0], frames[1] };
+			return true;
+		}
+
+		private bool Unauthentic(Header header, string why)
+		{
+			Interlocked.Increment(ref authFailures);
+			LogLimited("dropped a " + header.Type + " message from the sidecar " + why + " (remote mode: never acted on)");
+			return false;
+		}
+
 		private void Handle(Connection conn, byte[][] frames)
 		{
+			if (options.Secret != null && !Authentic(conn, frames, out frames))
+				return;
 			Header header;
 			Message message;
 			try
@@ -1069,6 +1193,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					Notify(() => listener.OnCommand(header, message), "OnCommand");
 					if (!conn.Welcomed)
 						MarkDown(conn, "the sidecar refused HELLO: " + error.Text);
+					else if (error.Code == SessionStandby)
+						MarkDown(conn, "the sidecar stepped down to standby: " + error.Text);
 					else if (error.Code == SessionNoHello)
 						MarkDown(conn, "the sidecar has no session for this connection any more: " + error.Text);
 					return;
@@ -1121,7 +1247,9 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 					Volatile.Write(ref state, (int)LinkState.Connected);
 				Monitor.PulseAll(stateLock);  // WaitConnected
 			}
-			Log((again ? "reconnected" : "connected") + " to the sidecar at " + options.Endpoint + ": session " + welcome.SessionId
+			Volatile.Write(ref failedInRound, 0);
+			takeoverAwaited = false;
+			Log((again ? "reconnected" : "connected") + " to the sidecar at " + Endpoint + ": session " + welcome.SessionId
 				+ ", sidecar " + welcome.SidecarVersion + (options.Lockstep ? ", lockstep" : "")
 				+ (stale > 0 ? "; " + stale + " queued market data messages from before the session were discarded" : ""));
 			Notify(() => listener.OnWelcome(welcome), "OnWelcome");
@@ -1133,6 +1261,8 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			if (Interlocked.CompareExchange(ref conn.Down, 1, 0) != 0)
 				return false;
 			conn.DownReason = reason;
+			if (!stopping)
+				NextEndpoint(conn.Welcomed);
 			try
 			{
 				conn.Dealer.Dispose();
@@ -1197,6 +1327,33 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 			lock (stateLock)
 				if (State != LinkState.Stopped)
 					Volatile.Write(ref state, (int)s);
+		}
+
+		private static string[] ParseEndpoints(string list)
+		{
+			List<string> found = new List<string>();
+			foreach (string part in list.Split(new[] { ',', ';', ' ' }, StringSplitOptions.RemoveEmptyEntries))
+				found.Add(part.Trim());
+			return found.ToArray();
+		}
+
+		// After a failed, refused or lost connection: dial the next endpoint of the list. A lost session starts a new
+		// round (its sidecar may be gone for good; the other one may be taking over).
+		private void NextEndpoint(bool hadSession)
+		{
+			if (hadSession)
+				Volatile.Write(ref failedInRound, 0);
+			Interlocked.Increment(ref failedInRound);
+			Volatile.Write(ref endpointIndex, (Volatile.Read(ref endpointIndex) + 1) % endpoints.Length);
+		}
+
+		// True (and a new round begins) once every endpoint has failed since the last session.
+		private bool EveryEndpointFailed()
+		{
+			if (Volatile.Read(ref failedInRound) < endpoints.Length)
+				return false;
+			Volatile.Write(ref failedInRound, 0);
+			return true;
 		}
 
 		private static bool IsMarketData(MsgType t) { return t == MsgType.Tick || t == MsgType.Ticks || t == MsgType.Bar; }

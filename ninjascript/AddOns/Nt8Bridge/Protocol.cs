@@ -2,6 +2,7 @@
 using System;
 using System.Collections.Generic;
 using System.IO;
+using System.Security.Cryptography;
 using System.Text;
 #endregion
 
@@ -24,7 +25,9 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 	{
 		ProtocolTruncated = 100, ProtocolBadMagic = 101, ProtocolUnsupportedVersion = 102,
 		ProtocolUnknownType = 103, ProtocolOversize = 104, ProtocolMalformedBody = 105,
-		ProtocolBadFrameCount = 106, ProtocolWrongDirection = 107
+		ProtocolBadFrameCount = 106, ProtocolWrongDirection = 107,
+		// remote mode (docs/security.md): the sidecar refused a message, or a control request, on authentication
+		AuthRequired = 400, AuthBadMac = 401, AuthReplay = 402, AuthPeerNotAllowed = 403, AuthApproverSameKey = 404
 	}
 
 	public sealed class ProtocolException : Exception
@@ -45,6 +48,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		public static readonly byte[] Magic = { (byte)'N', (byte)'T', (byte)'8', (byte)'B' };
 		public const byte Version = 1;
 		public MsgType Type;
+		public ushort Flags; // bit 0 (Auth.FlagAuth): an HMAC trailer frame follows the body
 		public ulong Seq;
 		public long TsSend;  // 100 ns since the Unix epoch
 		public long TsEcho;  // in a reply: TsSend of the message that caused it
@@ -527,11 +531,17 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 
 		public static byte[] EncodeHeader(MsgType type, ulong seq, long tsSend, long tsEcho)
 		{
+			return EncodeHeader(type, seq, tsSend, tsEcho, 0);
+		}
+
+		public static byte[] EncodeHeader(MsgType type, ulong seq, long tsSend, long tsEcho, ushort flags)
+		{
 			byte[] h = new byte[Header.Size];
 			Buffer.BlockCopy(Header.Magic, 0, h, 0, 4);
 			h[4] = Header.Version;
 			h[5] = (byte)type;
-			// bytes 6..7: flags, reserved, 0
+			h[6] = (byte)flags;  // bytes 6..7: flags, little-endian; 0 unless authenticated (remote mode)
+			h[7] = (byte)(flags >> 8);
 			Buffer.BlockCopy(BitConverter.GetBytes(seq), 0, h, 8, 8);
 			Buffer.BlockCopy(BitConverter.GetBytes(tsSend), 0, h, 16, 8);
 			Buffer.BlockCopy(BitConverter.GetBytes(tsEcho), 0, h, 24, 8);
@@ -541,9 +551,14 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		/// <summary>The two frames [header, body] of a message.</summary>
 		public static byte[][] Encode(Message m, ulong seq, long tsSend, long tsEcho = 0)
 		{
+			return Encode(m, seq, tsSend, tsEcho, 0);
+		}
+
+		public static byte[][] Encode(Message m, ulong seq, long tsSend, long tsEcho, ushort flags)
+		{
 			BodyWriter w = new BodyWriter();
 			m.Write(w);
-			return new[] { EncodeHeader(m.Type, seq, tsSend, tsEcho), w.ToArray() };
+			return new[] { EncodeHeader(m.Type, seq, tsSend, tsEcho, flags), w.ToArray() };
 		}
 
 		public static Header DecodeHeader(byte[] h)
@@ -560,7 +575,7 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 				throw new ProtocolException(ErrorCode.ProtocolUnsupportedVersion, "protocol version " + h[4], seq);
 			if (!System.Enum.IsDefined(typeof(MsgType), h[5]))
 				throw new ProtocolException(ErrorCode.ProtocolUnknownType, "unknown message type " + h[5], seq);
-			Header header = new Header { Type = (MsgType)h[5], Seq = seq, TsSend = BitConverter.ToInt64(h, 16), TsEcho = BitConverter.ToInt64(h, 24) };
+			Header header = new Header { Type = (MsgType)h[5], Flags = BitConverter.ToUInt16(h, 6), Seq = seq, TsSend = BitConverter.ToInt64(h, 16), TsEcho = BitConverter.ToInt64(h, 24) };
 			if (seq > MaxSeq || Math.Abs(header.TsSend) > MaxWireTime || Math.Abs(header.TsEcho) > MaxWireTime)
 				throw new ProtocolException(ErrorCode.ProtocolMalformedBody, "header out of range", 0);
 			return header;
@@ -604,9 +619,224 @@ namespace NinjaTrader.NinjaScript.AddOns.Nt8Bridge
 		public static Message Decode(byte[][] frames, out Header header)
 		{
 			if (frames == null || frames.Length != 2)
-				throw new ProtocolException(ErrorCode.ProtocolBadFrameCount, "expected 2 frames (header, body)");
+				throw new ProtocolException(ErrorCode.ProtocolBadFrameCount, "expected 2 frames (header, body)"
+					+ (frames != null && frames.Length == 3 ? "; a third frame is an HMAC trailer (remote mode): give both sides the same shared secret, or neither" : ""));
 			header = DecodeHeader(frames[0]);
 			return DecodeBody(header.Type, frames[1], header.Seq);
+		}
+	}
+
+	/// <summary>Remote mode on the wire (docs/protocol.md "Remote mode"; the Python side is bridge/protocol/auth.py):
+	/// an authenticated message sets header flag FlagAuth and carries a third frame, its HMAC-SHA256 trailer. HELLO:
+	/// client nonce + HMAC(secret, header|body|nonce); WELCOME: server nonce + HMAC(k_sidecar, header|body|nonce);
+	/// anything else: HMAC(k, header|body), k_nt8 from NT8 and k_sidecar from the sidecar, both derived from the secret
+	/// and the two nonces. Two keys, because HEARTBEAT travels both ways and must not verify when reflected.
+	/// Only .NET Framework's own HMACSHA256 and RandomNumberGenerator: no third-party library.</summary>
+	public static class Auth
+	{
+		public const ushort FlagAuth = 0x0001;
+		public const int NonceBytes = 16;
+		public const int MacBytes = 32;
+		public const int HandshakeTrailerBytes = NonceBytes + MacBytes;
+		public const int MinSecretBytes = 16;
+		private static readonly byte[] LabelNt8 = Encoding.ASCII.GetBytes("nt8bridge nt8->sidecar v1");
+		private static readonly byte[] LabelSidecar = Encoding.ASCII.GetBytes("nt8bridge sidecar->nt8 v1");
+		private static readonly RandomNumberGenerator Rng = RandomNumberGenerator.Create();  // GetBytes is thread-safe
+
+		public static byte[] Concat(params byte[][] parts)
+		{
+			int n = 0;
+			foreach (byte[] p in parts)
+				n += p.Length;
+			byte[] all = new byte[n];
+			int at = 0;
+			foreach (byte[] p in parts)
+			{
+				Buffer.BlockCopy(p, 0, all, at, p.Length);
+				at += p.Length;
+			}
+			return all;
+		}
+
+		public static byte[] Mac(byte[] key, params byte[][] parts)
+		{
+			using (HMACSHA256 h = new HMACSHA256(key))
+				return h.ComputeHash(Concat(parts));
+		}
+
+		public static byte[] NewNonce()
+		{
+			byte[] nonce = new byte[NonceBytes];
+			Rng.GetBytes(nonce);
+			return nonce;
+		}
+
+		/// <summary>The keys of NT8's messages (k_nt8) and of the sidecar's (k_sidecar) in one session.</summary>
+		public static void SessionKeys(byte[] secret, byte[] clientNonce, byte[] serverNonce, out byte[] nt8Key, out byte[] sidecarKey)
+		{
+			nt8Key = Mac(secret, LabelNt8, clientNonce, serverNonce);
+			sidecarKey = Mac(secret, LabelSidecar, clientNonce, serverNonce);
+		}
+
+		/// <summary>HELLO's trailer: the client nonce, then HMAC(secret, header | body | nonce).</summary>
+		public static byte[] HelloTrailer(byte[] secret, byte[] header, byte[] body, byte[] clientNonce)
+		{
+			return Concat(clientNonce, Mac(secret, header, body, clientNonce));
+		}
+
+		/// <summary>Equal contents, in a time that does not depend on where they differ (.NET Framework has no
+		/// CryptographicOperations.FixedTimeEquals).</summary>
+		public static bool FixedTimeEquals(byte[] a, int aOffset, byte[] b, int bOffset, int count)
+		{
+			if (a == null || b == null || aOffset + count > a.Length || bOffset + count > b.Length)
+				return false;
+			int diff = 0;
+			for (int i = 0; i < count; i++)
+				diff |= a[aOffset + i] ^ b[bOffset + i];
+			return diff == 0;
+		}
+
+		/// <summary>A secret as a secret file holds it: hex digits, at least MinSecretBytes bytes. The message of the
+		/// FormatException never quotes the text.</summary>
+		public static byte[] ParseSecret(string text)
+		{
+			string hex = (text ?? "").Trim();
+			if (hex.Length % 2 != 0)
+				throw new FormatException("not hexadecimal digits (an odd count)");
+			byte[] secret = new byte[hex.Length / 2];
+			for (int i = 0; i < secret.Length; i++)
+			{
+				int hi = HexDigit(hex[2 * i]), lo = HexDigit(hex[2 * i + 1]);
+				if (hi < 0 || lo < 0)
+					throw new FormatException("not hexadecimal digits");
+				secret[i] = (byte)(hi * 16 + lo);
+			}
+			if (secret.Length < MinSecretBytes)
+				throw new FormatException(secret.Length + " bytes; a secret needs at least " + MinSecretBytes + " (32 hex digits)");
+			return secret;
+		}
+
+		private static int HexDigit(char c)
+		{
+			if (c >= '0' && c <= '9') return c - '0';
+			if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+			if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+			return -1;
+		}
+
+		/// <summary>The secret a secret file (nt8bridge secret new FILE) holds for NT8 to use: its first line that is not
+		/// blank or a # comment (the sidecar also accepts the lines below it while a secret is rotated). Throws
+		/// LinkException saying what to do; the message never quotes the file's content.</summary>
+		public static byte[] ReadSecretFile(string path)
+		{
+			string[] lines;
+			try
+			{
+				lines = File.ReadAllLines(path);
+			}
+			catch (Exception e)
+			{
+				throw new LinkException("cannot read the shared secret file " + path + ": " + e.Message
+					+ "; copy the sidecar's secret file (nt8bridge secret new FILE) to this machine, or clear 'Shared secret file' for a sidecar on loopback");
+			}
+			for (int i = 0; i < lines.Length; i++)
+			{
+				string line = lines[i].Trim();
+				if (line.Length == 0 || line.StartsWith("#", StringComparison.Ordinal))
+					continue;
+				try
+				{
+					return ParseSecret(line);
+				}
+				catch (FormatException e)
+				{
+					throw new LinkException(path + " line " + (i + 1) + " is not a usable secret (" + e.Message + "); copy the sidecar's secret file again");
+				}
+			}
+			throw new LinkException(path + " holds no secret; copy the sidecar's secret file (nt8bridge secret new FILE) to this machine");
+		}
+	}
+
+	/// <summary>NT8's side of one authenticated connection: seals what NT8 sends, verifies what the sidecar sends.
+	/// Sealing and verifying each use an HMACSHA256 of their own, so that a writer thread and a reader thread never
+	/// share one (an HMAC object is not thread-safe).</summary>
+	public sealed class SessionAuth
+	{
+		private readonly byte[] secret;
+		private volatile byte[] clientNonce;
+		private volatile HMACSHA256 sendMac;
+		private HMACSHA256 recvMac;
+		private ulong lastSeqIn;
+
+		public SessionAuth(byte[] secret)
+		{
+			if (secret == null || secret.Length < Auth.MinSecretBytes)
+				throw new ArgumentException("a shared secret needs at least " + Auth.MinSecretBytes + " bytes");
+			this.secret = (byte[])secret.Clone();
+		}
+
+		/// <summary>True once an authentic WELCOME has given this connection its keys.</summary>
+		public bool Established { get { return sendMac != null; } }
+
+		/// <summary>[header, body, trailer] of a HELLO with a fresh client nonce.</summary>
+		public byte[][] SealHello(Hello hello, ulong seq, long tsSend)
+		{
+			return SealHello(hello, seq, tsSend, Auth.NewNonce());
+		}
+
+		public byte[][] SealHello(Hello hello, ulong seq, long tsSend, byte[] nonce)
+		{
+			byte[][] f = Codec.Encode(hello, seq, tsSend, 0, Auth.FlagAuth);
+			clientNonce = (byte[])nonce.Clone();
+			return new[] { f[0], f[1], Auth.HelloTrailer(secret, f[0], f[1], nonce) };
+		}
+
+		/// <summary>Verifies the sidecar's WELCOME ([header, body, trailer]) and derives the session's keys; false when it
+		/// does not verify (another secret, or an answer to another HELLO).</summary>
+		public bool OpenWelcome(byte[][] frames)
+		{
+			byte[] nonce = clientNonce;
+			if (nonce == null || sendMac != null || frames == null || frames.Length != 3 || frames[2].Length != Auth.HandshakeTrailerBytes)
+				return false;
+			byte[] serverNonce = new byte[Auth.NonceBytes];
+			Buffer.BlockCopy(frames[2], 0, serverNonce, 0, Auth.NonceBytes);
+			byte[] nt8Key, sidecarKey;
+			Auth.SessionKeys(secret, nonce, serverNonce, out nt8Key, out sidecarKey);
+			byte[] expected = Auth.Mac(sidecarKey, frames[0], frames[1], serverNonce);
+			if (!Auth.FixedTimeEquals(expected, 0, frames[2], Auth.NonceBytes, Auth.MacBytes))
+				return false;
+			recvMac = new HMACSHA256(sidecarKey);
+			lastSeqIn = BitConverter.ToUInt64(frames[0], 8);
+			sendMac = new HMACSHA256(nt8Key);  // last: Established says the keys are complete
+			return true;
+		}
+
+		/// <summary>[header, body, trailer] of a message of the session (after WELCOME).</summary>
+		public byte[][] Seal(Message m, ulong seq, long tsSend, long tsEcho = 0)
+		{
+			HMACSHA256 mac = sendMac;
+			if (mac == null)
+				throw new InvalidOperationException("no session key before an authentic WELCOME");
+			byte[][] f = Codec.Encode(m, seq, tsSend, tsEcho, Auth.FlagAuth);
+			return new[] { f[0], f[1], mac.ComputeHash(Auth.Concat(f[0], f[1])) };
+		}
+
+		/// <summary>Null when a message of the session ([header, body, trailer]) is authentic and new; else why not. The
+		/// MAC covers the header, so its seq: a seq not above the last one is a replay.</summary>
+		public string Check(byte[][] frames, ulong seq)
+		{
+			HMACSHA256 mac = recvMac;
+			if (mac == null)
+				return "before an authentic WELCOME";
+			if (frames.Length != 3 || frames[2].Length != Auth.MacBytes)
+				return "without a proper HMAC trailer";
+			byte[] expected = mac.ComputeHash(Auth.Concat(frames[0], frames[1]));
+			if (!Auth.FixedTimeEquals(expected, 0, frames[2], 0, Auth.MacBytes))
+				return "with an HMAC that does not verify";
+			if (seq <= lastSeqIn)
+				return "replayed (seq " + seq + " is not above " + lastSeqIn + ")";
+			lastSeqIn = seq;
+			return null;
 		}
 	}
 }

@@ -1,4 +1,4 @@
-"""One writer process per audit journal: an exclusive, non-blocking lock on the open file.
+"""One writer process per file (the audit journal, the storage spool): an exclusive, non-blocking lock on the open file.
 
 POSIX: ``flock`` on the whole file (advisory; readers are unaffected). Windows: ``msvcrt.locking``
 on one byte. A Windows byte-range lock is mandatory: no other handle may read the bytes it covers,
