@@ -468,7 +468,8 @@ class DecisionPipeline:
 
     def resume(self, history: Any) -> dict[str, Any]:
         """Rebuild the ledger of this strategy instance from storage (``bridge.storage.queries.InstanceHistory``):
-        its brackets, their fills and its FLATTEN fills replayed in order, then each entry's last state. The
+        its brackets, their fills and its FLATTEN fills replayed in order (the execution throttle counting
+        them, the realized P&L booked), then each entry's last state. The
         brackets keep their client order ids, so NT8's reports about them (and its replay of them after
         WELCOME) land on them, and nothing is sent again. Returns what was resumed, for the audit trail."""
         by_name = {i.decl.name: iid for iid, i in self.instruments.items()}
@@ -490,6 +491,10 @@ class DecisionPipeline:
                                                iid, int(Side[f["side"]]), f["price"], f["quantity"],
                                                f["commission"] or 0.0, f["ts_event_ns"]))
             self.orders.resumed_executions.add(f["execution_id"])
+            b = self.orders.brackets.get(f["client_order_id"] or "")
+            if b is not None and b.algorithm_id:  # the execution throttle counts the fills before the restart too
+                for event in self.risk.on_execution(self.root(iid), b.algorithm_id, self.account, f["ts_event_ns"]):
+                    self.recorder.audit("risk_event", type(event).__name__, time.time_ns(), event.to_dict())
         for sb in history.brackets:
             b = self.orders.brackets.get(sb.client_order_id)
             if b is not None and sb.entry_state in OrderState.__members__:

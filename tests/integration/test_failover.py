@@ -23,6 +23,7 @@ from bridge.transport.control import send_command
 from bridge.transport.leadership import Leadership, Role
 from bridge.transport.sidecar import SidecarProcess, master_for
 from tests.conftest import PLUMBING_CONFIG
+from tests.integration.test_csharp_link import harnesses, make, probe  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.postgres
 
@@ -214,3 +215,29 @@ def test_nt8sim_primary_killed_mid_session_completes_through_the_standby(pair, s
     # the standby traded: brackets were sent in its session
     assert any(o["name"].split(":")[1].startswith(f"S{after[0]}-") for o in result.orders) or \
         result.final_position["ES 06-18"] == 0
+
+
+def test_the_threaded_link_follows_the_leader_to_the_standby_with_its_queued_order_event(pair, cs, probe, make,
+                                                                                           pg_clean_url):
+    """Live (threaded) mode, default heartbeats: the leader is killed; the link notices the broken connection,
+    dials the standby (refused until it has taken the lock), then sends it the order event queued meanwhile."""
+    from bridge.storage.queries import session_counts
+
+    primary, standby = pair
+    h = make(f"{primary.endpoint},{standby.endpoint}")
+    assert list(h.link.Endpoints) == [primary.endpoint, standby.endpoint]
+    h.link.Start()
+    h.wait(lambda: h.link.IsConnected, 30, "the session with the leader")
+    assert h.link.Endpoint == primary.endpoint
+    os.kill(primary.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    h.wait(lambda: h.listener.DownCount == 1, 30, "OnLinkDown after the kill")
+    assert h.link.Post(probe.Probe.OrderUpdate("queued-during-failover"))
+    h.wait(lambda: h.listener.WelcomeCount == 2, 30, "WELCOME from the standby")
+    print(f"threaded link: {(time.monotonic() - killed) * 1000:.0f} ms from SIGKILL to the standby's WELCOME")
+    assert h.link.Endpoint == standby.endpoint and h.link.Reconnects == 1
+    h.wait(lambda: h.link.Queued == 0, 10, "the queue to drain")
+    assert f"reconnected to the sidecar at {standby.endpoint}" in h.log_text()
+    h.link.Stop("test done")
+    assert standby.stop() == 0
+    assert session_counts(pg_clean_url, h.listener.SessionId(1)).order_updates == 1

@@ -4,7 +4,9 @@ realized P&L) and from NT8's replay (fills storage has are recognised, entries s
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+from bridge.engine.pipeline import risk_engine_for
 from bridge.protocol.messages import Execution, OrderRole, OrderState, OrderType, OrderUpdate, Side
 from bridge.storage.queries import InstanceHistory, StoredBracket
 from tests.unit.test_pipeline_exits import ES, T0, make
@@ -70,3 +72,14 @@ def test_a_report_about_an_order_that_is_not_ours_is_not_adopted():
     p.on_order_update(1, OrderUpdate("manual-7", int(OrderRole.ENTRY), "n1", ES, int(OrderState.WORKING),
                                      int(OrderType.LIMIT), int(Side.BUY), 1, 0, 4501.0, math.nan, 0.0, T0, 0, ""))
     assert "manual-7" not in p.orders.brackets and p.orders.unknown_order_events == 1
+
+
+def test_the_execution_throttle_counts_the_fills_made_before_the_restart():
+    p, _, _ = make()
+    p.risk = risk_engine_for(replace(p.config, risk=replace(p.config.risk, max_executions_per_window=3,
+                                                            execution_window_s=600.0)),
+                             list(p.instruments.values()), lambda iid, ts: True)
+    fills = tuple(fill_row(f"x{k}", f"S7-B{k}", "ENTRY", "BUY", 4500.0, k) for k in range(3))
+    p.resume(InstanceHistory(tuple(stored(f"S7-B{k}") for k in range(3)), fills))
+    states = p.risk.states()
+    assert any(str(state) == "HALTED" and "3 automated executions" in why for state, why in states.values()), states
