@@ -152,6 +152,13 @@ class Recorder:
                     "target_price": b.target_price, "time_in_force": "DAY", "algorithm_id": b.algorithm_id,
                     "manual_order_indicator": "N"})
 
+    def adopted_order(self, b: Any, now_ns: int) -> None:
+        """The orders row of a bracket taken on from NT8's report (no decision of this session sent it): a later
+        restart resumes it from storage like any other. Its audit record is the caller's (bracket_adopted)."""
+        self.sink.write("orders", (b.client_order_id, self.session_id, None, self._names[b.instrument_id],
+                                   Side(b.side).name, b.quantity, b.entry_type.name, b.entry_price, b.stop_price,
+                                   b.target_price, "DAY", b.algorithm_id, now_ns))
+
     def order_update(self, seq: int, u: OrderUpdate) -> None:
         row = (self.session_id, seq, u.client_order_id, OrderRole(u.role).name, u.nt8_order_id,
                OrderState(u.state).name, u.quantity, u.filled, u.limit_price, u.stop_price, u.avg_fill_price,

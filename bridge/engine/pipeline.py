@@ -523,7 +523,9 @@ class DecisionPipeline:
         b = BracketRecord(update.client_order_id, "", update.instrument_id, Side(update.side), update.quantity,
                           entry_type, price, math.nan, math.nan, "adopted", 0)
         self.orders.add(b)
-        self.recorder.audit("bracket_adopted", b.client_order_id, time.time_ns(),
+        now = time.time_ns()
+        self.recorder.adopted_order(b, now)
+        self.recorder.audit("bracket_adopted", b.client_order_id, now,
                             {"instrument": self.instruments[b.instrument_id].decl.name, "side": b.side.name,
                              "quantity": b.quantity, "entry_type": entry_type.name, "entry_price": finite_or_none(price),
                              "nt8_order_id": update.nt8_order_id, "state": OrderState(update.state).name,

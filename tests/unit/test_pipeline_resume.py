@@ -60,6 +60,8 @@ def test_an_entry_storage_never_had_is_adopted_from_nt8s_report_and_its_legs_fil
     b = p.orders.brackets["S9-B4"]
     assert (b.side, b.quantity, b.entry_price, b.algorithm_id) == (Side.BUY, 2, 4501.0, "adopted")
     assert [r for t, r in rows.rows if t == "audit_log" and r[2] == "bracket_adopted"]
+    # stored, so that a later restart resumes it like any other bracket
+    assert [r[:2] for t, r in rows.rows if t == "orders"] == [("S9-B4", 1)]
     p.on_order_update(2, OrderUpdate("S9-B4", int(OrderRole.STOP), "n2", ES, int(OrderState.ACCEPTED),
                                      int(OrderType.STOP_MARKET), int(Side.SELL), 2, 0, math.nan, 4480.0, 0.0, T0, 0, ""))
     assert b.stop_price == 4480.0
