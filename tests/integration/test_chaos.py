@@ -60,10 +60,11 @@ def test_kill_9_at_random_points_of_an_nt8sim_playback_loses_no_fill_no_order_an
         shared_data, nt8, tmp_path, full):
     """The sidecar is killed with SIGKILL at random points of a playback and started again on the same
     endpoint each time (as a service manager would). NT8's link notices, applies its OnSidecarLost action,
-    reconnects and replays its order states and fills; each new session resumes from storage. In the end
-    every fill of the simulator is stored exactly once, every bracket NT8 placed is known to the sidecar,
-    the stored fills add up to the simulator's position, and the audit chain verifies in the database and in
-    the journal."""
+    reconnects and replays its order states and fills; each new session resumes from storage what the killed
+    one had committed (whether a kill lands before or after a commit is timing: test_recovery.py and
+    test_failover.py check the resume itself). In the end every fill of the simulator is stored exactly once,
+    every bracket NT8 placed is known to the sidecar, the stored fills add up to the simulator's position,
+    and the audit chain verifies in the database and in the journal."""
     from bridge.nt8.simulator import run_nt8sim
     from tests.integration.test_nt8sim import legs_by_bracket
 
@@ -99,7 +100,8 @@ def test_kill_9_at_random_points_of_an_nt8sim_playback_loses_no_fill_no_order_an
     assert code == 0, procs[-1].tail()
     assert killed == points[:len(killed)] and len(killed) == kills
     assert result.strategy_error is None and (events is None or result.events == events)
-    assert sum("replayed" in p for p in result.prints) >= 1
+    # after every restart NT8 replayed its order states and fills to the new session
+    assert sum("replayed" in p for p in result.prints) >= kills
 
     sessions = sessions_of_instance(db, "chaos")
     assert len(sessions) >= kills + 1
@@ -111,7 +113,6 @@ def test_kill_9_at_random_points_of_an_nt8sim_playback_loses_no_fill_no_order_an
         orders = set(conn.execute(select(t["orders"].c.client_order_id)).scalars())
         adopted = set(conn.execute(select(t["audit_chain"].c.subject_id)
                                    .where(t["audit_chain"].c.kind == "bracket_adopted")).scalars())
-        resumes = conn.execute(select(t["audit_chain"].c.payload).where(t["audit_chain"].c.kind == "resume")).all()
     engine.dispose()
     ids = [f[0] for f in fills]
     assert [i for i, n in collections.Counter(ids).items() if n > 1] == [], "a fill stored twice"
@@ -121,7 +122,6 @@ def test_kill_9_at_random_points_of_an_nt8sim_playback_loses_no_fill_no_order_an
             assert len(legs["E"]) == 1, f"{bracket} entered twice"
             assert bracket in orders or bracket in adopted, f"{bracket} unknown to the sidecar"
     assert sum(q if side == "BUY" else -q for _, side, q in fills) == result.final_position["ES 06-18"]
-    assert resumes, "no session resumed anything from storage"
     verdict = verify_database(db)
     assert verdict.ok, verdict
     paths = audit_paths(CONFIG, db)
