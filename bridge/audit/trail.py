@@ -66,18 +66,35 @@ def audit_paths(config: Config, db_url: str) -> AuditPaths:
     return AuditPaths(folder / "journal.jsonl", folder / "checkpoints.jsonl", key)
 
 
+def _open_journal_chain(config: Config, paths: AuditPaths) -> AuditChain:
+    """The chain resumed from this sidecar's journal at ``paths`` (folders made where missing)."""
+    paths.journal.parent.mkdir(parents=True, exist_ok=True)
+    paths.key.parent.mkdir(parents=True, exist_ok=True)
+    ac = config.audit
+    return AuditChain(paths.journal, paths.checkpoints, paths.key, checkpoint_every=ac.checkpoint_every,
+                      fsync_interval_s=ac.fsync_interval_ms / 1000.0)
+
+
+def _record_of(row) -> AuditRecord:
+    """An ``audit_chain`` row (its payload stored as JSON text) as the record it was made from."""
+    return AuditRecord.from_dict({**row, "payload": json.loads(row["payload"])})
+
+
+def _store(sink, records: list[AuditRecord]) -> None:
+    """Hand journaled records the database lacks to the storage writer."""
+    for r in records:
+        sink.write("audit_chain", (r.seq, r.ts_us, r.kind, r.subject_id, r.session_id, r.payload_json(),
+                                   r.prev_hash, r.hash))
+
+
 def open_chain(config: Config, db_url: str, sink) -> AuditChain:
     """The sidecar's chain, resumed from its journal; records the database lacks are written again, and
     records the journal lacks (the database is ahead: a power loss, or a process that died while the
     journal's disk was full and records waited in memory) are journaled again first, so the chain goes
     on from the true head and never forks."""
     paths = audit_paths(config, db_url)
-    paths.journal.parent.mkdir(parents=True, exist_ok=True)
-    paths.key.parent.mkdir(parents=True, exist_ok=True)
-    ac = config.audit
     _store_backlog_first(sink)
-    chain = AuditChain(paths.journal, paths.checkpoints, paths.key, checkpoint_every=ac.checkpoint_every,
-                       fsync_interval_s=ac.fsync_interval_ms / 1000.0)
+    chain = _open_journal_chain(config, paths)
     engine = create_engine_for(db_url)
     try:
         with engine.connect() as conn:
@@ -85,7 +102,7 @@ def open_chain(config: Config, db_url: str, sink) -> AuditChain:
             if stored is not None and stored > chain.head[0]:
                 rows = conn.execute(select(audit_chain).where(audit_chain.c.seq > chain.head[0])
                                     .order_by(audit_chain.c.seq)).mappings().all()
-                ahead = [AuditRecord.from_dict({**row, "payload": json.loads(row["payload"])}) for row in rows]
+                ahead = [_record_of(row) for row in rows]
                 n = chain.catch_up(ahead)
                 log.warning("audit: the database held %d records the journal %s lacked (seq %d..%d): journaled "
                             "them again, the chain goes on from seq %d", n, paths.journal, ahead[0].seq,
@@ -97,9 +114,7 @@ def open_chain(config: Config, db_url: str, sink) -> AuditChain:
         engine.dispose()
     stored = stored or 0
     missing = [r for r in AuditJournal.read(paths.journal) if r.seq > stored] if paths.journal.exists() else []
-    for r in missing:
-        sink.write("audit_chain", (r.seq, r.ts_us, r.kind, r.subject_id, r.session_id, r.payload_json(),
-                                   r.prev_hash, r.hash))
+    _store(sink, missing)
     if missing:
         log.warning("audit: %d records of the journal were not in the database (a crash before they were "
                     "committed): stored them now (seq %d..%d)", len(missing), missing[0].seq, missing[-1].seq)
@@ -131,28 +146,17 @@ def open_chain_on_database_head(config: Config, db_url: str, sink) -> AuditChain
     reached the database before it died) is moved aside into ``superseded/`` with its checkpoints,
     kept as evidence, and a new journal starts with the database's head record as its anchor: the
     next record chains onto it, in constant time however long the chain."""
-    import json
     import time
 
-    from bridge.audit.chain import AuditRecord
-
     paths = audit_paths(config, db_url)
-    paths.journal.parent.mkdir(parents=True, exist_ok=True)
-    paths.key.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine_for(db_url)
     try:
         with engine.connect() as conn:
             row = conn.execute(select(audit_chain).order_by(audit_chain.c.seq.desc()).limit(1)).mappings().first()
     finally:
         engine.dispose()
-    head = None if row is None else AuditRecord.from_dict({**row, "payload": json.loads(row["payload"])})
-    ac = config.audit
-
-    def open_() -> AuditChain:
-        return AuditChain(paths.journal, paths.checkpoints, paths.key, checkpoint_every=ac.checkpoint_every,
-                          fsync_interval_s=ac.fsync_interval_ms / 1000.0)
-
-    chain = open_()
+    head = None if row is None else _record_of(row)
+    chain = _open_journal_chain(config, paths)
     local = chain.head
     head_seq = head.seq if head else 0
     if local == ((head.seq, head.hash) if head else (0, local[1])):
@@ -164,9 +168,7 @@ def open_chain_on_database_head(config: Config, db_url: str, sink) -> AuditChain
         at_head = next((r for r in records if r.seq == head_seq), None)
         if head is None or (at_head is not None and at_head.hash == head.hash):
             missing = [r for r in records if r.seq > head_seq]
-            for r in missing:
-                sink.write("audit_chain", (r.seq, r.ts_us, r.kind, r.subject_id, r.session_id, r.payload_json(),
-                                           r.prev_hash, r.hash))
+            _store(sink, missing)
             log.warning("audit: %d records of the journal were not in the database (this sidecar led last and "
                         "stopped before they were committed): stored them now (seq %d..%d)", len(missing),
                         head_seq + 1, local[0])
@@ -186,7 +188,7 @@ def open_chain_on_database_head(config: Config, db_url: str, sink) -> AuditChain
     else:
         log.info("audit: journal resumed on the database's head (seq %d); the previous journal is in %s",
                  head.seq if head else 0, aside)
-    return open_()
+    return _open_journal_chain(config, paths)
 
 
 def verify_database(db_url: str, checkpoints: Path | None = None, public_key: Path | None = None) -> VerifyResult:

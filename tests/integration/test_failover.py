@@ -24,6 +24,7 @@ from bridge.transport.leadership import Leadership, Role
 from bridge.transport.sidecar import SidecarProcess, master_for
 from tests.conftest import PLUMBING_CONFIG
 from tests.integration.test_csharp_link import harnesses, make, probe  # noqa: F401 - fixtures
+from tests.integration.test_server import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -50,15 +51,6 @@ def role_of(proc: SidecarProcess) -> str:
     return send_command(proc.control_endpoint, "status")["role"]
 
 
-def wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def competing(db_url: str) -> tuple[Leadership, Leadership]:
     """Two competitors for one lock, polling fast; the first leads, the second is started and polling."""
     upgrade(db_url)
@@ -72,7 +64,7 @@ def competing(db_url: str) -> tuple[Leadership, Leadership]:
 
 def test_one_leader_at_a_time_and_the_lock_passes_on_when_it_is_released(pg_clean_url):
     a, b = competing(pg_clean_url)
-    wait_for(lambda: b.leader is not None and b.polls > 5, "the standby to read who leads")
+    wait_until(lambda: b.leader is not None and b.polls > 5, "the standby to read who leads")
     assert b.role is Role.STANDBY and b.leader.node == "a" and b.leader.epoch == 1
     assert "tcp://a:1" in b.describe_leader()
     a.stop()  # closing its connection releases the lock
@@ -91,13 +83,13 @@ def test_a_leader_whose_connection_is_cut_takes_the_lock_again_before_the_standb
     from tests.conftest import _libpq_url
 
     a, b = competing(pg_clean_url)
-    wait_for(lambda: b.polls > 5, "the standby to poll")
+    wait_until(lambda: b.polls > 5, "the standby to poll")
     with psycopg.connect(_libpq_url(pg_url), autocommit=True) as admin:
         killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
                                "'nt8bridge leadership pair'").fetchall()
     assert len(killed) == 2
-    wait_for(lambda: a.connection_failures >= 1, "the leader to notice its connection is gone")
-    wait_for(lambda: a._locked_conn is not None, "the leader to take the lock again")
+    wait_until(lambda: a.connection_failures >= 1, "the leader to notice its connection is gone")
+    wait_until(lambda: a._locked_conn is not None, "the leader to take the lock again")
     assert a.role is Role.LEADER and b.role is Role.STANDBY
     assert a.epoch == 1  # the same leadership, not a new one
     a.stop()
@@ -116,9 +108,9 @@ def pair(pg_clean_url, tmp_path):
         return proc
 
     primary = start("primary")
-    wait_for(lambda: role_of(primary) == "leader", "the first sidecar to lead")
+    wait_until(lambda: role_of(primary) == "leader", "the first sidecar to lead")
     standby = start("standby")
-    wait_for(lambda: send_command(standby.control_endpoint, "status")["leader"] is not None,
+    wait_until(lambda: send_command(standby.control_endpoint, "status")["leader"] is not None,
              "the standby to know the leader")
     yield primary, standby
     for proc in procs:
@@ -135,7 +127,7 @@ def test_the_standby_refuses_a_session_naming_the_leader_and_takes_over_when_the
     assert [e.code for e in client.errors] == [ErrorCode.SESSION_STANDBY]
     assert send_command(standby.control_endpoint, "status")["sessions_refused"] == {"standby": 1}
     assert primary.stop() == 0  # a clean stop releases the lock once its rows are committed
-    wait_for(lambda: role_of(standby) == "leader", "the standby to lead")
+    wait_until(lambda: role_of(standby) == "leader", "the standby to lead")
     status = send_command(standby.control_endpoint, "status")
     assert status["leader_epoch"] == 2 and status["leader"]["endpoint"] == standby.endpoint
     client.connect()  # the same client, now welcome
