@@ -26,8 +26,9 @@ if [[ ! -f "$stamp" ]]; then
     echo "bootstrap: setting up $root/.venv (a few minutes the first time)" >&2
     "$py" -m venv "$root/.venv"
     "$root/.venv/bin/python" -m pip install --quiet --upgrade pip
-    # dev: the tests; train: the ML members and ONNX converters, which the tests train and check
-    "$root/.venv/bin/python" -m pip install --quiet -e "$root[dev,train]"
+    # dev: the tests; train: the ML members and ONNX converters, which the tests train and check;
+    # console: the operator console's web server
+    "$root/.venv/bin/python" -m pip install --quiet -e "$root[dev,train,console]"
     rm -f "$root"/.venv/.installed-*
     touch "$stamp"
 fi

@@ -30,9 +30,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bridge.audit": GROUND,
     "bridge.engine": BELOW_ENGINE,
     "bridge.transport": BELOW_ENGINE | {"bridge.engine"},
+    "bridge.console": BELOW_ENGINE | {"bridge.engine", "bridge.transport"},
+    "bridge.alerts": BELOW_ENGINE | {"bridge.engine", "bridge.transport"},
     "bridge.nt8": BELOW_ENGINE | {"bridge.engine", "bridge.transport"},
     "bridge.research": BELOW_ENGINE | {"bridge.engine", "bridge.transport", "bridge.nt8"},
-    "bridge.cli": BELOW_ENGINE | {"bridge.engine", "bridge.transport", "bridge.nt8", "bridge.research"},
+    "bridge.cli": BELOW_ENGINE | {"bridge.engine", "bridge.transport", "bridge.nt8", "bridge.research",
+                                  "bridge.console", "bridge.alerts"},
 }
 ROOTS = ("bridge", "strategies", "ml", "reports")
 SKIP_PARTS = frozenset({"migrations", "__pycache__"})  # Alembic loads migrations by path, not by import

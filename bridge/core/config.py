@@ -34,6 +34,9 @@ class ServerConfig:
     bind: str = _opt("tcp://127.0.0.1:5555", "ZeroMQ endpoint the ROUTER socket binds (loopback by default)")
     control_bind: str = _opt("tcp://127.0.0.1:5556", "ZeroMQ endpoint of the control channel (nt8bridge kill / "
                              "enable); empty disables it")
+    events_bind: str = _opt("tcp://127.0.0.1:5557", "ZeroMQ PUB endpoint of the live event stream that the console "
+                            "and the alerts read (it never makes the decision path wait: a slow reader loses "
+                            "events, counted); empty disables it")
     heartbeat_ms: int = _opt(1000, "interval between heartbeats sent to each NT8 session", min=50, max=60_000)
     heartbeat_timeout_ms: int = _opt(5000, "a session that sends nothing for this long is marked LOST",
                                      min=100, max=600_000)
@@ -105,6 +108,49 @@ class MetricsConfig:
     enabled: bool = _opt(True, "serve Prometheus metrics over HTTP")
     host: str = _opt("127.0.0.1", "address of the metrics endpoint (loopback by default)")
     port: int = _opt(9108, "port of the metrics endpoint (0 picks a free one)", min=0, max=65535)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The operator console (docs/console.md). Paths only, never a secret: the configuration is an audit record."""
+
+    bind: str = _opt("127.0.0.1:8080", "HOST:PORT the console's web server listens on; anything but loopback needs "
+                     "users_file (or token_file) and tls_cert/tls_key")
+    token_file: str = _opt("", "file holding a bearer token that scripts send as 'Authorization: Bearer TOKEN' "
+                           "(create it with `nt8bridge secret new FILE`)")
+    users_file: str = _opt("", "TOML file of the console's users ([users] NAME = \"pbkdf2_sha256$...\"; "
+                           "`nt8bridge console user NAME --file FILE` adds one); empty with no token_file: no "
+                           "login, allowed on loopback only")
+    tls_cert: str = _opt("", "PEM certificate (chain) the console serves HTTPS with; needed off loopback")
+    tls_key: str = _opt("", "PEM private key of tls_cert")
+    history_days: float = _opt(1.0, "how far back the blotter, P&L and equity views read storage", min=0.01,
+                               max=3650.0)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """The notifier (`nt8bridge alerts`, docs/console.md). Paths only, never a secret."""
+
+    webhooks_file: str = _opt("", "file naming where alerts are posted, one FORMAT=URL a line, FORMAT one of slack, "
+                              "teams, generic (JSON), e.g. slack=https://hooks.slack.com/services/... (a file: the "
+                              "URLs are credentials); empty: no webhooks")
+    smtp_host: str = _opt("", "SMTP server for e-mailed alerts; empty: no e-mail")
+    smtp_port: int = _opt(587, "SMTP port", min=1, max=65535)
+    smtp_starttls: bool = _opt(True, "upgrade the SMTP connection with STARTTLS before logging in")
+    smtp_user: str = _opt("", "SMTP login; empty: no login")
+    smtp_password_file: str = _opt("", "file holding the SMTP password")
+    mail_from: str = _opt("nt8bridge@localhost", "sender of alert e-mails")
+    mail_to: str = _opt("", "recipients of alert e-mails, comma separated")
+    dedup_s: float = _opt(300.0, "the same alert (kind and subject) is sent once in this many seconds; repeats are "
+                          "counted and summarised", min=0.0, max=86_400.0)
+    rate_per_min: float = _opt(20.0, "most alerts sent per minute per destination (token bucket); the rest are "
+                               "summarised in one message when the bucket refills", min=0.1, max=10_000.0)
+    stale_feed_s: float = _opt(30.0, "alert when an instrument of a live session has had no tick for this long "
+                               "during its trading hours", min=1.0, max=86_400.0)
+    audit_verify_min: float = _opt(60.0, "verify the audit chain in storage this often and alert when it breaks",
+                                   min=1.0, max=10_080.0)
+    metrics_port: int = _opt(9109, "port of the notifier's own Prometheus endpoint (0 picks a free one, -1 none)",
+                             min=-1, max=65535)
 
 
 @dataclass(frozen=True)
@@ -303,6 +349,8 @@ class Config:
     ha: HaConfig = field(default_factory=HaConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     bars: BarsConfig = field(default_factory=BarsConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
