@@ -109,6 +109,7 @@ Var LogonMethod     ; auto | task | runkey | none (auto: task, else runkey)
 Var StartNow        ; 1 with /START
 Var StepOut         ; last lines of the last step's output
 Var StepRc          ; its exit code
+Var PySearch        ; each Python candidate tried and what it answered, for the log
 
 ; config page controls
 Var hBind
@@ -205,6 +206,17 @@ FunctionEnd
 !macroend
 !define Step "!insertmacro Step"
 
+; .onInit refusing to go on: the message box (answered by /SD in a silent setup, which shows nothing),
+; the log (the only trace a silent setup leaves), exit code 2.
+!macro RefuseInit TEXT
+  ${Log} "=== nt8bridge setup ${VERSION}: stopped before installing"
+  ${Log} `${TEXT}`
+  MessageBox MB_OK|MB_ICONSTOP `${TEXT}` /SD IDOK
+  SetErrorLevel 2
+  Quit
+!macroend
+!define RefuseInit "!insertmacro RefuseInit"
+
 ; A step that must work: on failure, say what failed with the command's last lines, and stop.
 !macro MustStep PYTHON ARGS WHAT
   ${Step} `${PYTHON}` `${ARGS}`
@@ -246,6 +258,16 @@ Function CheckPython
   nsExec::ExecToStack `"$0" -c "import sys;assert (3,11)<=sys.version_info[:2]<=(3,12) and sys.maxsize>2**32;print(sys.executable)"`
   Pop $1
   Pop $2
+  ${If} $1 != 0
+    ; A first start can fail on a busy desk (an antivirus scanning a fresh python.exe, Wine's first
+    ; start of a process): ask once more before calling this Python unusable.
+    StrCpy $PySearch "$PySearch$\r$\n  $0: exit code $1, asked again"
+    Sleep 1000
+    nsExec::ExecToStack `"$0" -c "import sys;assert (3,11)<=sys.version_info[:2]<=(3,12) and sys.maxsize>2**32;print(sys.executable)"`
+    Pop $1
+    Pop $2
+  ${EndIf}
+  StrCpy $PySearch "$PySearch$\r$\n  $0: exit code $1: $2" 900
   StrCpy $0 ""
   ${If} $1 == 0
     Push $2
@@ -375,9 +397,7 @@ Function .onInit
     ${OrIf} $R1 == "none"
       StrCpy $LogonMethod $R1
     ${Else}
-      MessageBox MB_OK|MB_ICONSTOP "/LOGON= takes auto, task, runkey or none, not '$R1'." /SD IDOK
-      SetErrorLevel 2
-      Quit
+      ${RefuseInit} "/LOGON= takes auto, task, runkey or none, not '$R1'."
     ${EndIf}
   ${EndIf}
   ClearErrors
@@ -389,9 +409,7 @@ Function .onInit
   ${If} $ConfigSource != ""
     GetFullPathName $ConfigSource $ConfigSource
     ${IfNot} ${FileExists} $ConfigSource
-      MessageBox MB_OK|MB_ICONSTOP "/CONFIG: $ConfigSource does not exist." /SD IDOK
-      SetErrorLevel 2
-      Quit
+      ${RefuseInit} "/CONFIG: $ConfigSource does not exist."
     ${EndIf}
   ${EndIf}
 
@@ -411,8 +429,11 @@ Function .onInit
     ${EndIf}
   ${EndIf}
 
+  StrCpy $PySearch ""
   Call FindPython
   ${If} $Python == ""
+    ${Log} "=== nt8bridge setup ${VERSION}: stopped, no usable Python 3.11 or 3.12 (64-bit) found"
+    ${Log} "Python candidates:$PySearch"
     MessageBox MB_OK|MB_ICONSTOP "nt8bridge needs 64-bit Python 3.11 or 3.12, and none was found \
 (asked: the py launcher, then the registry as python.org's installer writes it).$\r$\n$\r$\n\
 Install Python 3.12 (or 3.11), Windows installer (64-bit), from python.org, then run this setup again." /SD IDOK
@@ -525,7 +546,7 @@ Section "nt8bridge" SecMain
   ${Else}
     ${Log} "=== nt8bridge setup ${VERSION}: upgrade of $OldVersion in $INSTDIR"
   ${EndIf}
-  ${Log} "Python: $Python"
+  ${Log} "Python: $Python (candidates:$PySearch)"
 
   ; the setup's own helper, first: every step below runs through it
   SetOutPath "$INSTDIR\setup"
