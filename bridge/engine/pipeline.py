@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,6 +100,11 @@ class DecisionPipeline:
         self._ticks_seen: set[int] = set()
         self._last_event_ns = 0
         self.realized = 0.0  # net P&L of the brackets closed this session (currency)
+        # the same per (instrument id, algorithm id), and what was denied and broken, by reason: what the
+        # operator console and the trading metrics show (bounded by the instruments, strategies and reasons)
+        self.realized_by: Counter[tuple[int, str]] = Counter()
+        self.denials_by_reason: Counter[str] = Counter()
+        self.breaks_by_kind: Counter[str] = Counter()
         self.ticks_accepted = 0
         self.ticks_rejected = 0
         self.decisions = 0
@@ -365,6 +371,7 @@ class DecisionPipeline:
                 self.denials += 1
                 why = (denied[0] if self.switch.halted or held else str(result.reason) if not result.approved
                        else f"another leg of {s.group} was denied ({denied[0]})")
+                self.denials_by_reason[why.split(" ", 1)[0] if why.startswith("RISK_") else "GROUP_LEG_DENIED"] += 1
                 self.recorder.decision(decision_id, s.instrument_id, plan.algorithm_id, event_ns, now,
                                        f"DENIED:{why}", plan.rationale, record_inputs)
                 log.info("decision %s denied: %s (%s)", decision_id, why, result.describe())
@@ -461,6 +468,7 @@ class DecisionPipeline:
             pv = self.instruments[b.instrument_id].decl.point_value
             pnl = b.side.sign * (b.exit_value - b.entry_value) * pv - b.commission
             self.realized += pnl
+            self.realized_by[(b.instrument_id, b.algorithm_id)] += pnl
             self.portfolio.on_trade_closed(b.algorithm_id, b.group, b.leg, b.legs, pnl)
         self.orders.closed.clear()
 
@@ -544,6 +552,7 @@ class DecisionPipeline:
 
     def _break(self, b: Break) -> None:
         name = self.instruments[b.instrument_id].decl.name if b.instrument_id in self.instruments else str(b.instrument_id)
+        self.breaks_by_kind[b.kind] += 1
         log.warning("RECONCILIATION BREAK %s on %s: %s", b.kind, name, b.details)
         self.recorder.audit("reconciliation_break", name, time.time_ns(),
                             {"kind": b.kind, "instrument": name, "details": b.details, "ts_event_ns": b.ts_ns})

@@ -1,13 +1,18 @@
 """Prometheus metrics on loopback, read from the server's own counters at scrape time.
 
 A custom collector means the hot path pays nothing per tick for metrics (prometheus_client's own
-Counter takes a lock per increment); a scrape reads plain integers and the folded histograms.
+Counter takes a lock per increment); a scrape reads plain integers and the folded histograms. The
+trading metrics (positions, P&L, limit utilization) read the snapshot the server's loop builds every
+``SNAPSHOT_INTERVAL_S`` for the event stream (``SidecarServer.last_state``), so a scrape builds nothing
+on the hot path's objects while the loop keeps one fresh; the kill switch's state is read live.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Iterator
+from collections import Counter
+from typing import Any, Iterator
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -16,6 +21,9 @@ from prometheus_client.registry import Collector
 from bridge.transport.server import SidecarServer
 from bridge.storage.writer import STATES, StorageWriter, WriterStats
 from bridge.core.timing import BUCKET_BOUNDS_US
+from bridge.transport.events import SNAPSHOT_INTERVAL_S
+
+log = logging.getLogger("nt8bridge.metrics")
 
 
 class SidecarCollector(Collector):
@@ -105,6 +113,7 @@ class SidecarCollector(Collector):
                                     value=w.queue_depth)
             yield from _outage_metrics(w)
         yield from _hold_metrics(self.server)
+        yield from _trading_metrics(self.server)
 
 
 def _outage_metrics(w: WriterStats) -> Iterator:
@@ -142,6 +151,80 @@ def _hold_metrics(server: SidecarServer) -> Iterator:
         hold = server.switch.holds.get(source)
         holds.add_metric([source, state], 1.0 if hold is not None else 0.0)
     yield holds
+
+
+def current_state(server: SidecarServer) -> dict[str, Any] | None:
+    """The server's last snapshot while its loop keeps one fresh; else one built here, on the scrape's thread
+    (a server whose loop does not run, or runs without readers). Built here it reads dicts the hot path may be
+    changing: a read that collides is tried again, and after three None (the trading metrics wait a scrape)."""
+    if time.monotonic() - server.last_state_at <= 4 * SNAPSHOT_INTERVAL_S and server.last_state is not None:
+        return server.last_state
+    for _ in range(3):
+        try:
+            return server.snapshot()
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
+    log.warning("metrics: the sidecar's state changed under three reads; trading metrics skipped this scrape")
+    return None
+
+
+def _trading_metrics(server: SidecarServer) -> Iterator:
+    """Positions, P&L, limits, denials and breaks (alert on nt8bridge_trading_halted == 1, on
+    nt8bridge_limit_utilization_ratio > 0.8, on an increase of nt8bridge_reconciliation_breaks)."""
+    switch = server.switch
+    yield GaugeMetricFamily("nt8bridge_trading_halted", "1 while the kill switch has trading HALTED (no new order "
+                            "until an operator enables it)", value=1.0 if switch.halted else 0.0)
+    yield CounterMetricFamily("nt8bridge_kill_switch_activations", "kills of the switch by an operator",
+                              value=sum(1 for e in list(switch.events) if e.kind == "kill"))
+    breaks = CounterMetricFamily("nt8bridge_reconciliation_breaks", "the sidecar's ledger disagreeing with NT8, by "
+                                 "kind: POSITION_MISMATCH, EXTRA, DIFFERENT, MISSING", labels=["kind"])
+    counts = Counter(server.break_counts)
+    for session in list(server.sessions.values()):
+        counts.update(dict(session.pipeline.breaks_by_kind))
+    for kind, n in sorted(counts.items()):
+        breaks.add_metric([kind], n)
+    yield breaks
+    publisher = server.events
+    if publisher is not None:
+        yield CounterMetricFamily("nt8bridge_events_published", "messages published on the event stream",
+                                  value=publisher.stats.published)
+        yield CounterMetricFamily("nt8bridge_events_publish_failures", "event stream messages that could not be "
+                                  "published (logged)", value=publisher.stats.failed)
+    state = current_state(server)
+    if state is None:
+        return
+    positions = GaugeMetricFamily("nt8bridge_position_contracts", "contracts held, signed (long > 0), by account, "
+                                  "instrument and strategy ('' for contracts no bracket accounts for)",
+                                  labels=["account", "instrument", "strategy"])
+    held: Counter = Counter()
+    for row in state["positions"]:
+        held[(row["account"], row["instrument"], row["strategy"] or "")] += row["quantity"]
+    for labels, q in sorted(held.items()):
+        positions.add_metric(list(labels), q)
+    yield positions
+    pnl = GaugeMetricFamily("nt8bridge_pnl_dollars", "P&L of the open sessions by account: realized, and unrealized "
+                            "(open contracts at the last trade)", labels=["account", "kind"])
+    by_account: dict[str, list[float]] = {}
+    for row in state["pnl"]:
+        acc = by_account.setdefault(row["account"], [0.0, 0.0])
+        acc[0] += row["realized"] or 0.0
+        acc[1] += row["unrealized"] or 0.0
+    for account, (realized, unrealized) in sorted(by_account.items()):
+        pnl.add_metric([account, "realized"], realized)
+        pnl.add_metric([account, "unrealized"], unrealized)
+    yield pnl
+    utilization = GaugeMetricFamily("nt8bridge_limit_utilization_ratio", "how much of a risk limit is used (1: at the "
+                                    "limit), for the limits with a standing use (positions, daily loss, drawdown)",
+                                    labels=["scope", "limit"])
+    for row in state["risk"]["limits"]:
+        if row["utilization"] is not None:
+            utilization.add_metric([row["scope"], row["limit"]], row["utilization"])
+    yield utilization
+    denials = CounterMetricFamily("nt8bridge_risk_denials", "decisions denied, by reason (RISK_*, or GROUP_LEG_DENIED "
+                                  "for a spread leg whose partner was denied)", labels=["reason"])
+    for reason, n in sorted(state["risk"]["denials"].items()):
+        denials.add_metric([reason], n)
+    yield denials
 
 
 def serve_metrics(server: SidecarServer, writer: StorageWriter | None, host: str, port: int) -> int:

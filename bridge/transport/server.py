@@ -2,7 +2,8 @@
 
 The loop polls the socket with a timeout, drains what is there, and between bursts runs the
 timers: heartbeats, lost-session detection, the stale-feed watchdog, handing partial storage
-batches to the writer and folding stage timings. Every refused frame is answered with ERROR
+batches to the writer, folding stage timings, and the event stream's conflated ticks and snapshots
+(``bridge/transport/events.py``). Every refused frame is answered with ERROR
 (where the peer can be addressed), counted by code and logged; an exception while handling one
 message becomes INTERNAL_ERROR for that message, never a dead server.
 
@@ -35,6 +36,8 @@ from bridge.core.config import Config, to_toml
 from bridge.core.errors import ControlError
 from bridge.risk.switch import TradingSwitch
 from bridge.transport.control import parse_request
+from bridge.transport.events import SNAPSHOT_INTERVAL_S, TICK_INTERVAL_S, EventPublisher, PublishingSink
+from bridge.transport.snapshot import StateBuilder
 from bridge.core.instruments import InstrumentMaster
 from bridge.engine.pipeline import STAGES, DecisionPipeline, SessionInstrument, risk_engine_for
 from bridge.protocol import codec
@@ -43,6 +46,7 @@ from bridge.protocol.messages import (
     FROM_NT8,
     PROTOCOL_VERSION,
     ALL_INSTRUMENTS,
+    SubmitBracket,
     Error,
     ErrorCode,
     Flatten,
@@ -92,6 +96,8 @@ _HELLO, _TICK, _TICKS, _HEARTBEAT, _BAR = (int(MsgType.HELLO), int(MsgType.TICK)
 _ORDER_UPDATE, _EXECUTION, _POSITION, _ACCOUNT, _BYE = (int(MsgType.ORDER_UPDATE), int(MsgType.EXECUTION),
                                                         int(MsgType.POSITION), int(MsgType.ACCOUNT), int(MsgType.BYE))
 _FROM_NT8 = frozenset(int(t) for t in FROM_NT8)
+_MARKET_DATA = frozenset({_TICK, _TICKS, _BAR})
+TICK_TO_BRACKET = "tick_to_bracket"  # a timing beside the pipeline's stages (see SidecarServer.timings)
 
 
 @dataclass
@@ -132,6 +138,7 @@ class Session:
     clock_offset_ns: int | None = None  # the last sample: NT8's send stamp minus the sidecar's clock at receipt
     clock_sampled_ns: int | None = None  # when it was taken (sidecar wall clock)
     auth: SessionAuth | None = None  # remote mode: the session's keys (bridge/protocol/auth.py); None: unauthenticated
+    started_ns: int = 0  # wall clock at its HELLO
 
 
 class SidecarServer:
@@ -148,7 +155,10 @@ class SidecarServer:
         self.strategy_factory = strategy_factory
         self.ctx = context or zmq.Context.instance()
         self.stats = ServerStats()
-        self.timings = StageTimings(STAGES)
+        # the stages, and the sidecar's whole answer to market data: from a TICK, TICKS or BAR read off the socket
+        # to its BRACKET handed to ZeroMQ (what NT8 waits for, less the wire)
+        self.timings = StageTimings(STAGES + (TICK_TO_BRACKET,))
+        self._t_in = 0  # perf_counter_ns() when the message being handled was read
         self.sessions: dict[bytes, Session] = {}
         self.quality_counts: Counter = Counter()  # QualityReason -> count, of the ended sessions
         self.strategy_counts: Counter = Counter()  # (strategy name, event) -> what ended sessions' strategies counted
@@ -181,6 +191,17 @@ class SidecarServer:
         # security.* names (ConfigError when one is unusable). Off by default: loopback, unauthenticated.
         self.security = Security.from_config(config.security)
         self._hello_auth: tuple[bytes, SessionAuth] | None = None  # a verified HELLO's keys, until _hello opens it
+        # the live event stream (bridge/transport/events.py): None until bind_events, and when disabled
+        self.events: EventPublisher | None = None
+        self.events_endpoint: str | None = None
+        self.started_monotonic = time.monotonic()
+        self.denial_counts: Counter = Counter()  # denied decisions by reason, of the ended sessions
+        self.break_counts: Counter = Counter()  # reconciliation breaks by kind, of the ended sessions
+        self._state = StateBuilder(self)
+        # the last snapshot the loop built (while the event stream or the metrics read it) and when (monotonic)
+        self.last_state: dict[str, Any] | None = None
+        self.last_state_at = -math.inf
+        self.snapshot_failures = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -211,6 +232,27 @@ class SidecarServer:
         self.control_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("control channel on %s (nt8bridge kill / enable)", self.control_endpoint)
         return self.control_endpoint
+
+    def bind_events(self, endpoint: str | None = None) -> str | None:
+        """Bind the event stream (PUB) and publish every stored row through it; ``""`` in the config disables it.
+        Before ``run``: the sessions' recorders and the desk's write through the wrapped sink from here on."""
+        endpoint = self.config.server.events_bind if endpoint is None else endpoint
+        if not endpoint:
+            return None
+        self.events = EventPublisher(self.ctx, endpoint)
+        self.events_endpoint = self.events.endpoint
+        self.sink = PublishingSink(self.sink, self.events)
+        self._desk.sink = self.sink
+        return self.events_endpoint
+
+    def close_events(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The sidecar's state as the event stream publishes it every ``SNAPSHOT_INTERVAL_S`` (bridge/transport/
+        snapshot.py says what each figure is)."""
+        return self._state.build()
 
     def record_config(self) -> None:
         """The configuration in force is an audit record at every start: a change of config between two
@@ -264,6 +306,7 @@ class SidecarServer:
         cfg = self.config.server
         return {"pid": os.getpid(), "version": __version__, "protocol_version": PROTOCOL_VERSION,
                 "endpoint": self.endpoint, "control_endpoint": self.control_endpoint,
+                "events_endpoint": self.events_endpoint,
                 "metrics_port": self.metrics_port,
                 "live_sessions": [{"session_id": s.session_id, "instance_id": s.hello.instance_id,
                                   "account": s.hello.account, "peer": s.peer, "clock_offset_ns": s.clock_offset_ns,
@@ -366,12 +409,13 @@ class SidecarServer:
         flush_s = self.config.storage.flush_interval_ms / 1000.0
         next_timers = time.monotonic()
         next_flush = next_timers + flush_s
+        next_ticks = next_snapshot = next_timers  # the event stream's: conflated ticks, and the snapshot (heartbeat)
         # recv + get(RCVMORE) with plain ints: recv_multipart converts options through enums on
         # every frame (measured 4.7 against 4.0 us per message)
         recv, more, noblock, rcvmore = sock.recv, sock.get, int(zmq.NOBLOCK), int(zmq.RCVMORE)
         try:
             while not self._stop:
-                timeout_ms = max(0, min(50, int((next_timers - time.monotonic()) * 1000)))
+                timeout_ms = max(0, min(50, int((min(next_timers, next_ticks) - time.monotonic()) * 1000)))
                 if poller.poll(timeout_ms):
                     if self._control is not None and self._control.poll(0):
                         self._on_control()
@@ -388,6 +432,13 @@ class SidecarServer:
                     self.sink.flush()
                     self.timings.fold()
                     next_flush = now + flush_s
+                if now >= next_ticks:
+                    if self.events is not None:
+                        self.events.flush_ticks()
+                    next_ticks = now + TICK_INTERVAL_S
+                if now >= next_snapshot:
+                    self._publish_snapshot(now)
+                    next_snapshot = now + SNAPSHOT_INTERVAL_S
             self._drain_on_stop(poller, recv, more, noblock, rcvmore)
         finally:
             for session in list(self.sessions.values()):
@@ -395,7 +446,28 @@ class SidecarServer:
             self.timings.fold()
             sock.close(linger=200)  # let the last replies out, but never hang on a dead peer
             self._socket = None
+            if self.events is not None:  # the sessions' ends, then the state without them, then silence
+                self.events.flush_ticks()
+                self._publish_snapshot(time.monotonic())
+                self.close_events()
             log.info("sidecar stopped")
+
+    def _publish_snapshot(self, now: float) -> None:
+        """Build the snapshot while anybody reads it (the event stream, the metrics), keep it for the metrics'
+        scrapes, and publish it. A failure to build one is logged and counted, never the loop's end."""
+        if self.events is None and self.metrics_port is None:
+            return
+        try:
+            state = self.snapshot()
+        except Exception:  # noqa: BLE001 - the hot path goes on; the readers see the snapshots stop
+            self.stats.internal_errors += 1
+            self.snapshot_failures += 1
+            if self.snapshot_failures == 1 or self.snapshot_failures % 1000 == 0:
+                log.exception("could not build the sidecar's snapshot (%d times so far)", self.snapshot_failures)
+            return
+        self.last_state, self.last_state_at = state, now
+        if self.events is not None:
+            self.events.publish("snapshot", {"state": state})
 
     def close_control(self) -> None:
         """Release the control endpoint. Left to the owner, after storage is flushed: a released endpoint
@@ -442,6 +514,7 @@ class SidecarServer:
         """Handle one message as received from the ROUTER: [routing id, header, body]; ``peer`` is who
         sent it (``_peer_of``), needed for a HELLO from a connection without a session: None means the
         routing id."""
+        self._t_in = time.perf_counter_ns()
         self.stats.messages_in += 1
         rid = frames[0]
         body_frames = frames[1:]
@@ -532,10 +605,16 @@ class SidecarServer:
             log.info("session %s ended by NT8: %s", session.session_id, msg.reason)
             self._end_session(session, "BYE")
             return
+        bracket = False
         for reply in replies:
-            if type(reply) is Error:
+            kind = type(reply)
+            if kind is Error:
                 self.stats.errors_sent[ErrorCode(reply.code).name] += 1
+            elif kind is SubmitBracket:
+                bracket = True
             self._send(session, reply, header.ts_send_ns)
+        if bracket and t in _MARKET_DATA:
+            self.timings.record(TICK_TO_BRACKET, time.perf_counter_ns() - self._t_in)
         if session.hello.lockstep:
             self._send(session, Heartbeat(seq), header.ts_send_ns)
 
@@ -610,7 +689,8 @@ class SidecarServer:
         for event in self.limit_commands.replay(pipeline.risk):  # run-time changes made before it connected
             recorder.audit("risk_event", event["event"], now_ns, event)
         now = time.monotonic()
-        session = Session(session_id, rid, peer, hello, pipeline, recorder, now, now, last_seq_in=header.seq)
+        session = Session(session_id, rid, peer, hello, pipeline, recorder, now, now, last_seq_in=header.seq,
+                          started_ns=now_ns)
         session.auth = self._take_hello_auth(rid)  # remote mode: every message from WELCOME on is MAC'd
         for i in instruments:
             recorder.instrument(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value, i.spec.currency,
@@ -692,6 +772,8 @@ class SidecarServer:
         self.stats.ticks_accepted += p.ticks_accepted
         self.stats.ticks_rejected += p.ticks_rejected
         self.quality_counts.update(p.gate.counts)
+        self.denial_counts.update(p.denials_by_reason)
+        self.break_counts.update(p.breaks_by_kind)
         for strategy in p.strategies:
             for event, value in strategy.metrics().items():
                 self.strategy_counts[(strategy.name, event)] += value

@@ -1,7 +1,8 @@
 """Running the sidecar: in this process (``nt8bridge serve``), or as a child process for playback.
 
 A playback starts its sidecar the way a user does, ``nt8bridge serve`` in its own process, and
-learns the bound endpoint from ``--ready-file`` (the sidecar writes it once it listens). It stops it
+learns the bound endpoint from ``--ready-file`` (the sidecar writes it once it listens; the control
+channel's and the event stream's endpoints go beside it, in FILE.control and FILE.events). It stops it
 the way an operator does on any platform, with ``shutdown`` on the control channel; a console
 signal (CTRL_BREAK_EVENT on Windows, SIGINT elsewhere) is the fallback.
 """
@@ -25,7 +26,7 @@ from bridge.transport.control import ControlError, send_command
 from bridge.transport.server import SidecarServer
 from bridge.transport.storage_health import spool_path_for
 from bridge.transport.operators import key_from_env
-from bridge.transport.security import Security, exposure_problem
+from bridge.transport.security import Security, exposure_problem, is_local_endpoint
 from bridge.storage.writer import StorageWriter
 from strategies.base import Strategy
 
@@ -45,14 +46,22 @@ def master_for(config: Config) -> InstrumentMaster:
 
 
 def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file: Path | None = None,
-                metrics: bool | None = None, control_bind: str | None = None) -> SidecarServer:
+                metrics: bool | None = None, control_bind: str | None = None,
+                events_bind: str | None = None) -> SidecarServer:
     """Serve until a ``shutdown`` command or a stop signal (``stop_signals``); flushes every row to
     storage before returning. A port already taken is a RuntimeError that says which and what to do; so is
-    an endpoint beyond loopback without remote mode's secret (or operator keys), checked before anything
-    starts."""
+    an endpoint beyond loopback without remote mode's secret (or operator keys), or an event stream beyond
+    loopback at all, checked before anything starts."""
+    events_bind = config.server.events_bind if events_bind is None else events_bind
     refusal = exposure_problem(bind or config.server.bind,
                                config.server.control_bind if control_bind is None else control_bind,
                                Security.from_config(config.security))
+    if refusal is None and events_bind and not is_local_endpoint(events_bind):
+        # the stream carries positions, orders and fills to anyone who connects, unauthenticated: the console
+        # reads it on this machine and serves other machines itself, with logins and TLS
+        refusal = (f"server.events_bind {events_bind} is reachable from other machines, and the event stream has no "
+                   "authentication: bind it to tcp://127.0.0.1:PORT (the console serves other machines), or set it "
+                   "to \"\" to turn it off")
     if refusal is not None:
         raise RuntimeError(refusal)
     writer = StorageWriter(db_url, batch_rows=config.storage.batch_rows, queue_batches=config.storage.queue_batches,
@@ -74,6 +83,7 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
                            on_lead=on_lead, history=instance_history_reader(writer, db_url))
 
     def give_up(message: str) -> RuntimeError:
+        server.close_events()
         server.close_control()
         if server.chain is not None:
             server.chain.close()
@@ -103,6 +113,12 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
         raise give_up(f"cannot bind the control channel {control_bind or config.server.control_bind}: "
                       f"{exc.strerror}; another sidecar may hold it: give this one --control-bind "
                       "tcp://127.0.0.1:PORT (or set server.control_bind)") from None
+    try:
+        events = server.bind_events(events_bind)
+    except zmq.ZMQError as exc:
+        raise give_up(f"cannot bind the event stream {events_bind}: {exc.strerror}; another sidecar may hold it: give "
+                      "this one --events-bind tcp://127.0.0.1:PORT (or set server.events_bind; \"\" turns it "
+                      "off)") from None
     if metrics if metrics is not None else config.metrics.enabled:
         from bridge.transport.metrics import serve_metrics
         try:
@@ -122,6 +138,8 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
     if ready_file is not None:
         if control:
             Path(str(ready_file) + ".control").write_text(control, encoding="utf-8")  # before the endpoint
+        if events:
+            Path(str(ready_file) + ".events").write_text(events, encoding="utf-8")
         tmp = Path(str(ready_file) + ".tmp")
         tmp.write_text(endpoint, encoding="utf-8")
         tmp.replace(ready_file)  # atomic: the reader never sees half an endpoint
@@ -197,6 +215,7 @@ class SidecarProcess:
         self.proc: subprocess.Popen | None = None
         self.endpoint: str | None = None
         self.control_endpoint: str | None = None  # nt8bridge kill / enable go here
+        self.events_endpoint: str | None = None  # its event stream (bridge/transport/events.py); None: turned off
         self._tmp = tempfile.TemporaryDirectory(prefix="nt8bridge-")
         self._log = None
 
@@ -205,8 +224,9 @@ class SidecarProcess:
         cmd = [sys.executable, "-m", "bridge.cli"]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
-        cmd += ["serve", "--bind", "tcp://127.0.0.1:*", "--control-bind", "tcp://127.0.0.1:*", "--db", self.db_url,
-                "--ready-file", str(ready), "--no-metrics", *self.extra_args]
+        cmd += ["serve", "--bind", "tcp://127.0.0.1:*", "--control-bind", "tcp://127.0.0.1:*",
+                "--events-bind", "tcp://127.0.0.1:*", "--db", self.db_url, "--ready-file", str(ready), "--no-metrics",
+                *self.extra_args]
         log_path = self.log_path or Path(self._tmp.name) / "sidecar.log"
         self._log = open(log_path, "ab")
         self.log_path = log_path
@@ -218,6 +238,8 @@ class SidecarProcess:
                 self.endpoint = ready.read_text(encoding="utf-8")
                 control = Path(str(ready) + ".control")
                 self.control_endpoint = control.read_text(encoding="utf-8") if control.exists() else None
+                events = Path(str(ready) + ".events")
+                self.events_endpoint = events.read_text(encoding="utf-8") if events.exists() else None
                 return self.endpoint
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the sidecar exited with code {self.proc.returncode} before listening; "
