@@ -7,6 +7,8 @@ with numpy. Reading (percentiles, Prometheus buckets) never touches the hot path
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 # Bucket upper bounds in microseconds: 0.25 us .. ~1.07 s, 4 per octave (a 19% width), so a
@@ -70,3 +72,41 @@ class StageTimings:
         self.fold()
         return {s: {"count": h.count, "p50_us": h.percentile_us(50), "p99_us": h.percentile_us(99),
                     "max_us": h.max_ns / 1000.0} for s, h in self.histograms.items() if h.count}
+
+
+def _percentile_us(counts: np.ndarray, q: float, max_us: float) -> float:
+    total = int(counts.sum())
+    if total == 0:
+        return float("nan")
+    i = int(np.searchsorted(np.cumsum(counts), max(q / 100.0 * total, 1), side="left"))
+    return float(BUCKET_BOUNDS_US[i]) if i < len(BUCKET_BOUNDS_US) else max_us
+
+
+class RecentWindow:
+    """Percentiles of the last ``window_s`` seconds of cumulative histograms.
+
+    An operator watching latency needs what happens now, not since the sidecar started: a spike an
+    hour into the day barely moves a p99 over the day. Every ``step_s`` the bucket counts are copied;
+    the recent figures are the counts now less the oldest copy still inside the window. Read from the
+    sidecar's own thread (snapshots) and a scrape's: a lock, never touched by the hot path."""
+
+    def __init__(self, window_s: float = 60.0, step_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self.step_s = step_s
+        self._marks: list[tuple[float, dict[str, np.ndarray]]] = []
+        self._lock = threading.Lock()
+
+    def figures(self, histograms: dict[str, Histogram], now: float) -> dict[str, dict[str, float | int]]:
+        """stage -> {"p50_us", "p99_us", "count"} over the window (NaN percentiles for an idle stage)."""
+        with self._lock:
+            if not self._marks or now - self._marks[-1][0] >= self.step_s:
+                self._marks.append((now, {s: h.counts.copy() for s, h in histograms.items()}))
+            while len(self._marks) > 1 and now - self._marks[1][0] >= self.window_s:
+                self._marks.pop(0)
+            base = self._marks[0][1] if now - self._marks[0][0] > 0 else {}
+        out: dict[str, dict[str, float | int]] = {}
+        for stage, h in histograms.items():
+            counts = h.counts - base[stage] if stage in base else h.counts
+            out[stage] = {"p50_us": _percentile_us(counts, 50, h.max_ns / 1000.0),
+                          "p99_us": _percentile_us(counts, 99, h.max_ns / 1000.0), "count": int(counts.sum())}
+        return out

@@ -33,6 +33,7 @@ from typing import Any
 
 from bridge import __version__
 from bridge.core.limits import Scope, strategy_key
+from bridge.core.timing import RecentWindow
 from bridge.engine.orders import BracketStatus
 from bridge.risk.engine import RiskEngine, TradingState
 
@@ -61,6 +62,7 @@ class StateBuilder:
         self.server = server
         self._desk_engine: tuple[int, RiskEngine] | None = None  # (commands applied, engine)
         self._exposures: dict[int, dict[tuple[str, str, str], list[int]]] = {}  # per session, within one build
+        self._recent = RecentWindow()
 
     def build(self) -> dict[str, Any]:
         server = self.server
@@ -230,11 +232,15 @@ class StateBuilder:
     def _latency(self) -> dict[str, Any]:
         # folded histograms only: folding is the hot path's business (its timers), and a snapshot may be
         # built on a scrape's thread
+        # "stages" and "tick_to_bracket" are the last minute's (what an operator watches); "since_start" the whole run's
         histograms = self.server.timings.histograms
-        stages = {name: _figures(h) for name, h in histograms.items() if h.count}
-        end_to_end = histograms.get("tick_to_bracket")
-        return {"stages": stages, "tick_to_bracket": _figures(end_to_end) if end_to_end is not None
-                else {"p50_us": None, "p99_us": None, "count": 0}}
+        recent = {name: {k: _num(v) for k, v in f.items()}
+                  for name, f in self._recent.figures(histograms, time.monotonic()).items()}
+        none = {"p50_us": None, "p99_us": None, "count": 0}
+        return {"window_s": self._recent.window_s,
+                "stages": {name: f for name, f in recent.items() if f["count"] and name != "tick_to_bracket"},
+                "tick_to_bracket": recent.get("tick_to_bracket", none),
+                "since_start": {name: _figures(h) for name, h in histograms.items() if h.count}}
 
     def _events(self) -> dict[str, Any]:
         publisher = self.server.events

@@ -158,9 +158,11 @@ def test_a_playback_reaches_a_subscriber_as_rows_and_snapshots_that_match_storag
         # the sidecar's own tick-to-BRACKET timing counted each bracket it sent on market data
         brackets = len(db_rows(db, "orders", "where session_id in (?, ?)", (full.session_id, opening.session_id)))
         latency = ended.body["state"]["latency"]
-        assert latency["tick_to_bracket"]["count"] == brackets > 0
+        assert latency["since_start"]["tick_to_bracket"]["count"] == brackets > 0
+        # the live figures are the last minute's: this run's brackets, unless it took longer than that
+        assert 0 < latency["tick_to_bracket"]["count"] <= brackets
         assert 0 < latency["tick_to_bracket"]["p50_us"] <= latency["tick_to_bracket"]["p99_us"]
-        assert latency["stages"]["risk"]["count"] >= brackets
+        assert latency["stages"]["risk"]["count"] >= latency["tick_to_bracket"]["count"]
     reader.stop()
 
     assert checked["held"] == checked["ledger"] == checked["nt8"] == opening.final_position["ES 06-18"] != 0

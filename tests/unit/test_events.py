@@ -141,3 +141,21 @@ def test_a_publisher_numbers_every_message_and_conflates_ticks():
         feed.close()
         publisher.close()
         ctx.term()
+
+
+def test_recent_latency_is_the_last_window_not_the_whole_run():
+    from bridge.core.timing import RecentWindow, StageTimings
+    t = StageTimings(("risk",))
+    window = RecentWindow(window_s=60.0, step_s=5.0)
+    t.record("risk", 1_000_000)  # a slow start: 1 ms
+    t.fold()
+    first = window.figures(t.histograms, now=0.0)["risk"]
+    assert first["count"] == 1 and 900 <= first["p99_us"] <= 1200
+    for now in range(5, 125, 5):  # two minutes of fast decisions, 10 us each
+        for _ in range(100):
+            t.record("risk", 10_000)
+        t.fold()
+        recent = window.figures(t.histograms, now=float(now))["risk"]
+    # the slow one has left the window; what is left is about a minute of the fast ones
+    assert recent["p99_us"] < 15 and 1100 <= recent["count"] <= 1300
+    assert t.histograms["risk"].percentile_us(100) >= 900  # the whole run still has it
