@@ -14,7 +14,7 @@ from typing import Any
 from bridge import __version__
 from bridge.core.config import Config, ConfigError, load_config, to_toml
 from bridge.core.errors import UserError
-from bridge.cli import doctor, ml, ops, remote, service
+from bridge.cli import alerts, console, doctor, ml, ops, remote, service
 from bridge.cli.common import add_key_option, operator_key
 from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
 
@@ -27,7 +27,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from bridge.transport.sidecar import run_sidecar
     try:
         run_sidecar(config, _db_url(args, config), args.bind, Path(args.ready_file) if args.ready_file else None,
-                    metrics=False if args.no_metrics else None, control_bind=args.control_bind)
+                    metrics=False if args.no_metrics else None, control_bind=args.control_bind,
+                    events_bind=args.events_bind)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     return 0
@@ -585,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"nt8bridge {__version__}")
     p.add_argument("--config", help="TOML config file (default: $NT8BRIDGE_CONFIG, else the user's config.toml)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
-                   help="log verbosity on stderr (default: info for serve, warning otherwise)")
+                   help="log verbosity on stderr (default: info for serve and console, warning otherwise)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def db_option(sp: argparse.ArgumentParser) -> None:
@@ -595,9 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the sidecar until Ctrl+C or `nt8bridge stop`")
     s.add_argument("--bind", help="ZeroMQ endpoint (default: server.bind, tcp://127.0.0.1:5555)")
     s.add_argument("--ready-file", help="write the bound endpoint to this file once listening (for supervisors); "
-                   "the control endpoint goes to FILE.control")
+                   "the control endpoint goes to FILE.control, the event stream's to FILE.events")
     s.add_argument("--control-bind", help="control channel endpoint for kill/enable (default: server.control_bind, "
                    "tcp://127.0.0.1:5556; '' disables it)")
+    s.add_argument("--events-bind", help="event stream endpoint for the console and the alerts (default: "
+                   "server.events_bind, tcp://127.0.0.1:5557; '' disables it)")
     s.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     db_option(s)
     s.set_defaults(func=cmd_serve)
@@ -723,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     ml.register(sub, db_option)
     service.register(sub)
     doctor.register(sub)
+    console.register(sub, db_option)
+    alerts.register(sub, db_option)
 
     s = sub.add_parser("config", help="the effective configuration, or a new config file")
     csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -753,7 +758,7 @@ def _config_after_command(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level or ("info" if args.command == "serve" else "warning"))
+    _setup_logging(args.log_level or ("info" if args.command in ("serve", "console") else "warning"))
     try:
         # doctor reports a bad config instead of stopping on it; config init writes one without reading any
         config = load_config(args.config) if getattr(args, "needs_config", True) else None
