@@ -92,8 +92,10 @@ init = (root / "bridge" / "__init__.py").read_text(encoding="utf-8")
 version = re.search(r'^__version__\s*=\s*"([^"]+)"', init, re.M).group(1)
 if version != project["version"]:
     sys.exit(f"build-windows: pyproject.toml says {project['version']}, bridge/__init__.py says {version}")
-# the runtime dependencies and the PostgreSQL driver; the train extra stays on training machines
-reqs = list(project["dependencies"]) + list(project["optional-dependencies"]["postgres"]) + ["pip"]
+# the runtime dependencies, the PostgreSQL driver and the console's web server; the train extra stays on
+# training machines
+extras = project["optional-dependencies"]
+reqs = list(project["dependencies"]) + list(extras["postgres"]) + list(extras["console"]) + ["pip"]
 (work / "requirements.txt").write_text("\n".join(reqs) + "\n", encoding="utf-8")
 (work / "version").write_text(version, encoding="utf-8")
 # shipped_sources() is the one definition of what goes to NT8; run it from the file alone

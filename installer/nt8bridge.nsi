@@ -126,7 +126,7 @@ Var hAccount
 - a Python environment with nt8bridge, installed from files inside this setup (no internet needed);$\r$\n\
 - the configuration (next page);$\r$\n\
 - the nt8bridge NinjaScript, copied into NinjaTrader 8's Custom folder (compile it in NT8 afterwards);$\r$\n\
-- the sidecar started at logon, and Start-menu entries (start, stop, status, kill switch, logs, doctor).$\r$\n$\r$\n\
+- the sidecar started at logon, and Start-menu entries (start, stop, status, console, kill switch, logs, doctor).$\r$\n$\r$\n\
 It needs 64-bit Python 3.11 or 3.12 from python.org. No administrator rights are needed.$\r$\n$\r$\n\
 An existing install is upgraded: its configuration and its database are kept."
 !insertmacro MUI_PAGE_WELCOME
@@ -618,7 +618,7 @@ running from it. Stop it ('nt8bridge stop', or end pythonw.exe in Task Manager) 
 
   ; pip runs from its wheel (as ensurepip does), so the desk's Python needs no pip of its own
   ${Log} "Installing nt8bridge ${PKG_VERSION} and its dependencies from the setup's wheelhouse (offline)"
-  ${MustStep} $VenvPython `-c "import runpy,sys;sys.path.insert(0,sys.argv.pop(1));runpy.run_module('pip',run_name='__main__',alter_sys=True)" "$PLUGINSDIR\wheelhouse\${PIP_WHEEL}" install --isolated --no-index --find-links "$PLUGINSDIR\wheelhouse" --disable-pip-version-check --no-warn-script-location --no-input pip "nt8bridge[postgres]==${PKG_VERSION}"` "Installing nt8bridge from the wheelhouse"
+  ${MustStep} $VenvPython `-c "import runpy,sys;sys.path.insert(0,sys.argv.pop(1));runpy.run_module('pip',run_name='__main__',alter_sys=True)" "$PLUGINSDIR\wheelhouse\${PIP_WHEEL}" install --isolated --no-index --find-links "$PLUGINSDIR\wheelhouse" --disable-pip-version-check --no-warn-script-location --no-input pip "nt8bridge[postgres,console]==${PKG_VERSION}"` "Installing nt8bridge from the wheelhouse"
   ${MustStep} $VenvPython `-m bridge.cli --version` "Starting the installed nt8bridge"
 
   ; configuration: /CONFIG=FILE, else the one already there, else the wizard's answers
@@ -703,6 +703,8 @@ NinjaScript was not copied into NT8. The rest is installed.$\r$\n$\r$\nStart Nin
   CreateShortCut "$SMPROGRAMS\nt8bridge\KILL SWITCH - flatten and halt.lnk" "$SYSDIR\cmd.exe" \
     `/s /k ""$VenvPython" -m bridge.cli kill --reason "Start-menu kill switch" --operator "%USERNAME%""` \
     "$SYSDIR\shell32.dll" 131 SW_SHOWNORMAL "" "Flatten every instrument of every NT8 session and refuse new orders until enabled"
+  CreateShortCut "$SMPROGRAMS\nt8bridge\Console.lnk" "$INSTDIR\venv\Scripts\pythonw.exe" "-m bridge.cli console --open" \
+    "" 0 SW_SHOWNORMAL "" "The operator console in the browser: sessions, positions, P&L, risk, the kill switch"
   CreateShortCut "$SMPROGRAMS\nt8bridge\Logs folder.lnk" "$DataDir" "" "" 0 SW_SHOWNORMAL "" "nt8bridge.log (the sidecar's), setup.log, the database and its audit journal"
   CreateShortCut "$SMPROGRAMS\nt8bridge\Doctor.lnk" "$SYSDIR\cmd.exe" \
     `/s /k ""$VenvPython" -m bridge.cli doctor"` "$SYSDIR\cmd.exe" 0 SW_SHOWNORMAL "" "Check the install: Python, packages, config, NT8, logon entry"

@@ -49,13 +49,38 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
     try:
         sock = bind_socket(host, port)
     except OSError as exc:
+        if args.open and _console_answers(host, port, bool(tls)):
+            # the Start-menu entry clicked while a console runs already: show that one
+            from bridge.console.server import open_in_browser
+            open_in_browser(_url(host, port, bool(tls)), wait=True)
+            print(f"a console already runs on {_url(host, port, bool(tls))}: opened it in the browser")
+            return 0
         raise UserError(f"cannot listen on {bind}: {exc.strerror or exc}; another program holds it: set console.bind "
                         "or give --bind HOST:PORT") from None
     server = ConsoleServer(app, sock, ssl_certfile=config.console.tls_cert if tls else None,
                            ssl_keyfile=config.console.tls_key if tls else None,
                            ready_file=Path(args.ready_file) if args.ready_file else None,
-                           log_level="debug" if args.log_level == "debug" else "warning")
+                           log_level="debug" if args.log_level == "debug" else "warning", open_browser=args.open)
     return server.run()
+
+
+def _url(host: str, port: int, tls: bool) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"{'https' if tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+
+def _console_answers(host: str, port: int, tls: bool) -> bool:
+    """Whether what holds the port is an nt8bridge console (its status answers as one)."""
+    import json
+    import ssl
+    import urllib.request
+
+    ctx = ssl._create_unverified_context() if tls else None  # only asking who it is, sending nothing secret
+    try:
+        with urllib.request.urlopen(_url(host, port, tls) + "api/v1/status", timeout=2, context=ctx) as resp:
+            return "console_version" in json.load(resp)
+    except (OSError, ValueError):
+        return False
 
 
 def cmd_console_user(args: argparse.Namespace, _config: Config | None) -> int:
@@ -85,6 +110,8 @@ def register(sub: argparse._SubParsersAction, db_option: Callable[[argparse.Argu
     s.add_argument("--sidecar", metavar="ENDPOINT", help="the sidecar's control channel, where KILL, ENABLE and limit "
                    "changes go (default: server.control_bind)")
     s.add_argument("--events", metavar="ENDPOINT", help="the sidecar's event stream (default: server.events_bind)")
+    s.add_argument("--open", action="store_true", help="open the console in the default browser once it answers "
+                   "(or the console already running on that address)")
     s.add_argument("--ready-file", metavar="FILE", help="write the console's URL to this file once it answers")
     db_option(s)
     s.set_defaults(func=cmd_console)

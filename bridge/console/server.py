@@ -52,7 +52,8 @@ class ConsoleServer:
     """uvicorn serving ``app`` on an already bound socket."""
 
     def __init__(self, app: Any, sock: socket.socket, *, ssl_certfile: str | None = None,
-                 ssl_keyfile: str | None = None, ready_file: Path | None = None, log_level: str = "warning") -> None:
+                 ssl_keyfile: str | None = None, ready_file: Path | None = None, log_level: str = "warning",
+                 open_browser: bool = False) -> None:
         import uvicorn
 
         self.sock = sock
@@ -60,6 +61,7 @@ class ConsoleServer:
         self.scheme = "https" if ssl_certfile else "http"
         self.url = f"{self.scheme}://{'[' + host + ']' if ':' in host else host}:{port}/"
         self.ready_file = ready_file
+        self.open_browser = open_browser
         config = uvicorn.Config(app, ssl_certfile=ssl_certfile or None, ssl_keyfile=ssl_keyfile or None,
                                 log_level=log_level, lifespan="on", timeout_graceful_shutdown=5,
                                 ws_ping_interval=20.0, ws_ping_timeout=20.0, server_header=False)
@@ -80,6 +82,8 @@ class ConsoleServer:
             tmp = Path(str(self.ready_file) + ".tmp")
             tmp.write_text(self.url, encoding="utf-8")
             tmp.replace(self.ready_file)  # atomic: a reader never sees half a URL
+        if self.open_browser:
+            open_in_browser(self.url)
 
     def run(self) -> int:
         """Serve until a stop signal (or :meth:`request_stop`); returns 0 after a clean stop, 1 if the
@@ -102,3 +106,15 @@ class ConsoleServer:
 
     def request_stop(self) -> None:
         self.server.should_exit = True
+
+
+def open_in_browser(url: str, *, wait: bool = False) -> None:
+    """The desk's default browser on ``url`` (the Start-menu entry's ``--open``); off the caller's thread
+    unless ``wait`` (a process about to end): a browser's launcher may take seconds to return."""
+    import webbrowser
+
+    local = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    if wait:
+        webbrowser.open(local)
+    else:
+        threading.Thread(target=webbrowser.open, args=(local,), name="open-browser", daemon=True).start()

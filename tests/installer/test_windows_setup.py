@@ -123,7 +123,7 @@ def installs_on(wheel: str, minor: int) -> bool:
 def test_the_setup_carries_a_wheelhouse_for_cpython_311_and_312_on_64_bit_windows(built):
     names = wheels(listing(built.setup))
     for project in ("numpy", "pyzmq", "onnxruntime", "pythonnet", "pandas", "scikit_learn", "sqlalchemy",
-                    "cryptography", "psycopg_binary", "pip"):
+                    "cryptography", "psycopg_binary", "fastapi", "uvicorn", "pydantic_core", "websockets", "pip"):
         ours = [w for w in names if w.lower().startswith(project.lower() + "-")]
         for minor in (11, 12):
             assert any(installs_on(w, minor) for w in ours), f"no {project} wheel for cp3{minor} win_amd64 in {ours}"
@@ -412,7 +412,7 @@ def test_silent_install_puts_the_environment_config_ninjascript_and_logon_entry_
     assert "pythonw.exe" in run and "bridge.cli serve" in run and str(story.desk.config) in run, run
     assert "using the Run key instead" in p.own_log
     for entry in ("Start the sidecar.lnk", "Stop the sidecar.lnk", "Status.lnk", "KILL SWITCH - flatten and halt.lnk",
-                  "Logs folder.lnk", "Doctor.lnk", "Uninstall nt8bridge.lnk"):
+                  "Logs folder.lnk", "Doctor.lnk", "Console.lnk", "Uninstall nt8bridge.lnk"):
         assert entry in p.texts.get("start menu", ""), p.texts.get("start menu")
     # found through PEP 514 (no py launcher here), and installed offline from the wheelhouse
     assert f"Python: {story.python.home}\\python.exe" in p.log

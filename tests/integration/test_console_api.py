@@ -465,17 +465,31 @@ def test_the_console_process_serves_the_api_and_stops_cleanly(tmp_path):
 
     ready = tmp_path / "url"
     log = tmp_path / "console.log"
-    cmd = [*CLI, "console", "--bind", "127.0.0.1:0", "--ready-file", str(ready), "--db",
-           f"sqlite:///{tmp_path / 'none.sqlite'}", "--events", f"tcp://127.0.0.1:{free_port()}", "--sidecar",
-           f"tcp://127.0.0.1:{free_port()}"]
+    # --open (the Start-menu entry's): $BROWSER is how Python's webbrowser is told which browser to start
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser.py"
+    browser.write_text(f"import sys\nwith open({str(opened)!r}, 'a') as f: f.write(sys.argv[1] + '\\n')\n")
+    env = {**clean_env(tmp_path), "BROWSER": f"{sys.executable} {browser} %s"}
+    common = ["--db", f"sqlite:///{tmp_path / 'none.sqlite'}", "--events", f"tcp://127.0.0.1:{free_port()}",
+              "--sidecar", f"tcp://127.0.0.1:{free_port()}"]
+    cmd = [*CLI, "console", "--bind", "127.0.0.1:0", "--ready-file", str(ready), "--open", *common]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_env(tmp_path),
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 creationflags=child_creationflags())
     try:
         wait_until(lambda: ready.exists() or proc.poll() is not None, "the console listens", timeout_s=60)
         assert proc.poll() is None, log.read_text()
         url = ready.read_text(encoding="utf-8")
         assert url.startswith("http://127.0.0.1:")
+        if sys.platform != "win32":
+            wait_until(lambda: opened.exists(), "the browser was started on the console", timeout_s=30)
+            assert opened.read_text().split() == [url]
+            # clicked again while it runs: the running console is shown, no second one started
+            again = subprocess.run([*CLI, "console", "--bind", url.split("//")[1].rstrip("/"), "--open", *common],
+                                   env=env, capture_output=True, text=True, timeout=60)
+            assert again.returncode == 0 and "already runs" in again.stdout, again.stdout + again.stderr
+            wait_until(lambda: len(opened.read_text().split()) == 2, "the browser shown the running console",
+                       timeout_s=30)
         status = httpx.get(url + "api/v1/status", timeout=30)
         assert status.status_code == 200
         assert status.json()["console_version"] == __version__ and status.json()["sidecar_up"] is False
