@@ -67,13 +67,14 @@ def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _clean(v: Any) -> Any:
+def json_ready(v: Any) -> Any:
+    """``v`` with every non-finite float, however deep, replaced by None: JSON has no NaN."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: json_ready(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_ready(x) for x in v]
     return v
 
 
@@ -85,7 +86,7 @@ def _json(obj: Any) -> str:
     try:
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        return json.dumps(_clean(obj), sort_keys=True, separators=(",", ":"))
+        return json.dumps(json_ready(obj), sort_keys=True, separators=(",", ":"))
 
 
 class Recorder:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from bridge import __version__
+from bridge.audit.recorder import json_ready
 from bridge.console import csrf
 from bridge.console.auditview import AuditWatcher
 from bridge.console.auth import SESSION_COOKIE, SESSION_S, Authenticator, Identity, is_loopback_host, parse_bind
@@ -69,16 +69,6 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 class ConsoleJSON(JSONResponse):
     """Strict JSON (a NaN in a stored row becomes null instead of failing the response)."""
 
@@ -86,7 +76,7 @@ class ConsoleJSON(JSONResponse):
         try:
             return json.dumps(content, allow_nan=False, separators=(",", ":"), default=str).encode()
         except ValueError:
-            return json.dumps(_clean(content), allow_nan=False, separators=(",", ":"), default=str).encode()
+            return json.dumps(json_ready(content), allow_nan=False, separators=(",", ":"), default=str).encode()
 
 
 # --------------------------------------------------------------------------- request bodies
