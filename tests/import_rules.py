@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GROUND = frozenset({"bridge", "bridge.protocol", "bridge.core", "bridge.data", "bridge.storage"})
-BELOW_ENGINE = GROUND | {"reports", "ml", "strategies", "bridge.risk", "bridge.audit"}
+BELOW_ENGINE = GROUND | {"reports", "ml", "strategies", "bridge.risk", "bridge.audit", "bridge.feeds"}
 
 # package -> packages it may import besides itself; listed bottom to top.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -27,6 +27,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ml": GROUND | {"reports"},
     "strategies": GROUND | {"reports", "ml"},
     "bridge.risk": GROUND,
+    "bridge.feeds": GROUND,
     "bridge.audit": GROUND,
     "bridge.engine": BELOW_ENGINE,
     "bridge.transport": BELOW_ENGINE | {"bridge.engine"},
