@@ -154,6 +154,56 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class FeedsConfig:
+    """Market data beside NT8's stream and which feed to believe (docs/feeds.md)."""
+
+    enabled: str = _opt("", "feeds to run beside NT8's own stream, comma separated: ib, alpha_vantage; empty: NT8 only")
+    stale_after_s: float = _opt(5.0, "a feed with no value for this long (while its market is open) is stale",
+                                min=0.1, max=86_400.0)
+    divergence_ticks: float = _opt(8.0, "a feed whose price differs from the reference by more than this many ticks "
+                                   "(for an ETF stand-in: after its rolling ratio) is diverging", min=0.5,
+                                   max=100_000.0)
+    switch_after_s: float = _opt(2.0, "the reference moves to another feed only after its own feed has been "
+                                 "unhealthy this long, and back only after it has been healthy this long "
+                                 "(hysteresis: no flapping)", min=0.0, max=3600.0)
+    on_nt8_down: str = _opt("reducing", "when NT8's own feed is stale or down: 'reducing' (only orders that reduce a "
+                            "position) or 'continue'", choices=("reducing", "continue"))
+
+
+@dataclass(frozen=True)
+class IbFeedConfig:
+    """Interactive Brokers through TWS or IB Gateway ([feeds.ib])."""
+
+    host: str = _opt("127.0.0.1", "TWS / IB Gateway host")
+    port: int = _opt(4002, "its API port (IB Gateway paper 4002, live 4001; TWS paper 7497, live 7496)", min=1,
+                     max=65535)
+    client_id: int = _opt(17, "API client id, unique among the programs connected to the same TWS", min=0,
+                          max=2**31 - 1)
+    market_data_type: str = _opt("live", "what IB should send when the account has no live subscription: live, "
+                                 "frozen, delayed, delayed_frozen", choices=("live", "frozen", "delayed",
+                                                                              "delayed_frozen"))
+    tick_by_tick_lines: int = _opt(3, "tick-by-tick subscriptions at most (IB allows few per account: the rest "
+                                   "get reqMktData)", min=0, max=100)
+    roots: str = _opt("ES,NQ,YM,RTY", "instrument roots to subscribe (front month from the instrument master)")
+    connect_timeout_s: float = _opt(10.0, "how long a connection attempt may take", min=0.5, max=600.0)
+
+
+@dataclass(frozen=True)
+class AlphaVantageConfig:
+    """Alpha Vantage over HTTP ([feeds.alpha_vantage]): ETF stand-ins of the index futures."""
+
+    api_key: str = _opt("", "API key; better in $NT8BRIDGE_FEEDS_ALPHA_VANTAGE__API_KEY than in this file. Never "
+                        "logged, and left out of the configuration's audit record")
+    base_url: str = _opt("https://www.alphavantage.co/query", "the API's URL (a local server in tests)")
+    requests_per_day: int = _opt(25, "request budget per UTC day (the free tier: 25)", min=1, max=10_000_000)
+    requests_per_s: float = _opt(1.0, "request rate at most (the free tier: 1 a second)", min=0.001, max=1000.0)
+    poll_s: float = _opt(3600.0, "how often each symbol is asked (the budget wins when the two disagree)",
+                         min=1.0, max=86_400.0)
+    symbols: str = _opt("ES=SPY,NQ=QQQ,YM=DIA,RTY=IWM", "ROOT=ETF stand-ins, comma separated")
+    timeout_s: float = _opt(10.0, "HTTP timeout per request", min=0.1, max=600.0)
+
+
+@dataclass(frozen=True)
 class QualityConfig:
     jump_min_ticks: int = _opt(20, "a trade this many ticks from the last accepted one may be a jump; "
                                "below it never is", min=1, max=100_000)
@@ -350,6 +400,9 @@ class Config:
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    feeds: FeedsConfig = field(default_factory=FeedsConfig)
+    feeds_ib: IbFeedConfig = field(default_factory=IbFeedConfig)
+    feeds_alpha_vantage: AlphaVantageConfig = field(default_factory=AlphaVantageConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     bars: BarsConfig = field(default_factory=BarsConfig)
@@ -364,6 +417,15 @@ class Config:
 
 SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type]
                              for f in dataclasses.fields(Config) if f.name not in ("instruments", "risk_limits")}
+# sections written as a sub-table of another: Config.feeds_ib is [feeds.ib] in the file
+NESTED = {"feeds_ib": ("feeds", "ib"), "feeds_alpha_vantage": ("feeds", "alpha_vantage")}
+# keys never written into `config show` or the configuration's audit record
+SECRET_KEYS = {("feeds_alpha_vantage", "api_key")}
+
+
+def section_path(name: str) -> str:
+    """How a section is written in TOML: ``feeds.ib`` for Config.feeds_ib."""
+    return ".".join(NESTED.get(name, (name,)))
 
 
 def user_config_path() -> Path:
@@ -418,16 +480,24 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
     """Validate a parsed TOML document plus environment overrides into a Config."""
     env = dict(os.environ) if env is None else env
     errors: list[str] = []
-    unknown = sorted(set(data) - set(SECTIONS) - {"instruments", "risk_limits"})
+    top = [n for n in SECTIONS if n not in NESTED]
+    unknown = sorted(set(data) - set(top) - {"instruments", "risk_limits"})
     for key in unknown:
-        errors.append(f"{key}: unknown section; allowed: {', '.join(list(SECTIONS) + ['instruments', 'risk_limits'])}")
+        errors.append(f"{key}: unknown section; allowed: {', '.join(top + ['instruments', 'risk_limits'])}")
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
-        raw = dict(data.get(name, {}))
+        where = section_path(name)
+        raw: Any = data
+        for part in where.split("."):
+            raw = raw.get(part, {}) if isinstance(raw, dict) else {}
         if not isinstance(raw, dict):
-            errors.append(f"{name}: must be a table")
+            errors.append(f"{where}: must be a table")
             raw = {}
+        raw = dict(raw)
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        subtables = {path[1] for sec, path in NESTED.items() if path[0] == name}
+        for sub in subtables:
+            raw.pop(sub, None)  # [feeds.ib] inside [feeds]: its own section
         prefix = f"NT8BRIDGE_{name.upper()}__"
         for var, value in env.items():
             if var.startswith(prefix):
@@ -435,9 +505,10 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
         values = {}
         for key, value in raw.items():
             if key not in fields:
-                errors.append(f"{name}.{key}: unknown key; allowed: {', '.join(fields)}")
+                allowed = list(fields) + [f"[{where}.{sub}]" for sub in sorted(subtables)]
+                errors.append(f"{where}.{key}: unknown key; allowed: {', '.join(allowed)}")
                 continue
-            coerced = _coerce(name, fields[key], value, errors)
+            coerced = _coerce(where, fields[key], value, errors)
             if coerced is not None:
                 values[key] = coerced
         sections[name] = cls(**values)
@@ -540,10 +611,14 @@ def to_toml(config: Config) -> str:
     lines: list[str] = []
     for name in SECTIONS:
         section = getattr(config, name)
-        lines.append(f"[{name}]")
+        lines.append(f"[{section_path(name)}]")
         for f in dataclasses.fields(section):
             lines.append(f"# {f.metadata['help']}")
-            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+            value = getattr(section, f.name)
+            if (name, f.name) in SECRET_KEYS and value:
+                lines.append(f"# {f.name} is set (not shown)")
+                continue
+            lines.append(f"{f.name} = {_toml_value(value)}")
         lines.append("")
     for name in ("instruments", "risk_limits"):
         for entry in getattr(config, name):

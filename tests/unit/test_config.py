@@ -62,3 +62,21 @@ def test_session_limits_are_validated_documented_and_overridable():
     assert "server.max_sessions_per_peer: expected int" in str(info.value)
     config = build_config({"server": {"max_sessions": 4}}, env={"NT8BRIDGE_SERVER__MAX_SESSIONS_PER_PEER": "2"})
     assert (config.server.max_sessions, config.server.max_sessions_per_peer) == (4, 2)
+
+
+def test_feed_sections_are_sub_tables_and_the_api_key_never_leaves():
+    import tomllib
+
+    from bridge.core.config import ConfigError, build_config, to_toml
+    c = build_config({"feeds": {"enabled": "ib,alpha_vantage", "ib": {"port": 7497},
+                                "alpha_vantage": {"api_key": "K3Y-SECRET"}}},
+                     env={"NT8BRIDGE_FEEDS_IB__CLIENT_ID": "5"})
+    assert (c.feeds.enabled, c.feeds_ib.port, c.feeds_ib.client_id) == ("ib,alpha_vantage", 7497, 5)
+    assert c.feeds_alpha_vantage.api_key == "K3Y-SECRET"
+    text = to_toml(c)
+    assert "[feeds.ib]" in text and "[feeds.alpha_vantage]" in text and "K3Y-SECRET" not in text
+    assert build_config(tomllib.loads(text), env={}).feeds_ib.port == 7497
+    with pytest.raises(ConfigError) as exc:
+        build_config({"feeds": {"ib": {"prot": 1}, "alpha_vantage": {"requests_per_day": 0}}}, env={})
+    assert "feeds.ib.prot: unknown key" in str(exc.value)
+    assert "feeds.alpha_vantage.requests_per_day: must be >= 1" in str(exc.value)
