@@ -14,7 +14,7 @@ from typing import Any
 from bridge import __version__
 from bridge.core.config import Config, ConfigError, load_config, to_toml
 from bridge.core.errors import UserError
-from bridge.cli import alerts, console, doctor, ml, ops, remote, service
+from bridge.cli import alerts, console, doctor, feeds, ml, ops, remote, service
 from bridge.cli.common import add_key_option, operator_key
 from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
 
@@ -728,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.register(sub)
     console.register(sub, db_option)
     alerts.register(sub, db_option)
+    feeds.register(sub)
 
     s = sub.add_parser("config", help="the effective configuration, or a new config file")
     csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

@@ -51,6 +51,8 @@ from bridge.protocol.messages import (
     Tick,
 )
 from bridge.engine.quality import QualityGate, QualityReason, QualityVerdict
+from bridge.feeds.base import NT8_FEED
+from bridge.feeds.reference import Reference
 from bridge.audit.recorder import Recorder, finite_or_none
 from bridge.audit.reconcile import Break, Reconciler
 from bridge.risk.engine import Limits, OrderRequest, RiskContext, RiskEngine, Scope, WorkingOrder
@@ -77,8 +79,12 @@ class SessionInstrument:
 class DecisionPipeline:
     def __init__(self, *, config: Config, instruments: list[SessionInstrument], recorder: Recorder,
                  strategies: list[Strategy], timings: StageTimings, id_prefix: str,
-                 switch: TradingSwitch | None = None, account: str = "") -> None:
+                 switch: TradingSwitch | None = None, account: str = "",
+                 references: Callable[[str], Reference | None] | None = None) -> None:
         self.config = config
+        # which feed the sidecar believes per root (bridge/transport/feeds.py): the collar's reference price,
+        # and no new entry while it is delayed; None: NT8's own last trade, as without other feeds
+        self.references = references
         self.recorder = recorder
         self.strategies = strategies
         self.timings = timings
@@ -331,14 +337,24 @@ class DecisionPipeline:
         t1 = perf()
         checked = []
         positions, working = self._positions(), self._working()  # the same for every leg: nothing is sent yet
+        feed_denied: str | None = None
+        references: dict[int, dict[str, Any]] = {}
         for plan in plans:
             s = plan.signal
             iid = s.instrument_id
             state = self.market.instruments[iid]
             decl = self.instruments[iid].decl
-            request = OrderRequest(self.root(iid), plan.algorithm_id, self.account, s.side, plan.quantity, s.entry_type,
+            root = self.root(iid)
+            request = OrderRequest(root, plan.algorithm_id, self.account, s.side, plan.quantity, s.entry_type,
                                    s.entry_price, s.stop_price, s.target_price, decl.point_value, decl.tick_size)
-            context = RiskContext(event_ns, state.last, state.last_ts_ns or None, positions, working,
+            reference = state.last
+            if self.references is not None and (ref := self.references(root)) is not None:
+                if ref.feed != NT8_FEED and ref.price == ref.price:
+                    reference = ref.price  # the collar is measured from the feed the sidecar believes
+                feed_denied = feed_denied or ref.entry_denial()
+                references[iid] = {"feed": ref.feed, "price": _finite(reference), "freshness": str(ref.freshness),
+                                   "healthy": ref.healthy}
+            context = RiskContext(event_ns, reference, state.last_ts_ns or None, positions, working,
                                   {"*": (self.realized, 0.0)})
             inputs = (self.orders.position(iid), self.orders.working_entry_quantity(iid))
             checked.append((plan, inputs, self.risk.check_new(request, context)))
@@ -354,6 +370,8 @@ class DecisionPipeline:
         held = self._held_by_switch(checked)
         if held:
             denied.insert(0, held)
+        if feed_denied:  # no new entry on delayed data: the most specific reason, after a kill
+            denied.insert(1 if self.switch.halted else 0, feed_denied)
         messages: list[Message] = []
         for plan, inputs, result in checked:
             s = plan.signal
@@ -367,9 +385,12 @@ class DecisionPipeline:
                 "position": inputs[0], "working": inputs[1],
                 "equity": self.equity,
             }
+            if s.instrument_id in references:
+                record_inputs["reference"] = references[s.instrument_id]
             if denied:
                 self.denials += 1
-                why = (denied[0] if self.switch.halted or held else str(result.reason) if not result.approved
+                first = self.switch.halted or held or feed_denied
+                why = (denied[0] if first else str(result.reason) if not result.approved
                        else f"another leg of {s.group} was denied ({denied[0]})")
                 self.denials_by_reason[why.split(" ", 1)[0] if why.startswith("RISK_") else "GROUP_LEG_DENIED"] += 1
                 self.recorder.decision(decision_id, s.instrument_id, plan.algorithm_id, event_ns, now,

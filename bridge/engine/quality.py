@@ -105,6 +105,14 @@ class QualityGate:
         start, end, is_open = clock.interval(ts_ns)
         return (end - ts_ns) / 60e9 if is_open else 0.0
 
+    def anchor(self, instrument_id: int, price: float) -> None:
+        """Judge the next trade's jump against ``price``: where another feed says the market is while NT8's
+        own stream is stale (bridge/transport/feeds.py), so that its first ticks after an outage are not
+        refused for a move the market really made meanwhile."""
+        g = self._gates[instrument_id]
+        g.last_price = price
+        g.pending_count = 0
+
     def _verdict(self, reason: QualityReason, reject: bool, detail: str) -> QualityVerdict:
         self.counts[reason] += 1
         return QualityVerdict(reason, reject, detail)

@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from bridge.feeds.base import Health
 from bridge.transport.server import SidecarServer
 from bridge.storage.writer import STATES, StorageWriter, WriterStats
 from bridge.core.timing import BUCKET_BOUNDS_US
@@ -113,6 +114,7 @@ class SidecarCollector(Collector):
                                     value=w.queue_depth)
             yield from _outage_metrics(w)
         yield from _hold_metrics(self.server)
+        yield from _feed_metrics(self.server)
         yield from _trading_metrics(self.server)
 
 
@@ -146,11 +148,51 @@ def _hold_metrics(server: SidecarServer) -> Iterator:
                                 value=chain.pending_records)
     holds = GaugeMetricFamily("nt8bridge_trading_hold", "1 while the sidecar holds trading back by itself, by cause "
                               "(storage: REDUCING while the database is away, with storage.on_outage = reducing; "
-                              "audit: HALTED while the audit journal's disk is full)", labels=["source", "state"])
-    for source, state in (("storage", "REDUCING"), ("audit", "HALTED")):
+                              "audit: HALTED while the audit journal's disk is full; nt8_feed_down: REDUCING while "
+                              "NT8's own feed is stale, with feeds.on_nt8_down = reducing)", labels=["source", "state"])
+    for source, state in (("storage", "REDUCING"), ("audit", "HALTED"), ("nt8_feed_down", "REDUCING")):
         hold = server.switch.holds.get(source)
         holds.add_metric([source, state], 1.0 if hold is not None else 0.0)
     yield holds
+
+
+def _feed_metrics(server: SidecarServer) -> Iterator:
+    """The feeds beside NT8 (bridge/transport/feeds.py), when any is enabled: alert on
+    nt8bridge_feed_health{health!="live"} == 1, on an increase of nt8bridge_feed_switches."""
+    hub = server.feeds
+    if hub is None:
+        return
+    for _ in range(3):  # read on the scrape's thread while the loop may add a root or a feed: tried again
+        try:
+            rows = hub.metric_rows()
+            break
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
+    else:
+        log.warning("metrics: the feeds changed under three reads; feed metrics skipped this scrape")
+        return
+    health = GaugeMetricFamily("nt8bridge_feed_health", "1 for each feed's current health (nt8 is NT8's own stream): "
+                               "live, delayed, stale, diverging, down", labels=["feed", "health"])
+    for feed, h in sorted(rows["health"].items()):
+        for name in Health:
+            health.add_metric([feed, str(name)], 1.0 if h is name else 0.0)
+    yield health
+    age = GaugeMetricFamily("nt8bridge_feed_value_age_seconds", "seconds since each feed's last value of a root "
+                            "arrived", labels=["feed", "root"])
+    divergence = GaugeMetricFamily("nt8bridge_feed_divergence_ticks", "each feed's distance from the reference feed "
+                                   "of a root, in ticks (an ETF through its learnt ratio)", labels=["feed", "root"])
+    for feed, root, age_s, ticks in sorted(rows["values"], key=lambda r: (r[0], r[1])):
+        if age_s is not None:
+            age.add_metric([feed, root], age_s)
+        if ticks is not None:
+            divergence.add_metric([feed, root], ticks)
+    yield age
+    yield divergence
+    switches = CounterMetricFamily("nt8bridge_feed_switches", "moves of a root's reference to another feed, by the "
+                                   "feed moved to", labels=["root", "to"])
+    for (root, to), n in sorted(rows["switches"].items()):
+        switches.add_metric([root, to], n)
+    yield switches
 
 
 def current_state(server: SidecarServer) -> dict[str, Any] | None:

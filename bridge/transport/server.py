@@ -36,6 +36,7 @@ from bridge.core.config import Config, to_toml
 from bridge.core.errors import ControlError
 from bridge.risk.switch import TradingSwitch
 from bridge.transport.control import parse_request
+from bridge.transport.feeds import FeedHub, enabled_feeds
 from bridge.transport.events import SNAPSHOT_INTERVAL_S, TICK_INTERVAL_S, EventPublisher, PublishingSink
 from bridge.transport.snapshot import StateBuilder
 from bridge.core.instruments import InstrumentMaster
@@ -202,6 +203,11 @@ class SidecarServer:
         self.last_state: dict[str, Any] | None = None
         self.last_state_at = -math.inf
         self.snapshot_failures = 0
+        # the feeds beside NT8 and which one to believe (bridge/transport/feeds.py): None with feeds.enabled empty;
+        # whoever runs the server starts and stops them (bridge/transport/sidecar.py)
+        self.feeds: FeedHub | None = (FeedHub(config, master, self.switch, lambda *record: self._desk.audit(*record))
+                                      if enabled_feeds(config) else None)
+        self.feed_poll_failures = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -375,6 +381,8 @@ class SidecarServer:
                 self.shutdown(req.get("operator", ""), req.get("reason", ""))
             elif cmd == "status":
                 reply |= self.status_report()
+                if self.feeds is not None:
+                    reply["feeds"] = self.feeds.report()
                 reply["security"] = self.security_report()
             reply |= {"state": str(self.switch.state), "sessions": len(self.sessions),
                       "events": [dataclasses.asdict(e) for e in self.switch.events[-5:]]}
@@ -427,6 +435,8 @@ class SidecarServer:
                     self._apply_leadership()
                     self._heartbeats_and_timeouts(now)
                     self.storage_health.poll()
+                    if self.feeds is not None:
+                        self._poll_feeds()
                     next_timers = now + min(hb_s / 2, 0.25)
                 if now >= next_flush:
                     self.sink.flush()
@@ -451,6 +461,17 @@ class SidecarServer:
                 self._publish_snapshot(time.monotonic())
                 self.close_events()
             log.info("sidecar stopped")
+
+    def _poll_feeds(self) -> None:
+        """The feeds' values into the reference book, and what follows from it (bridge/transport/feeds.py); a
+        failure is logged and counted, never the loop's end."""
+        try:
+            self.feeds.poll(list(self.sessions.values()))
+        except Exception:  # noqa: BLE001 - NT8's sessions go on without the other feeds' verdicts
+            self.stats.internal_errors += 1
+            self.feed_poll_failures += 1
+            if self.feed_poll_failures == 1 or self.feed_poll_failures % 1000 == 0:
+                log.exception("could not evaluate the feeds (%d times so far)", self.feed_poll_failures)
 
     def _publish_snapshot(self, now: float) -> None:
         """Build the snapshot while anybody reads it (the event stream, the metrics), keep it for the metrics'
@@ -685,7 +706,8 @@ class SidecarServer:
         recorder = Recorder(self.sink, session_id, self.config.storage.store_ticks, chain=self.chain)
         pipeline = DecisionPipeline(config=self.config, instruments=instruments, recorder=recorder,
                                     strategies=self.strategy_factory(), timings=self.timings,
-                                    id_prefix=f"S{session_id}", switch=self.switch, account=hello.account)
+                                    id_prefix=f"S{session_id}", switch=self.switch, account=hello.account,
+                                    references=self.feeds.reference if self.feeds is not None else None)
         for event in self.limit_commands.replay(pipeline.risk):  # run-time changes made before it connected
             recorder.audit("risk_event", event["event"], now_ns, event)
         now = time.monotonic()

@@ -135,6 +135,8 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
 
     for signum in stop_signals():
         signal.signal(signum, stop)
+    if server.feeds is not None:  # on their own threads; a feed that cannot start is reported, not fatal
+        server.feeds.start()
     if ready_file is not None:
         if control:
             Path(str(ready_file) + ".control").write_text(control, encoding="utf-8")  # before the endpoint
@@ -146,6 +148,8 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
     try:
         server.run()
     finally:
+        if server.feeds is not None:
+            server.feeds.stop()
         try:
             try:
                 if server.chain is not None:

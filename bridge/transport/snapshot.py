@@ -83,7 +83,9 @@ class StateBuilder:
                 "pnl": pnl,
                 "risk": self._risk(sessions),
                 "latency": self._latency(),
-                "events": self._events()}
+                "events": self._events(),
+                # the feeds beside NT8 and the reference per root (bridge/transport/feeds.py); None: NT8 only
+                "feeds": server.feeds.report() if server.feeds is not None else None}
 
     # --- the sidecar and its sessions ---------------------------------------------------------------
 

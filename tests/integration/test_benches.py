@@ -26,6 +26,7 @@ FIGURES = {
     "bench_drift.py": r"DissimilarityGuard\.index\s+\d",
     "bench_failover.py": r"failover: leader killed -> session with the standby\s+n=\s*1\s+p50\s+\d",
     "bench_features.py": r"OnlineFeatures\.on_bar\s+\d",
+    "bench_feeds.py": r"p99\(feeds\) / p99\(none\)\s+=\s+\d",
     "bench_fuzz.py": r"hostile messages/s, sent and answered\s+[1-9][\d,]*",
     "bench_inference.py": r"ensemble: OnnxEnsemble\.predict \(total_us\)\s+\d",
     "bench_ingest.py": r"sidecar: first send -> last row committed\s+\d",
@@ -42,6 +43,7 @@ NEEDS_SHARED_DATA = {"bench_failover.py", "bench_features.py", "bench_nt8sim.py"
                      "quality_report.py"}
 NEEDS_MONO = {"bench_failover.py", "bench_nt8sim.py"}
 NEEDS_PG = {"bench_failover.py"}  # given the test server with --pg
+NEEDS_IB_ASYNC = {"bench_feeds.py"}  # the IB feed's client, against the fake TWS
 # Mono and four playbacks up to the first entry of ES 06-18, at event 25,500: about half a minute
 SLOW = {"bench_failover.py", "bench_nt8sim.py"}
 
@@ -69,6 +71,8 @@ def marks(name: str) -> list[pytest.MarkDecorator]:
 def test_smoke_run_produces_figures(name: str, request: pytest.FixtureRequest) -> None:
     if name in NEEDS_SHARED_DATA:
         request.getfixturevalue("shared_data")  # skips when ../shared/data is truly absent
+    if name in NEEDS_IB_ASYNC:
+        pytest.importorskip("ib_async", reason="ib_async is not installed (pip install ib_async): the IB feed needs it")
     if name in NEEDS_MONO and shutil.which("mcs") is None:
         pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
     extra = ("--pg", request.getfixturevalue("pg_url")) if name in NEEDS_PG else ()

@@ -214,7 +214,8 @@ def test_positions_pnl_orders_and_limits_follow_a_bracket_over_two_sessions_and_
 
 def test_the_snapshot_without_sessions_names_the_sidecar_and_its_limits(desk):
     state = desk.server.snapshot()
-    assert set(state) == {"sidecar", "sessions", "positions", "orders", "pnl", "risk", "latency", "events"}
+    assert set(state) == {"sidecar", "sessions", "positions", "orders", "pnl", "risk", "latency", "events", "feeds"}
+    assert state["feeds"] is None  # feeds.enabled is empty: NT8 is the only feed
     sidecar = state["sidecar"]
     assert sidecar["endpoint"] == desk.endpoint and sidecar["control_endpoint"] == desk.control
     assert sidecar["events_endpoint"] is None and sidecar["role"] == "single"
