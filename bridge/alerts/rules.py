@@ -9,7 +9,7 @@ Sources, and the alert kinds they raise (``kind`` / subject; deduplication compa
   loss, drawdown, execution throttle, cancel rate), ``risk_state`` (an operator's StateChange),
   ``override`` and ``limit_change`` (the operator's command; a risk_event Override or LimitChange is the
   same command applied to one session, or replayed on one that connected later, and is not raised again),
-  ``override_expired``, ``trading_hold`` / ``trading_hold_released`` (source), ``shutdown``;
+  ``override_expired``, ``trading_hold`` / ``trading_hold_released`` (source), ``shutdown``, ``feed_switch`` (root);
 - sessions (``row.sessions`` / ``update.sessions``): ``session_lost`` when one ends ``LOST`` (once per
   session, whichever of the two records comes first);
 - quality records (``row.quality_events``): ``stale_feed`` (QUALITY_STALE_FEED) and ``feed_quality``
@@ -283,6 +283,19 @@ class Rules:
                       f"{_text(p.get('reason'))} (held {p.get('held_s')} s).", ts_ns,
                       {"source": subject, "held_s": p.get("held_s")}, clears="trading_hold")]
 
+    def _feed_switch(self, subject: str, p: dict[str, Any], session_id: Any, ts_ns: int) -> list[Alert]:
+        # back to NT8's own feed is good news; away from it means NT8's data is stale or wrong
+        to, frm, reason = _text(p.get("to")), _text(p.get("from")), _text(p.get("reason"))
+        back = to == "nt8"
+        return [Alert("feed_back" if back else "feed_switch", Severity.INFO if back else Severity.WARNING,
+                      subject or "?", f"{subject}: reference feed {frm} -> {to}",
+                      f"The sidecar now believes {to} for {subject} ({reason})"
+                      + (" and NT8's feed is the reference again." if back else
+                         "; the quality gate and the price collar follow it." + (" It is delayed: no new entries."
+                                                                                  if p.get("delayed") else "")),
+                      ts_ns, {"root": subject, "from": frm, "to": to, "reason": reason},
+                      clears="feed_switch" if back else "")]
+
     def _shutdown(self, subject: str, p: dict[str, Any], session_id: Any, ts_ns: int) -> list[Alert]:
         operator = _text(p.get("operator")) or subject
         return [Alert("shutdown", Severity.WARNING, "desk", f"Sidecar stopped by {operator}",
@@ -444,4 +457,5 @@ _AUDIT: dict[str, Callable[..., list[Alert]]] = {
     "kill": Rules._kill, "enable": Rules._enable, "reconciliation_break": Rules._reconciliation,
     "risk_event": Rules._risk_event, "override": Rules._override, "limit_change": Rules._limit_change,
     "trading_hold": Rules._hold, "trading_hold_released": Rules._hold_released, "shutdown": Rules._shutdown,
+    "feed_switch": Rules._feed_switch,
 }

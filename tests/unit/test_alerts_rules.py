@@ -234,3 +234,14 @@ def test_an_event_without_its_fields_is_counted_not_raised():
     assert r.on_event(Event("row.audit_chain", 1, "b", 1, {"table": "audit_chain"})) == []
     assert r.on_event(Event("snapshot", 2, "b", 1, {"state": "nonsense"})) == []
     assert r.stats.bad_records == 2
+
+
+def test_a_reference_feed_switch_away_from_nt8_warns_and_the_way_back_clears_it():
+    r, _ = rules()
+    s = Stream()
+    [away] = r.on_event(s.audit("feed_switch", "ES", {"root": "ES", "from": "nt8", "to": "ib", "delayed": True,
+                                                      "reason": "nt8 stale for 2.0 s"}))
+    assert (away.kind, away.subject, away.severity) == ("feed_switch", "ES", Severity.WARNING)
+    assert "nt8 stale" in away.text and "no new entries" in away.text
+    [back] = r.on_event(s.audit("feed_switch", "ES", {"root": "ES", "from": "ib", "to": "nt8", "reason": "nt8 live"}))
+    assert (back.kind, back.clears, back.severity) == ("feed_back", "feed_switch", Severity.INFO)
