@@ -23,6 +23,7 @@ BENCHES = sorted(p.name for p in BENCH.glob("*.py") if p.name != "smoke.py")  # 
 # A headline figure each smoke run must print: its label, then a number.
 FIGURES = {
     "bench_audit.py": r"AuditChain\.append\s+\d",
+    "bench_console.py": r"event -> DOM painted, 1 browser\s+n=\s*[1-9]",
     "bench_drift.py": r"DissimilarityGuard\.index\s+\d",
     "bench_failover.py": r"failover: leader killed -> session with the standby\s+n=\s*1\s+p50\s+\d",
     "bench_features.py": r"OnlineFeatures\.on_bar\s+\d",
@@ -39,13 +40,15 @@ FIGURES = {
     "bench_strategies.py": r"with \S+ \+ portfolio:\s+p50\s+\d",
     "quality_report.py": r"ES 06-18\.Last\.txt\.gz\s+\d",
 }
-NEEDS_SHARED_DATA = {"bench_failover.py", "bench_features.py", "bench_nt8sim.py", "bench_strategies.py",
-                     "quality_report.py"}
+NEEDS_SHARED_DATA = {"bench_console.py", "bench_failover.py", "bench_features.py", "bench_nt8sim.py",
+                     "bench_strategies.py", "quality_report.py"}
 NEEDS_MONO = {"bench_failover.py", "bench_nt8sim.py"}
 NEEDS_PG = {"bench_failover.py"}  # given the test server with --pg
 NEEDS_IB_ASYNC = {"bench_feeds.py"}  # the IB feed's client, against the fake TWS
-# Mono and four playbacks up to the first entry of ES 06-18, at event 25,500: about half a minute
-SLOW = {"bench_failover.py", "bench_nt8sim.py"}
+NEEDS_CHROMIUM = {"bench_console.py"}  # Debian's chromium and chromium-driver, with selenium
+# Mono and four playbacks up to the first entry of ES 06-18, at event 25,500: about half a minute; the console's
+# four phases, each with a sidecar started and (two of them) a Chromium: about half a minute too
+SLOW = {"bench_console.py", "bench_failover.py", "bench_nt8sim.py"}
 
 
 def run_bench(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -75,6 +78,11 @@ def test_smoke_run_produces_figures(name: str, request: pytest.FixtureRequest) -
         pytest.importorskip("ib_async", reason="ib_async is not installed (pip install ib_async): the IB feed needs it")
     if name in NEEDS_MONO and shutil.which("mcs") is None:
         pytest.skip("Mono's mcs is not installed (apt-get install mono-devel; .ci/run installs it)")
+    if name in NEEDS_CHROMIUM:
+        from tests.integration.console_support import chromium_missing
+
+        if chromium_missing():
+            pytest.skip(chromium_missing())
     extra = ("--pg", request.getfixturevalue("pg_url")) if name in NEEDS_PG else ()
     proc = run_bench(name, "--smoke", *extra)
     assert proc.returncode == 0, failure_report(proc)
@@ -111,3 +119,17 @@ def test_quality_report_smoke_fails_without_data(tmp_path: Path) -> None:
     proc = run_bench("quality_report.py", "--smoke", "--data", str(tmp_path))
     assert proc.returncode == 1, failure_report(proc)
     assert "FAILED" in proc.stderr and "no NT8 export" in proc.stderr, failure_report(proc)
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_console_smoke_fails_when_the_page_paints_no_event(shared_data: Path) -> None:
+    from tests.integration.console_support import chromium_missing
+
+    if chromium_missing():
+        pytest.skip(chromium_missing())
+    # the Models view shows stored rows only: no event of the stream changes it, so nothing is measured
+    proc = run_bench("bench_console.py", "--smoke", "--view", "models")
+    assert proc.returncode == 1, failure_report(proc)
+    assert "FAILED" in proc.stderr and "painted no event" in proc.stderr, failure_report(proc)
+    assert "Traceback" not in proc.stderr, failure_report(proc)

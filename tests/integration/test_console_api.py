@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import queue
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,9 +32,9 @@ from bridge.protocol import messages as m  # noqa: E402
 from bridge.transport.events import EventPublisher  # noqa: E402
 from bridge.transport.sidecar import SidecarProcess, child_creationflags, interrupt_signal  # noqa: E402
 from tests.conftest import PLUMBING_CONFIG  # noqa: E402
+from tests.integration.console_support import CLI, clean_env, free_port  # noqa: E402
 from tests.integration.test_server import wait_until  # noqa: E402
 
-CLI = [sys.executable, "-m", "bridge.cli"]
 HOST = "http://127.0.0.1:8080"  # the TestClient's address: a loopback console answers only requests addressed so
 WS_HEADERS = {"host": "127.0.0.1:8080"}  # the TestClient's WebSocket ignores base_url
 
@@ -46,23 +44,10 @@ def rows(db: Path, sql: str, *params) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def post_headers(client: TestClient) -> dict[str, str]:
     """What the page sends with a POST: the CSRF cookie's token in the header, and its own origin."""
     client.get("/")
     return {"x-csrf-token": client.cookies[csrf.COOKIE], "origin": HOST}
-
-
-def clean_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NT8BRIDGE_")}
-    env["XDG_CONFIG_HOME"] = env["APPDATA"] = str(tmp_path / "no-user-config")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-    return env
 
 
 class Reader:

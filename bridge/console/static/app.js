@@ -5,6 +5,12 @@
 // differs, so a message "changed the DOM" exactly when some container's text changed. For every such
 // message the page records, in window.__paintLog, the event's ts_ns (sidecar wall clock) next to
 // performance.timeOrigin + performance.now() taken just after the frame that shows it was painted.
+//
+// The page often runs on the sidecar's own machine, so it must cost that machine as little CPU as the
+// picture allows: a message only folds into S (cheap); the DOM is touched by render() alone, in one
+// requestAnimationFrame callback that opens at the earliest PAINT_GATE_MS after the previous one ended.
+// Whatever arrived meanwhile is shown by that one frame, so a browser touches the DOM at most about
+// ten times a second however fast the sidecar publishes, and not at all while nothing changes.
 "use strict";
 
 (() => {
@@ -12,6 +18,7 @@
   const PAINT_MAX = 2000;           // entries kept in window.__paintLog (oldest dropped)
   const ROWS_MAX = 500;             // live rows kept per table
   const REFRESH_MS = 5000;          // stored data of the open view is read again this often
+  const PAINT_GATE_MS = 100;        // at least this long between the end of one render and the next
   const VIEWS = ["sessions", "positions", "blotter", "risk", "latency", "models", "audit"];
   const STORED = {                  // what each view reads from storage
     sessions: ["sessions"], positions: ["positions", "pnl", "equity", "orders"], blotter: ["blotter"],
@@ -62,6 +69,18 @@
       throw e;
     }
     return data;
+  }
+
+  // Writes only what differs: an unchanged frame then costs the browser no style, layout or paint.
+  function setText(id, text) {
+    const el = $(id);
+    if (el.textContent === text) return false;
+    el.textContent = text;
+    return true;
+  }
+
+  function setHidden(el, hidden) {
+    if (el.hidden !== hidden) el.hidden = hidden;
   }
 
   function setHTML(id, text) {
@@ -208,30 +227,43 @@
     if (st.events_endpoint) S.endpoint = st.events_endpoint;
   }
 
-  // every message waits for the next frame; the frame renders once for all of them
+  // Every message waits for the next gated frame, which renders once for all of them. Only what the
+  // paint log needs is kept of a waiting message (a hidden tab runs no frame: the queue stays bounded).
+  let lastFrameEnd = -Infinity;     // performance.now() when the last render ended
+
   function queue(msg) {
-    S.queued.push(msg);
+    S.queued.push({ ts_ns: msg.ts_ns, type: msg.type, seq: msg.seq ?? null });
+    if (S.queued.length > PAINT_MAX) S.queued.splice(0, S.queued.length - PAINT_MAX);
     schedule();
   }
 
   function schedule() {
     if (S.frame) return;
     S.frame = true;
-    requestAnimationFrame(() => {
-      S.frame = false;
-      const msgs = S.queued;
-      S.queued = [];
-      const changed = render();
-      if (changed && msgs.length) {
-        // a task queued from the frame callback runs after that frame is painted
-        setTimeout(() => {
-          const painted = performance.timeOrigin + performance.now();
-          const log = window.__paintLog;
-          for (const m of msgs) log.push({ ts_ns: m.ts_ns, type: m.type, seq: m.seq ?? null, painted_ms: painted });
-          if (log.length > PAINT_MAX) log.splice(0, log.length - PAINT_MAX);
-        }, 0);
-      }
-    });
+    const gate = Math.max(0, lastFrameEnd + PAINT_GATE_MS - performance.now());
+    setTimeout(() => requestAnimationFrame(frame), gate);
+  }
+
+  function frame() {
+    const msgs = S.queued;
+    S.queued = [];
+    let changed = false;
+    try {
+      changed = render();
+    } finally {
+      lastFrameEnd = performance.now();
+      S.frame = false;              // what arrives from now on waits for the next gate
+    }
+    if (changed && msgs.length) {
+      // a task queued from the frame callback runs after that frame is painted: each message's own ts_ns
+      // against the paint that showed it
+      setTimeout(() => {
+        const painted = performance.timeOrigin + performance.now();
+        const log = window.__paintLog;
+        for (const m of msgs) log.push({ ts_ns: m.ts_ns, type: m.type, seq: m.seq, painted_ms: painted });
+        if (log.length > PAINT_MAX) log.splice(0, log.length - PAINT_MAX);
+      }, 0);
+    }
   }
 
   function connect() {
@@ -281,9 +313,10 @@
       S.status = await api("/status");
       setStatus({ sidecar_up: S.status.sidecar_up, events_endpoint: S.status.events_endpoint });
       S.user = S.status.user;
-      $("logout-button").hidden = !S.status.login_required || S.status.auth === "bearer";
+      const hideLogout = !S.status.login_required || S.status.auth === "bearer";
+      setHidden($("logout-button"), hideLogout);
       for (const input of document.querySelectorAll(".operator-input")) {
-        if (S.user) { input.value = S.user; input.readOnly = true; }
+        if (S.user && (input.value !== S.user || !input.readOnly)) { input.value = S.user; input.readOnly = true; }
       }
     } catch (e) {
       if (e.status === 401) return login();
@@ -296,8 +329,11 @@
 
   function render() {
     let changed = renderHeader();
-    for (const v of VIEWS) $(`view-${v}`).hidden = v !== S.view;
-    for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.view === S.view);
+    for (const v of VIEWS) setHidden($(`view-${v}`), v !== S.view);
+    for (const a of document.querySelectorAll("#tabs a")) {
+      const active = a.dataset.view === S.view;
+      if (a.classList.contains("active") !== active) a.classList.toggle("active", active);
+    }
     const view = { sessions: renderSessions, positions: renderPositions, blotter: renderBlotter, risk: renderRisk,
       latency: renderLatency, models: renderModels, audit: renderAudit }[S.view];
     changed = view() || changed;
@@ -308,6 +344,8 @@
 
   function renderHeader() {
     let changed = false;
+    const clock = `${new Date().toISOString().slice(11, 19)} UTC`;
+    setText("clock", clock);  // not a change any message made
     const sc = sidecar();
     const state = (S.up && S.snapshot && S.snapshot.risk && S.snapshot.risk.trading_state) || (sc && sc.trading_state) || "";
     const ts = $("trading-state");
@@ -327,7 +365,7 @@
       changed = true;
     }
     const who = S.user ? `operator ${S.user}` : "";
-    if ($("who").textContent !== who) { $("who").textContent = who; changed = true; }
+    changed = setText("who", who) || changed;
     const banner = $("banner");
     let text = "";
     if (!S.wsUp) text = "Console connection lost — reconnecting";
@@ -414,9 +452,9 @@
         card("net", "net", money(total.net), { "data-testid": "pnl-net", "data-value": total.net ?? "" }),
         card("source", "source", "stored", { "data-testid": "pnl-source", "data-source": "stored" })]) || changed;
     }
-    $("positions-source").textContent = liveMode ? "(live)" : "(stored)";
+    changed = setText("positions-source", liveMode ? "(live)" : "(stored)") || changed;
     changed = setHTML("equity", S.errors.equity ? errorText("equity") : equityChart(S.stored.equity)) || changed;
-    $("equity-source").textContent = S.stored.equity ? `(${S.stored.equity.source})` : "";
+    changed = setText("equity-source", S.stored.equity ? `(${S.stored.equity.source})` : "") || changed;
     if (liveMode) {
       changed = keyedTable("orders", ["order", "instrument", "strategy", "side", "qty", "entry", "entry price", "stop", "target", "state", "filled"],
         (S.snapshot.orders || []).map((o) => row(`live|${o.client_order_id}`,
@@ -434,11 +472,19 @@
             td(num(o.stop_price)), td(num(o.target_price)), esc(o.state), `${esc(o.stop_state)}/${esc(o.target_state)}`, time(o.ts_created_ns)])),
         "no stored order in the history window") || changed;
     }
-    $("orders-source").textContent = liveMode ? "(working, live)" : "(latest 100, stored)";
+    changed = setText("orders-source", liveMode ? "(working, live)" : "(latest 100, stored)") || changed;
     return changed;
   }
 
+  // the curve is drawn again only when storage was read again (thousands of points: not at every frame)
+  let equityDrawn = { eq: undefined, html: "" };
+
   function equityChart(eq) {
+    if (equityDrawn.eq !== eq) equityDrawn = { eq, html: drawEquity(eq) };
+    return equityDrawn.html;
+  }
+
+  function drawEquity(eq) {
     const series = (eq && eq.series) || {};
     const names = Object.keys(series).filter((k) => series[k].length);
     if (!names.length) return `<p class="muted">no fills or account values in the history window</p>`;
@@ -498,8 +544,8 @@
   function renderDecision() {
     const panel = $("decision-panel");
     const d = S.decision;
-    if (!d && !S.decisionError) { panel.hidden = true; return false; }
-    panel.hidden = false;
+    if (!d && !S.decisionError) { setHidden(panel, true); return false; }
+    setHidden(panel, false);
     if (S.decisionError) return setHTML("decision-panel", `<p class="error" data-testid="decision-error">${esc(S.decisionError)}</p>`);
     const value = (v) => (typeof v === "number" ? num(v, 4) : esc(v));
     const checks = (d.risk_checks || []).map((c) => `<tr data-testid="risk-check" ${attr("data-check", c.check)} data-passed="${c.passed ? "true" : "false"}"><td>${esc(c.check)}</td><td>${c.passed ? "pass" : "<strong class=\"neg\">FAIL</strong>"}</td><td class="num">${value(c.value)}</td><td class="num">${value(c.limit)}</td><td>${esc(c.scope)}</td></tr>`);
@@ -598,8 +644,8 @@
     const m = S.stored.models || {};
     if (S.errors.models) return setHTML("models", errorText("models"));
     const metric = (x, k) => (x && typeof x[k] === "number" ? num(x[k], 4) : "—");
-    $("champion").textContent = m.champion || "none";
-    $("champion").dataset.modelId = m.champion || "";
+    changed = setText("champion", m.champion || "none") || changed;
+    if ($("champion").dataset.modelId !== (m.champion || "")) $("champion").dataset.modelId = m.champion || "";
     changed = keyedTable("models", ["model", "status", "created (UTC)", "features", "trained on", "log-loss", "Brier", "expires"], (m.models || []).map((x) =>
       row(x.model_id, { "data-testid": "model-row", "data-model-id": x.model_id, "data-status": x.status },
         [esc(x.model_id), `<td class="${x.status === "champion" ? "pos" : ""}">${esc(x.status)}</td>`, time(x.created_ns), esc(x.feature_set_version),
@@ -742,7 +788,7 @@
       if (tr && tr.dataset.decisionId) { location.hash = "#blotter"; showDecision(tr.dataset.decisionId); }
     });
     window.addEventListener("hashchange", route);
-    setInterval(() => { $("clock").textContent = `${new Date().toISOString().slice(11, 19)} UTC`; }, 1000);
+    setInterval(schedule, 1000);    // the clock in the header, drawn by the gated render like the rest
     setInterval(refreshStored, REFRESH_MS);
     setInterval(() => { if (!S.needLogin) refreshStatus(); }, REFRESH_MS);
     // the stream and the stored views once the console has said who may see them
