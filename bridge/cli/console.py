@@ -4,6 +4,7 @@ Registered on the main parser by :func:`register`."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -13,6 +14,7 @@ from bridge.core.errors import UserError
 
 INSTALL_HINT = "the console needs FastAPI and uvicorn: pip install nt8bridge[console]"
 MIN_PASSWORD = 8
+log = logging.getLogger("nt8bridge.console")
 
 
 def cmd_console(args: argparse.Namespace, config: Config) -> int:
@@ -57,6 +59,9 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
             return 0
         raise UserError(f"cannot listen on {bind}: {exc.strerror or exc}; another program holds it: set console.bind "
                         "or give --bind HOST:PORT") from None
+    if config.console.below_normal_priority:
+        from bridge.console.server import yield_cpu
+        log.info("console: %s (console.below_normal_priority)", yield_cpu())
     server = ConsoleServer(app, sock, ssl_certfile=config.console.tls_cert if tls else None,
                            ssl_keyfile=config.console.tls_key if tls else None,
                            ready_file=Path(args.ready_file) if args.ready_file else None,

@@ -36,7 +36,7 @@ from bridge.console import csrf
 from bridge.console.auditview import AuditWatcher
 from bridge.console.auth import SESSION_COOKIE, SESSION_S, Authenticator, Identity, is_loopback_host, parse_bind
 from bridge.console.history import History, HistoryUnavailable, NotFound, storage_url
-from bridge.console.live import LiveFeed, LiveState, Subscriber
+from bridge.console.live import LiveFeed, LiveState, Outgoing, Subscriber
 from bridge.core.config import Config
 from bridge.core.errors import ControlError
 
@@ -542,7 +542,8 @@ def _stream(app: FastAPI, ctx: ConsoleContext) -> None:
                     break
                 sub.wake.clear()
                 for message in sub.take():
-                    await ws.send_text(json.dumps(message, default=str))
+                    await ws.send_text(message.encoded() if isinstance(message, Outgoing)
+                                       else json.dumps(message, default=str))
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the browser went away mid-send
         finally:

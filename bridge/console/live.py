@@ -15,6 +15,7 @@ A slow browser therefore costs a bounded amount of memory and gets the latest pi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -31,6 +32,21 @@ log = logging.getLogger("nt8bridge.console.live")
 
 ROWS_KEPT = 200          # recent rows per table held for a page that connects
 SUBSCRIBER_ROWS = 500    # rows waiting for one client before its oldest are dropped
+# The tables the page shows or reloads on; the rest (audit records, order updates, quality events: most of a busy
+# sidecar's rows) stay in the console's state for the API and are not pushed to every browser
+PAGE_TABLES = frozenset({"executions", "orders", "positions", "decisions", "account_values", "sessions"})
+
+
+class Outgoing(dict):
+    """A message bound for every client, encoded once: the first client's task encodes it, the others send the
+    same text (all of them run on the web server's one event loop)."""
+
+    text: str | None = None
+
+    def encoded(self) -> str:
+        if self.text is None:
+            self.text = json.dumps(self, default=str)
+        return self.text
 
 
 @dataclass(eq=False)  # compared and hashed by identity: each is one client
@@ -186,29 +202,32 @@ class LiveState:
                     self.bad_events += 1
                     return
                 self.snapshot, self.snapshot_ts_ns = state, event.ts_ns
-                message = {"type": "snapshot", "seq": event.seq, "ts_ns": event.ts_ns, "state": state}
+                message = Outgoing(type="snapshot", seq=event.seq, ts_ns=event.ts_ns, state=state)
             elif topic == "ticks":
                 ticks = [t for t in body.get("ticks", ()) if isinstance(t, dict)]
                 for tick in ticks:
                     self.ticks[(tick.get("session_id"), tick.get("instrument"))] = tick
-                message = {"type": "ticks", "seq": event.seq, "ts_ns": event.ts_ns, "ticks": ticks}
+                message = Outgoing(type="ticks", seq=event.seq, ts_ns=event.ts_ns, ticks=ticks)
             elif topic.startswith("row."):
                 table, row = body.get("table"), body.get("row")
                 if not isinstance(table, str) or not isinstance(row, dict):
                     self.bad_events += 1
                     return
                 self.rows.setdefault(table, deque(maxlen=self.rows_kept)).append(row)
-                message = {"type": "row", "seq": event.seq, "ts_ns": event.ts_ns, "table": table, "row": row}
+                message = (Outgoing(type="row", seq=event.seq, ts_ns=event.ts_ns, table=table, row=row)
+                           if table in PAGE_TABLES else None)
             elif topic.startswith("update."):
                 table, key, values = body.get("table"), body.get("key"), body.get("values")
                 if not isinstance(table, str) or not isinstance(values, dict):
                     self.bad_events += 1
                     return
                 self._update_row(table, key, values)
-                message = {"type": "update", "seq": event.seq, "ts_ns": event.ts_ns, "table": table, "key": key,
-                           "values": values}
+                message = (Outgoing(type="update", seq=event.seq, ts_ns=event.ts_ns, table=table, key=key,
+                                    values=values) if table in PAGE_TABLES else None)
             else:
                 return  # a topic of a later sidecar: ignored, not an error
+            if message is None:
+                return
             subscribers = list(self.subscribers)
         for s in subscribers:
             s.put(message)

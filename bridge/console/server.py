@@ -11,6 +11,7 @@ so a requested stop ends the process with exit code 0 instead of an interrupt or
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -118,3 +119,21 @@ def open_in_browser(url: str, *, wait: bool = False) -> None:
         webbrowser.open(local)
     else:
         threading.Thread(target=webbrowser.open, args=(local,), name="open-browser", daemon=True).start()
+
+
+def yield_cpu() -> str:
+    """Lower this process's scheduling priority (console.below_normal_priority): the console shares the
+    sidecar's machine on most desks, and a page being served can wait where a tick cannot. Returns what was
+    done, for the log; never raises (a platform that refuses leaves the priority as it was)."""
+    try:
+        if sys.platform == "win32":
+            import ctypes
+
+            below_normal = 0x00004000  # BELOW_NORMAL_PRIORITY_CLASS
+            kernel32 = ctypes.windll.kernel32
+            if kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), below_normal):
+                return "below normal priority class"
+            return "priority unchanged (SetPriorityClass refused)"
+        return f"nice {os.nice(10)}"
+    except (OSError, AttributeError) as exc:
+        return f"priority unchanged ({exc})"

@@ -125,6 +125,8 @@ class ConsoleConfig:
     tls_key: str = _opt("", "PEM private key of tls_cert")
     history_days: float = _opt(1.0, "how far back the blotter, P&L and equity views read storage", min=0.01,
                                max=3650.0)
+    below_normal_priority: bool = _opt(True, "run the console's web server below normal priority, so that on the "
+                                       "sidecar's own machine it never takes the CPU the decision path needs")
 
 
 @dataclass(frozen=True)
