@@ -9,7 +9,6 @@ import datetime
 import ipaddress
 import json
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -21,19 +20,13 @@ from typing import Any
 import zmq
 
 from bridge.transport.events import SNAPSHOT_INTERVAL_S, EventPublisher
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integration.test_server import free_port  # noqa: E402,F401 - shared with the tests that import it from here
+from tests.integration.test_server import wait_until as shared_wait_until  # noqa: E402
 
 
 def wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s  # a bound on waiting, not a speed requirement
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
+    """test_server's wait, with the longer default these end-to-end runs need."""
+    shared_wait_until(condition, what, timeout_s)
 
 
 # --- webhooks -------------------------------------------------------------------------------------

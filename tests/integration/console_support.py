@@ -5,7 +5,6 @@ normal or idle scheduling priority), with a few reads of the page the tests and 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.transport.sidecar import child_creationflags, interrupt_signal
+from tests.integration.test_server import free_port  # noqa: F401 - the console tests import it from here
 
 CLI = [sys.executable, "-m", "bridge.cli"]
 REPO = Path(__file__).resolve().parents[2]
@@ -22,12 +22,6 @@ CHROMEDRIVER = Path(os.environ.get("NT8BRIDGE_CHROMEDRIVER", "/usr/bin/chromedri
 WINDOW = (1280, 800)  # the page as a desk's laptop shows it; the screenshots in docs/ are this size
 # Windows: a child process inherits its creator's priority class when the creator's is IDLE or BELOW_NORMAL
 IDLE_PRIORITY_CLASS = 0x00000040
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:

@@ -5,7 +5,6 @@ metrics of the same sidecar."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from bridge.transport.control import send_command
 from bridge.transport.events import Event, EventFeed
 from bridge.transport.sidecar import SidecarProcess, master_for
 from tests.conftest import PLUMBING_CONFIG
-from tests.integration.test_server import wait_until
+from tests.integration.test_server import free_port, wait_until
 
 CLI = [sys.executable, "-m", "bridge.cli"]
 ES = m.InstrumentDecl("ES 06-18", 0.25, 50.0)
@@ -89,12 +88,6 @@ def db_rows(db: Path, table: str, where: str = "", args: tuple = ()) -> list[dic
 @pytest.fixture(scope="module")
 def es(shared_data) -> TickStream:
     return load_stream([shared_data / "nt8" / "ES 06-18.Last.txt.gz"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.shared_data

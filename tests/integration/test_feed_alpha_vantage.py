@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from bridge.feeds import alpha_vantage as av_module
 from bridge.feeds.alpha_vantage import AlphaVantageFeed
 from bridge.feeds.base import FeedBus, FeedError, Freshness, Health
 from tests.fakes.alpha_vantage_server import FIXTURE_DAY, AlphaVantageServer, Reply
+from tests.integration.test_server import free_port  # noqa: E402
+from tests.integration.test_server import wait_until as shared_wait_until  # noqa: E402
 
 KEY = "AVkey-integration-7Hq2x"
 CLI = [sys.executable, "-m", "bridge.cli"]
@@ -39,17 +40,9 @@ def todays(shape: str) -> Reply:
     return Reply(shape, replace={FIXTURE_DAY: today_ny()})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s  # a bound on waiting, not a speed requirement
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
+    """test_server's wait, with the longer default these end-to-end runs need."""
+    shared_wait_until(condition, what, timeout_s)
 
 
 def make_feed(url: str, tmp_path: Path, **overrides) -> AlphaVantageFeed:

@@ -25,18 +25,12 @@ from bridge.feeds.ib import IbFeed  # noqa: E402
 from bridge.feeds.ib_rules import front_month, session_day  # noqa: E402
 from tests.fakes.tws import FakeTws  # noqa: E402
 from tests.fakes.tws_replay import load_sources  # noqa: E402
+from tests.integration.test_server import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.shared_data
 
 ROOTS = ["ES", "NQ", "MES", "MYM"]
 MASTER = InstrumentMaster.default()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s  # a bound on waiting, not a speed requirement
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
 
 
 class Tape:

@@ -10,6 +10,7 @@ import random
 import sqlite3
 import struct
 import threading
+import socket
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -563,6 +564,12 @@ class SessionCycles:
     def close(self) -> None:
         self.peer.send(codec.encode(m.Bye("done"), 3, time.time_ns()))
         self.peer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
