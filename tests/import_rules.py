@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GROUND = frozenset({"bridge", "bridge.protocol", "bridge.core", "bridge.data", "bridge.storage"})
-BELOW_ENGINE = GROUND | {"reports", "ml", "strategies", "bridge.risk", "bridge.audit", "bridge.feeds"}
+# bridge.analytics: the sidecar (above) builds the store and hands the storage writer its feed
+BELOW_ENGINE = GROUND | {"reports", "ml", "strategies", "bridge.risk", "bridge.audit", "bridge.feeds",
+                         "bridge.analytics"}
 
 # package -> packages it may import besides itself; listed bottom to top.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -29,6 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bridge.risk": GROUND,
     "bridge.feeds": GROUND,
     "bridge.audit": GROUND,
+    "bridge.analytics": GROUND,                  # the ClickHouse store: fed by the writer, never in the hot thread
     "bridge.engine": BELOW_ENGINE,
     "bridge.transport": BELOW_ENGINE | {"bridge.engine"},
     "bridge.console": BELOW_ENGINE | {"bridge.engine", "bridge.transport"},

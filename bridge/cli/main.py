@@ -15,6 +15,7 @@ from bridge import __version__
 from bridge.core.config import Config, ConfigError, load_config, to_toml
 from bridge.core.errors import UserError
 from bridge.cli import alerts, console, doctor, feeds, ml, ops, remote, service
+from bridge.cli import analytics as analytics_cli
 from bridge.cli.common import add_key_option, operator_key
 from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
 
@@ -509,19 +510,81 @@ def cmd_data_inspect(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_db(args: argparse.Namespace, config: Config) -> int:
-    from bridge.storage.database import StorageError, backup, safe_url, upgrade
+    from bridge.storage.database import StorageError, safe_url, upgrade
+    from bridge.storage.restore import backup_bundle
     url = _db_url(args, config)
     try:
         if args.db_command == "upgrade":
             rev = upgrade(url)
             print(f"{safe_url(url)} is at revision {rev}")
+        elif args.prove or args.keep or args.schedule:
+            return _proven_backups(args, config, url)
         else:
             dest = Path(args.to) if args.to else Path(f"nt8bridge-backup-{datetime.now():%Y%m%d-%H%M%S}"
                                                       + (".sqlite" if url.startswith("sqlite") else ".dump"))
-            path = backup(url, dest)
-            print(f"backup of {safe_url(url)} written to {path}")
+            path = backup_bundle(url, dest, _audit_files(config, url))
+            print(f"backup of {safe_url(url)} written to {path} (audit files and manifest beside it)")
     except StorageError as exc:
         raise UserError(str(exc)) from None
+    return 0
+
+
+def _audit_files(config: Config, url: str) -> Any:
+    """The audit journal, checkpoints and public key of ``url``'s sidecar, for a backup bundle."""
+    from bridge.audit.trail import audit_paths
+    from bridge.storage.restore import AuditFiles
+    paths = audit_paths(config, url)
+    return AuditFiles(paths.journal, paths.checkpoints, paths.public_key)
+
+
+def _proven_backups(args: argparse.Namespace, config: Config, url: str) -> int:
+    """`db backup --prove/--keep/--schedule`: each backup restored into a scratch database and its audit chain
+    verified there; the outcome appended to FOLDER/proofs.jsonl; exit 1 when a single run is not proven."""
+    import dataclasses
+
+    from bridge.audit.trail import audit_paths, verify_database
+    from bridge.storage.backup_schedule import ProvenBackups
+    if not args.to:
+        raise UserError("--prove, --keep and --schedule need --to FOLDER (where the backups are kept)")
+    if Path(args.to).exists() and not Path(args.to).is_dir():
+        raise UserError(f"--to {args.to} is a file: --prove, --keep and --schedule keep backups in a folder")
+    if args.keep < 0:
+        raise UserError(f"--keep {args.keep}: give the number of backups to keep (1 or more; 0 keeps all)")
+    public_key = audit_paths(config, url).public_key  # the desk's own key is the trust anchor, not the bundle's
+
+    def verifier(scratch: str, audit_dir: Path) -> tuple[bool, str, dict[str, Any]]:
+        result = verify_database(scratch, audit_dir / "checkpoints.jsonl", public_key)
+        return result.ok, result.reason or "audit chain intact", dataclasses.asdict(result)
+
+    job = ProvenBackups(url, Path(args.to), args.keep or 0, _audit_files(config, url), verifier,
+                        on_proof=lambda p: print(json.dumps(dataclasses.asdict(p)), flush=True))
+    if args.schedule:
+        from ml.retrain import trigger_from_text
+        try:
+            trigger = trigger_from_text(args.schedule)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        job.serve(trigger)  # until Ctrl+C
+        return 0
+    return 0 if job.run_once().ok else 1
+
+
+def cmd_db_restore(args: argparse.Namespace, config: Config) -> int:
+    """Restore a backup bundle into --to; its audit files go where `audit verify` of --to looks for them."""
+    from bridge.audit.trail import audit_paths
+    from bridge.storage.database import StorageError
+    from bridge.storage.restore import restore
+    try:
+        result = restore(Path(args.source), args.to, force=args.force,
+                         audit_dir=audit_paths(config, args.to).journal.parent)
+    except StorageError as exc:
+        raise UserError(str(exc)) from None
+    print(f"restored {args.source} into {result.target}" + (" (replaced its data)" if result.replaced else ""))
+    if result.audit_files:
+        print(f"audit files {', '.join(result.audit_files)} placed in {result.audit_dir}; check with: "
+              f"nt8bridge audit verify --db URL")
+    else:
+        print("the backup carried no audit files: `audit verify` checks the hash chain only")
     return 0
 
 
@@ -717,9 +780,23 @@ def build_parser() -> argparse.ArgumentParser:
     db_option(d)
     d.set_defaults(func=cmd_db)
     d = dsub.add_parser("backup", help="copy the database (SQLite: online backup; PostgreSQL: pg_dump)")
-    d.add_argument("--to", help="destination file")
+    d.add_argument("--to", help="destination file (a folder with --prove, --keep, --schedule)")
+    d.add_argument("--prove", action="store_true", help="restore the backup into a scratch database and verify its "
+                   "audit chain there; the outcome goes to FOLDER/proofs.jsonl (exit 1 when not proven)")
+    d.add_argument("--keep", type=int, default=0, metavar="N", help="keep the newest N backups in the folder (and "
+                   "always the newest proven one); implies --prove")
+    d.add_argument("--schedule", metavar="SPEC", help="repeat until Ctrl+C: 'interval:HOURS' or 'cron:DAY HH:MM "
+                   "ZONE' (apscheduler); implies --prove")
     db_option(d)
     d.set_defaults(func=cmd_db)
+    d = dsub.add_parser("restore", help="restore a backup (its manifest checked, its audit files put in place); "
+                        "refuses a target that holds data unless --force")
+    d.add_argument("--from", dest="source", required=True, metavar="FILE", help="the backup file `db backup` wrote")
+    d.add_argument("--to", required=True, metavar="URL", help="target database: sqlite:///FILE or an existing "
+                   "PostgreSQL database's URL")
+    d.add_argument("--force", action="store_true", help="replace a target that holds data (its audit files are "
+                   "kept aside in replaced-<time>/)")
+    d.set_defaults(func=cmd_db_restore)
 
     ops.register(sub, db_option)
     remote.register(sub)
@@ -729,6 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.register(sub, db_option)
     alerts.register(sub, db_option)
     feeds.register(sub)
+    analytics_cli.register(sub)
 
     s = sub.add_parser("config", help="the effective configuration, or a new config file")
     csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

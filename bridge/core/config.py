@@ -393,10 +393,22 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True)
+class AnalyticsConfig:
+    """The ClickHouse analytics store (bridge/analytics, docs/storage.md). chdb has no Windows build: on a
+    Windows desk point url at a ClickHouse server or leave it empty."""
+
+    url: str = _opt("", "chdb:///PATH (embedded ClickHouse on disk; Linux and macOS) or clickhouse://HOST:PORT/DB "
+                    "(a server's HTTP port); empty: analytics off")
+    batch_rows: int = _opt(50_000, "rows per insert (ClickHouse wants few, large inserts: 10k-100k)",
+                           min=1_000, max=1_000_000)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     ha: HaConfig = field(default_factory=HaConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)

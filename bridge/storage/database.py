@@ -14,7 +14,8 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -22,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 
 from bridge.core.config import user_data_dir
 
@@ -435,14 +436,24 @@ def current_revision(url: str) -> str | None:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists():
         return None  # connecting would create the file as a side effect
+    return with_connection(url, "reading the schema revision",
+                           lambda conn: MigrationContext.configure(conn).get_current_revision())
+
+
+_T = TypeVar("_T")
+
+
+def with_connection(url: str, doing: str, fn: Callable[[Connection], _T]) -> _T:
+    """``fn`` on a short-lived connection to ``url`` (engine disposed after); any failure but a StorageError
+    becomes one that names ``url`` and what was being done, the original chained."""
     engine = create_engine_for(url)
     try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+        with engine.connect() as conn:
+            return fn(conn)
     except StorageError:
         raise
     except Exception as exc:  # translated, with the original chained
-        raise as_storage_error(url, exc, "reading the schema revision") from exc
+        raise as_storage_error(url, exc, doing) from exc
     finally:
         engine.dispose()
 

@@ -29,11 +29,12 @@ def verify(db_url: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, "audit", "verify", "--db", db_url], capture_output=True, text=True, timeout=300)
 
 
-def record_playback(shared_data, db_url: str, events: int = 40_000):
-    config = load_config(PLUMBING_CONFIG)
+def record_playback(shared_data, db_url: str, events: int = 40_000, cfg=PLUMBING_CONFIG):
+    """A sidecar on ``db_url`` records the first ``events`` ES ticks of a playback (with brackets)."""
+    config = load_config(cfg)
     stream = load_stream([shared_data / ES_FILE])
     stream = stream.before(int(stream.ts_ns[events]))
-    with SidecarProcess(db_url, PLUMBING_CONFIG) as proc:
+    with SidecarProcess(db_url, cfg) as proc:
         result = run_playback(stream, proc.endpoint, config, master_for(config), window=256, instance_id="audit")
     assert result.brackets > 0
     return result
