@@ -76,13 +76,21 @@ TABLES: dict[str, TableDef] = {t.name: t for t in (
 )}
 
 
-def create_table_sql(table: TableDef, database: str, *, engine: str | None = None) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for one table on a single node (embedded or one server)."""
+def create_table_sql(table: TableDef, database: str, *, engine: str = "MergeTree", suffix: str = "",
+                     cluster: str | None = None) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for one table: on a single node (embedded or one server) by default; the
+    local table of a cluster (cluster.py) with ``suffix``, ``cluster`` and a replicated ``engine``."""
     cols = ",\n    ".join(f"`{c}` {t}" for c, t in table.columns)
-    engine = engine or "MergeTree"
-    return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}` (\n    {cols}\n)\n"
+    on = f" ON CLUSTER `{cluster}`" if cluster else ""
+    return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}{suffix}`{on} (\n    {cols}\n)\n"
             f"ENGINE = {engine}\nPARTITION BY toYYYYMM(ts)\nORDER BY (instrument, ts)\n"
-            f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}")
+            f"SETTINGS {dedup_setting(cluster)} = {DEDUP_WINDOW}")
+
+
+def dedup_setting(cluster: str | None) -> str:
+    """The table setting that bounds the insert tokens kept: in the table's own files on one node, in Keeper
+    for a replicated table."""
+    return "replicated_deduplication_window" if cluster else "non_replicated_deduplication_window"
 
 
 def create_database_sql(database: str) -> str:

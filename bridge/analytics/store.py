@@ -23,11 +23,15 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pandas as pd
 
-from bridge.analytics.schema import TABLES, TableDef, all_ddl
+from bridge.analytics.rollups import ROLLUP_TABLES, backfill_sql, rollup_ddl
+from bridge.analytics.schema import TABLES, TableDef, all_ddl, create_database_sql
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "nt8bridge"
+# the token also deduplicates what the materialized views write into the rollups (rollups.py): without it a
+# retried ticks batch is dropped from ticks but counted again in the minute rollups
+_VIEW_DEDUP = "deduplicate_blocks_in_dependent_materialized_views"
 
 
 class AnalyticsError(RuntimeError):
@@ -85,7 +89,7 @@ class _ChdbEngine:
         cols = ", ".join(f"`{c}`" for c in table.column_names)
         select = ", ".join("fromUnixTimestamp64Nano(`ts`, 'UTC')" if c == "ts" else f"`{c}`" for c in table.column_names)
         self._session.query(f"INSERT INTO `{database}`.`{table.name}` ({cols}) "
-                            f"SETTINGS insert_deduplication_token = {quote(token)} "
+                            f"SETTINGS insert_deduplication_token = {quote(token)}, {_VIEW_DEDUP} = 1 "
                             f"SELECT {select} FROM Python(batch)")
 
     def close(self) -> None:
@@ -115,7 +119,7 @@ class _ServerEngine:
     def insert_df(self, database: str, table: TableDef, df: pd.DataFrame, token: str) -> None:
         df = df.assign(ts=pd.to_datetime(df["ts"].to_numpy(dtype=np.int64), utc=True))
         self._client.insert_df(table.name, df[list(table.column_names)], database=database,
-                               settings={"insert_deduplication_token": token})
+                               settings={"insert_deduplication_token": token, _VIEW_DEDUP: 1})
 
     def close(self) -> None:
         self._client.close()
@@ -132,8 +136,16 @@ class AnalyticsStore:
     stats: InsertStats = field(default_factory=InsertStats)
 
     def ensure_schema(self) -> None:
-        for sql in all_ddl(self.database):
+        """Create what is missing (every statement idempotent); rollups created beside ticks already stored are
+        filled from them once, as the views see only later inserts."""
+        self.engine.command(create_database_sql(self.database))
+        existed = set(self.query_df(f"SELECT name FROM system.tables WHERE database = {quote(self.database)}")["name"])
+        for sql in all_ddl(self.database) + rollup_ddl(self.database):
             self.engine.command(sql)
+        if "ticks" in existed and not existed.issuperset(ROLLUP_TABLES) and self.count("ticks"):
+            log.info("analytics: building the minute rollups from the %s ticks already stored", self.count("ticks"))
+            for sql in backfill_sql(self.database):
+                self.engine.command(sql)
 
     def query_df(self, sql: str) -> pd.DataFrame:
         return self.engine.query_df(sql)

@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--bucket", type=float, metavar="WIDTH", help="price band width (default: each traded price)")
     d.set_defaults(func=cmd_analytics_profile)
 
+    d = asub.add_parser("ddl", help="print the schema's SQL: for one node, or with --cluster for a ClickHouse "
+                        "cluster (ReplicatedMergeTree tables under Distributed ones)")
+    d.add_argument("--cluster", metavar="NAME", help="the cluster's name in the servers' remote_servers")
+    d.add_argument("--database", default="nt8bridge", help="database name (default nt8bridge)")
+    d.set_defaults(func=cmd_analytics_ddl)
+
 
 def _store(args: argparse.Namespace, config: Config) -> Any:
     from bridge.analytics.store import AnalyticsError, open_store
@@ -149,3 +155,12 @@ def cmd_analytics_vwap(args: argparse.Namespace, config: Config) -> int:
 def cmd_analytics_profile(args: argparse.Namespace, config: Config) -> int:
     from bridge.analytics.queries import volume_profile
     return _session_query(args, config, volume_profile, bucket=args.bucket)
+
+
+def cmd_analytics_ddl(args: argparse.Namespace, config: Config) -> int:
+    from bridge.analytics.cluster import cluster_ddl
+    from bridge.analytics.rollups import rollup_ddl
+    from bridge.analytics.schema import all_ddl
+    ddl = cluster_ddl(args.database, args.cluster) if args.cluster else all_ddl(args.database) + rollup_ddl(args.database)
+    print(";\n\n".join(ddl) + ";")
+    return 0

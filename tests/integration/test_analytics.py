@@ -20,8 +20,9 @@ import pytest
 
 pytest.importorskip("chdb", reason="the analytics extra (chdb) is not installed; it has no Windows build")
 
-from bridge.analytics.load import load_nt8_file  # noqa: E402
+from bridge.analytics.load import load_nt8_file, source_of  # noqa: E402
 from bridge.analytics.queries import bars  # noqa: E402
+from bridge.analytics.rollups import ROLLUP_TABLES  # noqa: E402
 from bridge.analytics.schema import TABLES  # noqa: E402
 from bridge.analytics.store import AnalyticsError, open_store  # noqa: E402
 from bridge.cli.main import main  # noqa: E402
@@ -55,10 +56,15 @@ def store(analytics_url):
 def test_schema_has_every_table_with_its_codecs_key_and_partitions(store):
     tables = store.query_df(f"SELECT name, engine, sorting_key, partition_key FROM system.tables "
                             f"WHERE database = '{store.database}' ORDER BY name")
-    assert sorted(tables["name"]) == sorted(TABLES)
-    assert set(tables["engine"]) == {"MergeTree"}
-    assert set(tables["sorting_key"]) == {"instrument, ts"}
-    assert set(tables["partition_key"]) == {"toYYYYMM(ts)"}
+    views = {f"{t}_mv" for t in ROLLUP_TABLES}
+    assert sorted(tables["name"]) == sorted([*TABLES, *ROLLUP_TABLES, *views])
+    base = tables[tables["name"].isin(list(TABLES))]
+    assert set(base["engine"]) == {"MergeTree"}
+    assert set(base["sorting_key"]) == {"instrument, ts"}
+    assert set(base["partition_key"]) == {"toYYYYMM(ts)"}
+    rollups = tables[tables["name"].isin(ROLLUP_TABLES)]
+    assert set(rollups["engine"]) == {"AggregatingMergeTree"}
+    assert set(tables.loc[tables["name"].isin(views), "engine"]) == {"MaterializedView"}
     cols = store.query_df(f"SELECT name, type, compression_codec FROM system.columns "
                           f"WHERE database = '{store.database}' AND table = 'ticks'").set_index("name")
     assert cols.loc["ts", "type"] == "DateTime64(9, 'UTC')"
@@ -290,3 +296,68 @@ def test_ticks_sharing_a_stamp_open_and_close_the_bar_in_source_order(store):
     got = bars(store, "ES", "1m")
     assert len(got) == 1
     assert (got["open"][0], got["close"][0], got["high"][0], got["low"][0]) == (1.0, 2.5, 3.0, 1.0)
+
+
+# --- minute rollups ------------------------------------------------------------------------------------------
+
+def test_rollups_answer_as_the_ticks_do_and_a_retry_does_not_count_twice(store, shared_data):
+    from bridge.analytics.queries import volume_profile, vwap
+    path = shared_data / "nt8" / ES
+    load_nt8_file(store, path)
+    store.insert("ticks", store.query_df(  # the whole file again under its own source: the retry case
+        f"SELECT instrument, toUnixTimestamp64Nano(ts) AS ts, seq, price, volume FROM {store.database}.ticks "
+        f"ORDER BY seq"), source=source_of(path))
+    assert store.count("ticks") == 74_907
+    ticks_in_rollups = store.query_df(f"SELECT sum(ticks) AS n FROM {store.database}.ticks_1m")["n"][0]
+    assert int(ticks_in_rollups) == 74_907
+    first = int(store.query_df(f"SELECT toUnixTimestamp64Nano(min(ts)) AS t FROM {store.database}.ticks")["t"][0])
+    minute = 60 * 10**9
+    lo = (first // minute + 3) * minute  # minute-aligned: rollups; one nanosecond later: the ticks
+    hi = lo + 120 * minute
+    for res in ("1m", "5m", "1h"):
+        fast = bars(store, "ES", res, lo, hi)
+        slow = bars(store, "ES", res, lo + 1, hi)  # the same ticks (none in that first nanosecond)
+        assert len(fast) > 0
+        pd.testing.assert_frame_equal(fast, slow, check_dtype=False, obj=res)
+    fast, slow = vwap(store, "ES", lo, hi), vwap(store, "ES", lo + 1, hi)
+    np.testing.assert_allclose(fast["vwap"], slow["vwap"], rtol=1e-12)
+    assert list(fast["volume"]) == list(slow["volume"]) and list(fast["first_ns"]) == list(slow["first_ns"])
+    pd.testing.assert_frame_equal(volume_profile(store, "ES", lo, hi, bucket=1.0),
+                                  volume_profile(store, "ES", lo + 1, hi, bucket=1.0), check_dtype=False)
+
+
+def test_rollups_created_beside_stored_ticks_are_filled_from_them(tmp_path):
+    url = f"chdb://{tmp_path / 'ch'}"
+    with open_store(url) as s:
+        s.insert("ticks", _ticks(30_000), source="old")
+        for t in ROLLUP_TABLES:  # a store from before the rollups existed
+            s.engine.command(f"DROP TABLE {s.database}.{t}_mv")
+            s.engine.command(f"DROP TABLE {s.database}.{t}")
+    with open_store(url) as s:
+        assert int(s.query_df(f"SELECT sum(ticks) AS n FROM {s.database}.ticks_1m")["n"][0]) == 30_000
+        assert int(s.query_df(f"SELECT sum(volume) AS n FROM {s.database}.ticks_1m_price")["n"][0]) == 30_000
+        s.insert("ticks", _ticks(1_000, start_ns=1_600_000_000 * 10**9), source="new")
+        assert int(s.query_df(f"SELECT sum(ticks) AS n FROM {s.database}.ticks_1m")["n"][0]) == 31_000
+
+
+# --- cluster DDL ---------------------------------------------------------------------------------------------
+
+def test_cluster_ddl_parses_and_shards_every_table_by_instrument(capsys):
+    import chdb
+
+    from bridge.analytics.cluster import cluster_ddl
+    from bridge.analytics.store import quote
+    ddl = cluster_ddl("nt8bridge", "desk")
+    for sql in ddl:  # ClickHouse's own parser: a syntax error raises
+        chdb.query(f"SELECT formatQuery({quote(sql)})", "CSV")
+    with pytest.raises(Exception, match="Syntax error"):
+        chdb.query(f"SELECT formatQuery({quote(ddl[1].replace('ORDER BY', 'ORDER'))})", "CSV")
+    every = [*TABLES, *ROLLUP_TABLES]
+    for name in every:
+        local = next(s for s in ddl if f".`{name}_local` ON CLUSTER" in s or f".{name}_local ON CLUSTER" in s)
+        assert "ENGINE = Replicated" in local and "replicated_deduplication_window" in local, name
+        dist = next(s for s in ddl if f".`{name}` ON CLUSTER `desk` AS" in s)
+        assert f"Distributed(`desk`, `nt8bridge`, `{name}_local`, cityHash64(instrument))" in dist
+    assert all("ON CLUSTER `desk`" in s for s in ddl)
+    assert main(["analytics", "ddl", "--cluster", "desk"]) == 0
+    assert capsys.readouterr().out.count("ON CLUSTER `desk`") == len(ddl)

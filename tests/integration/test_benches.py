@@ -22,6 +22,7 @@ BENCHES = sorted(p.name for p in BENCH.glob("*.py") if p.name != "smoke.py")  # 
 
 # A headline figure each smoke run must print: its label, then a number.
 FIGURES = {
+    "bench_analytics.py": r"analytics store insert\s+:\s+[1-9][\d,]* rows/s",
     "bench_audit.py": r"AuditChain\.append\s+\d",
     "bench_console.py": r"event -> DOM painted, 1 browser\s+n=\s*[1-9]",
     "bench_drift.py": r"DissimilarityGuard\.index\s+\d",
