@@ -47,6 +47,11 @@ def operator_key(path: str | None, variable: str | None = None):
     return read_operator_key(path) if path else key_from_env(variable or ENV_KEY)
 
 
+def add_control_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: "
+                        "server.control_bind)")
+
+
 def add_key_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", metavar="FILE", help="your operator key file, for a sidecar with operator keys "
                         "(default: $NT8BRIDGE_OPERATOR_KEY; docs/security.md)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
+from bridge.cli.common import add_control_option
 from bridge.core.config import Config, ConfigError, load_config, user_config_path
 
 MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python
@@ -319,6 +320,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "folder, NinjaScript, database; exit 1 when any check FAILs")
     s.add_argument("--nt8-dir", metavar="DIR", help="NT8's user folder (default: $NT8BRIDGE_NT8_DIR, else what NT8 "
                    "registered, else Documents\\NinjaTrader 8)")
-    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_control_option(s)
     s.add_argument("--json", action="store_true", help="the checks as JSON")
     s.set_defaults(func=cmd_doctor, needs_config=False)

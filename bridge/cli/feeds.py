@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from bridge.cli.common import add_key_option, operator_key
+from bridge.cli.common import add_control_option, add_key_option, operator_key
 from bridge.core.config import Config
 from bridge.core.errors import UserError
 
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fsub = s.add_subparsers(dest="feeds_command", required=True, metavar="SUBCOMMAND")
     d = fsub.add_parser("status", help="every configured feed's health, freshness, last value and counters: from the "
                         "running sidecar, else by probing each feed in feeds.enabled once")
-    d.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_control_option(d)
     d.add_argument("--json", action="store_true")
     add_key_option(d)
     d.set_defaults(func=cmd_feeds_status)

@@ -16,7 +16,7 @@ from bridge.core.config import Config, ConfigError, load_config, to_toml
 from bridge.core.errors import UserError
 from bridge.cli import alerts, console, doctor, feeds, ml, ops, remote, service
 from bridge.cli import analytics as analytics_cli
-from bridge.cli.common import add_key_option, operator_key
+from bridge.cli.common import add_control_option, add_key_option, operator_key
 from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
 
 log = logging.getLogger("nt8bridge")
@@ -556,8 +556,11 @@ def _proven_backups(args: argparse.Namespace, config: Config, url: str) -> int:
         result = verify_database(scratch, audit_dir / "checkpoints.jsonl", public_key)
         return result.ok, result.reason or "audit chain intact", dataclasses.asdict(result)
 
-    job = ProvenBackups(url, Path(args.to), args.keep or 0, _audit_files(config, url), verifier,
-                        on_proof=lambda p: print(json.dumps(dataclasses.asdict(p)), flush=True))
+    def on_proof(proof: Any) -> None:
+        print(json.dumps(dataclasses.asdict(proof)), flush=True)
+        _record_proof(args.control or config.server.control_bind, dataclasses.asdict(proof))
+
+    job = ProvenBackups(url, Path(args.to), args.keep or 0, _audit_files(config, url), verifier, on_proof=on_proof)
     if args.schedule:
         from ml.retrain import trigger_from_text
         try:
@@ -567,6 +570,19 @@ def _proven_backups(args: argparse.Namespace, config: Config, url: str) -> int:
         job.serve(trigger)  # until Ctrl+C
         return 0
     return 0 if job.run_once().ok else 1
+
+
+def _record_proof(endpoint: str, proof: dict[str, Any]) -> None:
+    """Hand a proof to the running sidecar, the audit trail's only writer, to be recorded there; without a
+    sidecar it stays in proofs.jsonl alone, and the line says so."""
+    from bridge.transport.control import ControlError, send_command
+    try:
+        send_command(endpoint, "backup_proof", operator="backup", reason="proven backup", proof=proof,
+                     timeout_ms=3000)
+        print(f"proof of {proof['backup']} recorded in the audit trail", file=sys.stderr)
+    except (ControlError, OSError) as exc:
+        print(f"proof of {proof['backup']} not recorded in the audit trail (no sidecar took it at {endpoint}: "
+              f"{exc}); it is in proofs.jsonl", file=sys.stderr)
 
 
 def cmd_db_restore(args: argparse.Namespace, config: Config) -> int:
@@ -714,23 +730,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("kill", help="KILL SWITCH: flatten every NT8 session and refuse new orders until enabled")
     s.add_argument("--reason", default="manual kill switch", help="why (recorded in the audit log)")
     s.add_argument("--operator", help="who (default: the name in --key, else the login name)")
-    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_control_option(s)
     add_key_option(s)
     s.set_defaults(func=cmd_kill)
     s = sub.add_parser("enable", help="trade again after a kill (needs a named operator)")
     s.add_argument("--operator", required=True, help="who re-enables (recorded)")
     s.add_argument("--reason", default="", help="why (recorded)")
-    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_control_option(s)
     add_key_option(s)
     s.set_defaults(func=cmd_kill)
     s = sub.add_parser("status", help="the sidecar's trading state (ACTIVE or HALTED) and sessions")
-    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_control_option(s)
     s.add_argument("--json", action="store_true")
     add_key_option(s)
     s.set_defaults(func=cmd_kill)
     s = sub.add_parser("stop", help="stop the running sidecar cleanly (storage flushed), through its control channel; "
                        "recorded in the audit log")
-    s.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: server.control_bind)")
+    add_control_option(s)
     s.add_argument("--operator", help="who (default: the login name)")
     s.add_argument("--reason", default="nt8bridge stop", help="why (recorded; default 'nt8bridge stop')")
     s.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to this long until the sidecar has stopped "
@@ -787,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "always the newest proven one); implies --prove")
     d.add_argument("--schedule", metavar="SPEC", help="repeat until Ctrl+C: 'interval:HOURS' or 'cron:DAY HH:MM "
                    "ZONE' (apscheduler); implies --prove")
+    add_control_option(d)  # the running sidecar that records each proof in the audit trail
     db_option(d)
     d.set_defaults(func=cmd_db)
     d = dsub.add_parser("restore", help="restore a backup (its manifest checked, its audit files put in place); "

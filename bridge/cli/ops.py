@@ -8,7 +8,7 @@ import json
 from typing import Any, Callable
 
 from bridge.core.config import Config
-from bridge.cli.common import add_key_option, db_url, operator_key
+from bridge.cli.common import add_control_option, add_key_option, db_url, operator_key
 from bridge.core.errors import UserError
 
 
@@ -108,8 +108,7 @@ def register(sub: argparse._SubParsersAction, db_option: Callable[[argparse.Argu
                    "operator keys: the approver signs the same request (default: $NT8BRIDGE_APPROVER_KEY)")
     d = rsub.add_parser("show", help="the limits, overrides and trading states in force in every session")
     for p in rsub.choices.values():
-        p.add_argument("--control", metavar="ENDPOINT", help="the sidecar's control channel (default: "
-                       "server.control_bind)")
+        add_control_option(p)
         add_key_option(p)
         p.set_defaults(func=cmd_risk)
 

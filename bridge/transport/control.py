@@ -5,7 +5,8 @@ command acts between two messages, never concurrently with one. A request is one
 ``{"cmd": "kill" | "enable" | "status", "operator": ..., "reason": ...}`` for the kill switch
 (``bridge.risk.switch``), ``{"cmd": "shutdown", "operator": ..., "reason": ...}`` for a clean stop
 (the way to stop a sidecar where there are no POSIX signals), or a limit command (``set_limit``,
-``override``, ``limits``; see bridge/risk/commands.py); the reply is
+``override``, ``limits``; see bridge/risk/commands.py), or ``{"cmd": "backup_proof", "proof": {...}}``, by which
+``nt8bridge db backup --prove`` has the outcome of a backup's proof recorded in the audit trail; the reply is
 ``{"ok": true, "state": ..., ...}`` or ``{"ok": false, "error": ...}``. ``nt8bridge kill``,
 ``enable``, ``status``, ``stop`` and ``risk ...`` send them (``send_command``). With
 ``security.operators_file`` set, every request carries its operator's signature, and a refused one is
@@ -30,7 +31,7 @@ from bridge.transport.operators import OperatorKey, approve_request, key_from_en
 __all__ = ["COMMANDS", "ControlError", "parse_request", "send_command", "tcp_address", "wait_until_released"]
 
 
-COMMANDS = ("kill", "enable", "status", "shutdown", "set_limit", "override", "limits")
+COMMANDS = ("kill", "enable", "status", "shutdown", "set_limit", "override", "limits", "backup_proof")
 
 
 def parse_request(data: bytes) -> dict[str, Any]:

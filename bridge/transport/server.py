@@ -346,6 +346,19 @@ class SidecarServer:
                     cmd.reason, len(sessions))
         return events
 
+    def record_backup_proof(self, req: dict[str, Any]) -> str:
+        """A backup's proof (restored into a scratch database, its audit chain verified there) goes into the
+        audit trail, so the trail itself says which backups are known to restore; returns the backup's name."""
+        proof = req.get("proof")
+        if not isinstance(proof, dict) or not isinstance(proof.get("backup"), str) or not isinstance(
+                proof.get("ok"), bool):
+            raise ControlError('backup_proof needs "proof": {"backup": NAME, "ok": true|false, ...}')
+        self._desk.audit("backup_proof", proof["backup"], time.time_ns(),
+                         {**proof, "operator": req.get("operator", "")})
+        log.info("backup %s %s: %s", proof["backup"], "proven" if proof["ok"] else "NOT PROVEN",
+                 proof.get("reason", ""))
+        return proof["backup"]
+
     def limits_report(self) -> dict[str, Any]:
         """What is in force: the accepted commands, and each session's limits, overrides and states."""
         return {"commands": [c.to_dict() for c in self.limit_commands.accepted],
@@ -377,6 +390,8 @@ class SidecarServer:
                 reply["applied"] = self.change_limit(req)
             elif cmd == "limits":
                 reply["limits"] = self.limits_report()
+            elif cmd == "backup_proof":
+                reply["recorded"] = self.record_backup_proof(req)
             elif cmd == "shutdown":
                 self.shutdown(req.get("operator", ""), req.get("reason", ""))
             elif cmd == "status":

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from bridge.storage.database import create_engine_for
+from bridge.transport.sidecar import SidecarProcess
 from tests.conftest import PLUMBING_CONFIG
 from tests.integration.test_audit_trail import record_playback
 
@@ -223,3 +224,31 @@ def test_bad_schedule_and_missing_folder_are_named(tmp_path):
     assert out.returncode == 2 and "need --to FOLDER" in out.stderr
     out = cli(cfg, "db", "backup", "--db", f"sqlite:///{source}", "--to", str(tmp_path), "--schedule", "weekly")
     assert out.returncode == 2 and "bad schedule" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.shared_data
+def test_each_proof_is_recorded_in_the_audit_trail_by_the_running_sidecar(shared_data, tmp_path):
+    cfg = _config(tmp_path)
+    url = f"sqlite:///{tmp_path / 'live.sqlite'}"
+    record_playback(shared_data, url, events=30_000, cfg=cfg)
+    folder = tmp_path / "backups"
+    # no sidecar: the proof stands in proofs.jsonl, and the command says it is not in the trail
+    out = cli(cfg, "db", "backup", "--db", url, "--to", str(folder), "--prove", "--control", "tcp://127.0.0.1:9")
+    assert out.returncode == 0, out.stderr
+    assert "not recorded in the audit trail" in out.stderr
+    with SidecarProcess(url, cfg) as proc:
+        out = cli(cfg, "db", "backup", "--db", url, "--to", str(folder), "--prove", "--control", proc.control_endpoint)
+        assert out.returncode == 0, out.stderr
+        assert "recorded in the audit trail" in out.stderr and "not recorded" not in out.stderr
+    runs = proofs(folder)
+    assert [r["ok"] for r in runs] == [True, True]
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("select subject_id, payload from audit_chain where kind = 'backup_proof'")).all()
+    finally:
+        engine.dispose()
+    assert [r.subject_id for r in rows] == [runs[1]["backup"]]
+    recorded = json.loads(rows[0].payload)
+    assert recorded["ok"] is True and recorded["details"]["checkpoints_verified"] > 0
+    assert verified(cfg, url)["ok"]  # the chain, with the proof in it, still verifies
