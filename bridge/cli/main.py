@@ -44,11 +44,18 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
         raise UserError("--window must be at least 1")
     if args.latency_ms and not args.free_running:
         raise UserError("--latency-ms is a free-running setting: add --free-running (lockstep orders act at once)")
-    if args.engine == "python" and args.free_running:
-        raise UserError("--free-running needs --engine nt8sim (the Python engine always runs in lockstep)")
+    if args.engine != "nt8sim" and args.free_running:
+        raise UserError("--free-running needs --engine nt8sim (the python and research engines always run in lockstep)")
     master = master_for(config)
     console = _console()
     db = _db_url(args, config)
+    if args.engine == "research":
+        if args.sidecar:
+            raise UserError("--sidecar is for the python and nt8sim engines: research runs the sidecar's decision path "
+                            "in this process")
+        summary, session_ids = _playback_research(files, args, config, master, db, console)
+        summary.update(_stored(db, session_ids, summary))
+        return summary
     proc = None
     endpoint = args.sidecar
     if endpoint is None:
@@ -78,10 +85,8 @@ def _progress(console: Any, total: int, quiet: bool, unit: str) -> Any:
                     TimeRemainingColumn(), console=console, transient=True, disable=quiet)
 
 
-def _playback_python(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
-                     console: Any) -> tuple[dict[str, Any], list[int]]:
-    from bridge.nt8.playback import PlaybackError, load_stream, run_playback
-    from bridge.transport.security import client_secret
+def _read_stream(files: list[Path], args: argparse.Namespace, master: Any, console: Any) -> Any:
+    from bridge.nt8.playback import PlaybackError, load_stream
     try:
         with console.status("reading data files"):
             stream = load_stream(files, args.instrument)
@@ -92,23 +97,46 @@ def _playback_python(files: list[Path], args: argparse.Namespace, config: Config
             master.resolve(name)
         except ValueError as exc:
             raise UserError(f"{exc} (or name the instrument with --instrument)") from None
-    with _progress(console, len(stream), args.quiet, "ticks") as progress:
-        task = progress.add_task("playback", total=len(stream))
-        result = run_playback(stream, endpoint, config, master, window=args.window,
-                              progress=lambda n: progress.update(task, completed=n),
-                              secret=client_secret(config.security))  # a config in remote mode: its secret
-    summary: dict[str, Any] = {
-        "engine": "python", "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
+    return stream
+
+
+def _lockstep_summary(engine: str, stream: Any, result: Any, window: int) -> dict[str, Any]:
+    """The summary of a playback through the Python engine's loop (over a socket, or in this process)."""
+    return {
+        "engine": engine, "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
         "ticks_read": result.ticks_read, "ticks_rejected": result.ticks_rejected,
         "ticks_rejected_by_reason": result.rejected_by_reason, "bars_read": result.bars_read,
         "bars_rejected_by_reason": result.bars_rejected_by_reason, "brackets": result.brackets, "fills": result.fills,
         "realized_pnl": result.realized_pnl, "commission": result.commission,
         "net_pnl": round(sum(result.realized_pnl.values()) - result.commission, 2),
         "final_position": result.final_position, "refused_commands": result.refused_commands,
-        "digest": result.digest, "window": args.window, "elapsed_s": round(result.elapsed_s, 3),
+        "digest": result.digest, "window": window, "elapsed_s": round(result.elapsed_s, 3),
         "events_per_s": round((result.ticks_read + result.bars_read) / result.elapsed_s) if result.elapsed_s else None,
     }
-    return summary, [result.session_id]
+
+
+def _playback_python(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
+                     console: Any) -> tuple[dict[str, Any], list[int]]:
+    from bridge.nt8.playback import run_playback
+    from bridge.transport.security import client_secret
+    stream = _read_stream(files, args, master, console)
+    with _progress(console, len(stream), args.quiet, "ticks") as progress:
+        task = progress.add_task("playback", total=len(stream))
+        result = run_playback(stream, endpoint, config, master, window=args.window,
+                              progress=lambda n: progress.update(task, completed=n),
+                              secret=client_secret(config.security))  # a config in remote mode: its secret
+    return _lockstep_summary("python", stream, result, args.window), [result.session_id]
+
+
+def _playback_research(files: list[Path], args: argparse.Namespace, config: Config, master: Any, db: str,
+                       console: Any) -> tuple[dict[str, Any], list[int]]:
+    from bridge.research.inprocess import run_research
+    stream = _read_stream(files, args, master, console)
+    with _progress(console, len(stream), args.quiet, "ticks") as progress:
+        task = progress.add_task("playback", total=len(stream))
+        result = run_research(stream, config, master, db_url=db, window=args.window,
+                              progress=lambda n: progress.update(task, completed=n))
+    return _lockstep_summary("research", stream, result, args.window), [result.session_id]
 
 
 def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
@@ -174,7 +202,7 @@ def _stored(db: str, session_ids: list[int], summary: dict[str, Any]) -> dict[st
     totals["session_end"] = end_reasons[-1] if end_reasons else None
     out: dict[str, Any] = {"stored": totals, "decisions": totals.get("decisions", 0), "database": db,
                            "session_ids": session_ids}
-    if summary["engine"] == "python":
+    if summary["engine"] in ("python", "research"):
         out["session_id"] = summary["session_id"]
         out["ticks_reconciled"] = totals.get("ticks", 0) == summary["ticks_read"] - summary["ticks_rejected"]
     else:
@@ -695,7 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", nargs="+", required=True, metavar="FILE", help="NT8 exports: ticks, tick replay or minute "
                    "bars, plain or .gz; several are merged in time order")
     s.add_argument("--instrument", help="instrument name when a single file's name does not say it (e.g. 'ES 06-18')")
-    s.add_argument("--engine", default="python", choices=["python", "nt8sim"], help="who plays NT8 (default python)")
+    s.add_argument("--engine", default="python", choices=["python", "research", "nt8sim"],
+                   help="who plays NT8: python (a Python NT8 client over ZeroMQ to a sidecar, default), research (the "
+                   "sidecar's decision path in this process, no socket: the same orders and fills, faster), nt8sim "
+                   "(the NinjaScript under Mono)")
     s.add_argument("--sidecar", metavar="ENDPOINT", help="use a running sidecar instead of starting one")
     s.add_argument("--free-running", action="store_true", help="nt8sim: do not wait for the sidecar after each event "
                    "(faster, closer to live, not repeatable)")

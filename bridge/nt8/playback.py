@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -153,7 +153,8 @@ def _fmt(x: float) -> str:
 
 def run_playback(stream: TickStream, endpoint: str, config: Config, master: InstrumentMaster, *,
                  window: int = 256, instance_id: str | None = None,
-                 progress: Callable[[int], None] | None = None, secret: bytes | None = None) -> PlaybackResult:
+                 progress: Callable[[int], None] | None = None, secret: bytes | None = None,
+                 link: Any = None) -> PlaybackResult:
     """Replay ``stream`` through the sidecar at ``endpoint`` in lockstep; deterministic for a given window.
 
     Messages go out in batches and every one is acknowledged; replies are attributed to the
@@ -166,6 +167,8 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     ``secret``: a sidecar in remote mode (every message authenticated; the trading is the same).
     ``instance_id``: each run is a strategy instance of its own by default (``playback-<random>``): a new
     playback of history must not resume the brackets of an earlier run stored in the same database.
+    ``link``: something with the client's ``connect``, ``send``, ``wait_acks`` and ``close`` to use instead of a
+    socket to ``endpoint`` (the in-process research engine, bridge/research/inprocess.py).
     """
     instance_id = instance_id or f"playback-{uuid.uuid4().hex[:12]}"
     if window < 1:
@@ -183,8 +186,9 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     algorithms: dict[str, str] = {}
     commands: list[tuple[int, str]] = []
     start = time.perf_counter()
-    with Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls,
-                   secret=secret) as client:
+    if link is None:
+        link = Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls, secret=secret)
+    with link as client:
         welcome = client.connect()
         iids, tss, prices, bids, asks, sizes = (stream.instrument.tolist(), stream.ts_ns.tolist(),
                                                 stream.price.tolist(), stream.bid.tolist(), stream.ask.tolist(),

@@ -608,39 +608,12 @@ class SidecarServer:
         if session.last_heard - session.last_clock_sample >= CLOCK_SAMPLE_S:
             session.last_clock_sample = session.last_heard
             self._clock_sample(session, header)
-        p = session.pipeline
         t = header.msg_type
-        replies: tuple | list = ()
-        if t == _TICK:
-            iid = msg.instrument_id
-            if iid not in p.instruments:
-                raise _unknown_instrument(iid, header)
-            replies = p.on_tick(seq, msg)
-            session.last_tick_wall[iid] = session.last_heard
-        elif t == _TICKS:
-            replies = self._tick_batch(session, seq, msg.ticks)
-        elif t == _HEARTBEAT:
-            pass
-        elif t == _BAR:
-            if msg.instrument_id not in p.instruments:
-                raise _unknown_instrument(msg.instrument_id, header)
-            replies = p.on_bar(seq, msg)
-        elif t == _ORDER_UPDATE:
-            replies = p.on_order_update(seq, msg)
-        elif t == _EXECUTION:
-            if msg.instrument_id not in p.instruments:
-                raise _unknown_instrument(msg.instrument_id, header)
-            replies = p.on_execution(seq, msg)
-        elif t == _POSITION:
-            if msg.instrument_id not in p.instruments:
-                raise _unknown_instrument(msg.instrument_id, header)
-            p.on_position(seq, msg)
-        elif t == _ACCOUNT:
-            p.on_account(seq, msg)
-        elif t == _BYE:
+        if t == _BYE:
             log.info("session %s ended by NT8: %s", session.session_id, msg.reason)
             self._end_session(session, "BYE")
             return
+        replies = self.deliver(session, seq, t, msg)
         bracket = False
         for reply in replies:
             kind = type(reply)
@@ -653,6 +626,40 @@ class SidecarServer:
             self.timings.record(TICK_TO_BRACKET, time.perf_counter_ns() - self._t_in)
         if session.hello.lockstep:
             self._send(session, Heartbeat(seq), header.ts_send_ns)
+
+    def deliver(self, session: Session, seq: int, t: int, msg: Message) -> tuple | list:
+        """What one message from NT8 (any but HELLO and BYE) does to its session's pipeline: the replies to send.
+        The socket path (``_dispatch``) and the in-process research engine (bridge/research) both come here, so
+        both run the same decisions. An undeclared instrument is a ProtocolError."""
+        p = session.pipeline
+        replies: tuple | list = ()
+        if t == _TICK:
+            iid = msg.instrument_id
+            if iid not in p.instruments:
+                raise _unknown_instrument(iid, seq, t)
+            replies = p.on_tick(seq, msg)
+            session.last_tick_wall[iid] = session.last_heard
+        elif t == _TICKS:
+            replies = self._tick_batch(session, seq, msg.ticks)
+        elif t == _HEARTBEAT:
+            pass
+        elif t == _BAR:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, seq, t)
+            replies = p.on_bar(seq, msg)
+        elif t == _ORDER_UPDATE:
+            replies = p.on_order_update(seq, msg)
+        elif t == _EXECUTION:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, seq, t)
+            replies = p.on_execution(seq, msg)
+        elif t == _POSITION:
+            if msg.instrument_id not in p.instruments:
+                raise _unknown_instrument(msg.instrument_id, seq, t)
+            p.on_position(seq, msg)
+        elif t == _ACCOUNT:
+            p.on_account(seq, msg)
+        return replies
 
     def _tick_batch(self, session: Session, seq: int, ticks: list) -> list[Message]:
         """Each tick of a TICKS message on its own; a refusal names the tick's index in the batch."""
@@ -687,21 +694,33 @@ class SidecarServer:
             self._end_session(old, "REHELLO")
         if peer is None:
             peer = _peer_of(None, rid)
+        session, resumed = self.open_session(rid, peer, hello, header.seq, header.msg_type)
+        session.auth = self._take_hello_auth(rid)  # remote mode: every message from WELCOME on is MAC'd
+        cfg = self.config.server
+        self._send(session, Welcome(session.session_id, __version__, cfg.heartbeat_ms, cfg.heartbeat_timeout_ms,
+                                    session.started_ns, cfg.max_message_bytes), header.ts_send_ns)
+        for msg in resumed:
+            self._send(session, msg)
+
+    def open_session(self, rid: bytes, peer: str, hello: Hello, seq: int,
+                     msg_type: int) -> tuple[Session, list[Message]]:
+        """A new session for a HELLO: its instruments checked against the instrument master, the same instance's
+        older sessions ended, its pipeline built and its start recorded; returns it and what it resumes from
+        storage. The socket path sends WELCOME after it; the in-process research engine calls it directly. A
+        HELLO that cannot be served is a ProtocolError."""
         if not hello.instruments:
-            raise ProtocolError(ErrorCode.SESSION_BAD_HELLO, "HELLO declares no instruments", header.seq,
-                                header.msg_type)
+            raise ProtocolError(ErrorCode.SESSION_BAD_HELLO, "HELLO declares no instruments", seq, msg_type)
         instruments = []
         for iid, decl in enumerate(hello.instruments):
             if not (math.isfinite(decl.tick_size) and decl.tick_size > 0
                     and math.isfinite(decl.point_value) and decl.point_value > 0):
                 raise ProtocolError(ErrorCode.SESSION_BAD_HELLO,
                                     f"{decl.name}: tick size {decl.tick_size} and point value "
-                                    f"{decl.point_value} must be finite and positive", header.seq, header.msg_type)
+                                    f"{decl.point_value} must be finite and positive", seq, msg_type)
             try:
                 spec = self.master.resolve(decl.name)
             except ValueError as exc:  # UnknownInstrumentError, or a name that is not a name at all
-                raise ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT, str(exc), header.seq,
-                                    header.msg_type) from None
+                raise ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT, str(exc), seq, msg_type) from None
             if not (math.isclose(spec.tick_size, decl.tick_size, rel_tol=1e-9)
                     and math.isclose(spec.point_value, decl.point_value, rel_tol=1e-9)):
                 # sizing and P&L would be wrong on one side or the other: refuse, say how to fix it
@@ -709,10 +728,10 @@ class SidecarServer:
                                     f"{decl.name}: NT8 says tick size {decl.tick_size} and point value "
                                     f"{decl.point_value}, the instrument master {spec.tick_size} and "
                                     f"{spec.point_value}; correct the instrument in NT8 or declare it under "
-                                    "[[instruments]] in the sidecar's config", header.seq, header.msg_type)
+                                    "[[instruments]] in the sidecar's config", seq, msg_type)
             instruments.append(SessionInstrument(iid, decl, spec))
         replaced = [s for s in self.sessions.values() if s.hello.instance_id == hello.instance_id]
-        self._check_limits(peer, replaced, header)
+        self._check_limits(peer, replaced, seq, msg_type)
         for other in replaced:
             self._end_session(other, "REPLACED")  # the same NT8 instance reconnected
         now_ns = time.time_ns()
@@ -726,9 +745,8 @@ class SidecarServer:
         for event in self.limit_commands.replay(pipeline.risk):  # run-time changes made before it connected
             recorder.audit("risk_event", event["event"], now_ns, event)
         now = time.monotonic()
-        session = Session(session_id, rid, peer, hello, pipeline, recorder, now, now, last_seq_in=header.seq,
+        session = Session(session_id, rid, peer, hello, pipeline, recorder, now, now, last_seq_in=seq,
                           started_ns=now_ns)
-        session.auth = self._take_hello_auth(rid)  # remote mode: every message from WELCOME on is MAC'd
         for i in instruments:
             recorder.instrument(i.decl.name, i.spec.root, i.decl.tick_size, i.decl.point_value, i.spec.currency,
                                 i.spec.exchange, now_ns)
@@ -740,12 +758,7 @@ class SidecarServer:
         log.info("session %s opened from %s: instance %r account %r instruments %s%s", session_id, peer,
                  hello.instance_id, hello.account, [d.name for d in hello.instruments],
                  " (lockstep)" if hello.lockstep else "")
-        resumed = self._resume(session, now_ns)
-        cfg = self.config.server
-        self._send(session, Welcome(session_id, __version__, cfg.heartbeat_ms, cfg.heartbeat_timeout_ms, now_ns,
-                                    cfg.max_message_bytes), header.ts_send_ns)
-        for msg in resumed:
-            self._send(session, msg)
+        return session, self._resume(session, now_ns)
 
     def _resume(self, session: Session, now_ns: int) -> list[Message]:
         """Give a new session what storage knows of its strategy instance: open brackets, positions, the
@@ -779,7 +792,7 @@ class SidecarServer:
                                       p._last_event_ns, now_ns, {"position": p.orders.position(iid)}))
         return out
 
-    def _check_limits(self, peer: str, replaced: list[Session], header: codec.Header) -> None:
+    def _check_limits(self, peer: str, replaced: list[Session], seq: int, msg_type: int) -> None:
         """Refuse a HELLO that would open a session beyond ``server.max_sessions`` or
         ``server.max_sessions_per_peer``; the sessions it replaces (the same instance reconnecting) do
         not count, so a reconnect is never refused for its own stale session."""
@@ -794,7 +807,7 @@ class SidecarServer:
         else:
             return
         self.stats.sessions_refused[limit] += 1
-        raise ProtocolError(ErrorCode.SESSION_LIMIT_REACHED, text, header.seq, header.msg_type)
+        raise ProtocolError(ErrorCode.SESSION_LIMIT_REACHED, text, seq, msg_type)
 
     def _end_session(self, session: Session, reason: str) -> None:
         """End a session: what it recorded is with the writer already; its counts are folded into the
@@ -1042,9 +1055,9 @@ class SidecarServer:
                 "ticks_rejected": self.stats.ticks_rejected + open_rejected}
 
 
-def _unknown_instrument(iid: int, header: codec.Header) -> ProtocolError:
-    return ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT,
-                         f"instrument_id {iid} was not declared in HELLO", header.seq, header.msg_type)
+def _unknown_instrument(iid: int, seq: int, msg_type: int) -> ProtocolError:
+    return ProtocolError(ErrorCode.SESSION_UNKNOWN_INSTRUMENT, f"instrument_id {iid} was not declared in HELLO", seq,
+                         msg_type)
 
 
 def _peer_of(frame: zmq.Frame | None, rid: bytes) -> str:
