@@ -58,7 +58,8 @@ def synthetic_ticks(n: int, seed: int = 7) -> pd.DataFrame:
     inst = np.where(rng.random(n) < 0.5, "ES 03-24", "NQ 03-24").astype(object)
     steps = rng.choice(np.array([-0.25, 0.0, 0.25]), n, p=[0.3, 0.4, 0.3])
     price = np.where(inst == "ES 03-24", 4800.0, 16800.0) + np.cumsum(steps)
-    return pd.DataFrame({"instrument": inst, "ts": ts.astype(np.int64), "seq": np.arange(n, dtype=np.uint64),
+    return pd.DataFrame({"instrument": inst, "ts": ts.astype(np.int64), "session_id": np.zeros(n, dtype=np.uint64),
+                         "seq": np.arange(n, dtype=np.uint64),
                          "price": price, "volume": rng.integers(1, 21, n).astype(np.uint64)})
 
 

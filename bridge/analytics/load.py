@@ -43,22 +43,24 @@ def source_of(path: Path) -> str:
 
 def _frames(df: pd.DataFrame, fmt: Nt8Format, instrument: str) -> list[tuple[str, pd.DataFrame]]:
     n = len(df)
-    base = {"instrument": np.full(n, instrument, dtype=object), "ts": df["ts_ns"].to_numpy(dtype=np.int64)}
+    base = {"instrument": np.full(n, instrument, dtype=object), "ts": df["ts_ns"].to_numpy(dtype=np.int64),
+            "session_id": np.zeros(n, dtype=np.uint64)}  # no sidecar session: an export
     seq = np.arange(n, dtype=np.uint64)  # the file's order: breaks ties between ticks with one stamp
     if fmt in (Nt8Format.TICK, Nt8Format.TICK_REPLAY):
         out = [("ticks", pd.DataFrame({**base, "seq": seq, "price": df["price"].to_numpy(),
                                        "volume": df["volume"].to_numpy(dtype=np.uint64)}))]
         if fmt is Nt8Format.TICK_REPLAY:
-            zeros = np.zeros(n, dtype=np.uint64)  # NT8's replay export carries no sizes
+            unknown = pd.array([None] * n, dtype="UInt64")  # NT8's replay export carries no sizes
             out.append(("quotes", pd.DataFrame({**base, "seq": seq, "bid": df["bid"].to_numpy(),
-                                                "ask": df["ask"].to_numpy(), "bid_size": zeros,
-                                                "ask_size": zeros.copy()})))
+                                                "ask": df["ask"].to_numpy(), "bid_size": unknown,
+                                                "ask_size": unknown.copy()})))
         return out
     period = 60 if fmt is Nt8Format.MINUTE else 86_400
     return [("bars", pd.DataFrame({**base, "period_s": np.full(n, period, dtype=np.uint32),
                                    **{c: df[c].to_numpy() for c in ("open", "high", "low", "close")},
                                    "volume": df["volume"].to_numpy(dtype=np.uint64),
-                                   "tick_count": pd.array([None] * n, dtype="UInt32")}))]
+                                   "tick_count": pd.array([None] * n, dtype="UInt32"),
+                                   "built_by": np.full(n, "nt8", dtype=object)}))]
 
 
 def load_nt8_file(store: AnalyticsStore, path: str | Path, *, instrument: str | None = None) -> list[LoadResult]:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from bridge.analytics.rollups import ORDER_KEY
 from bridge.analytics.store import AnalyticsError, AnalyticsStore, quote
+from bridge.core.instruments import InstrumentMaster
 
 _NS = 1_000_000_000
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -23,12 +24,8 @@ def resolution_seconds(text: str) -> int:
 
 def _where(instrument: str, start_ns: int | None, end_ns: int | None, ts: str = "ts") -> str:
     # "ES" names every ES contract ("ES 06-18", "ES 12-23"); "ES 06-18" names one
-    parts = [f"(instrument = {quote(instrument)} OR startsWith(instrument, {quote(instrument + ' ')}))"]
-    if start_ns is not None:
-        parts.append(f"{ts} >= fromUnixTimestamp64Nano(toInt64({int(start_ns)}), 'UTC')")
-    if end_ns is not None:
-        parts.append(f"{ts} < fromUnixTimestamp64Nano(toInt64({int(end_ns)}), 'UTC')")
-    return " AND ".join(parts)
+    return (f"(instrument = {quote(instrument)} OR startsWith(instrument, {quote(instrument + ' ')})) AND "
+            + _where_time(start_ns, end_ns, ts))
 
 
 def _minute_aligned(*stamps_ns: int | None) -> bool:
@@ -149,3 +146,117 @@ def volume_profile(store: AnalyticsStore, instrument: str, start_ns: int | None 
         ORDER BY instrument, session, level"""
     df = store.query_df(sql).rename(columns={"level": "price", "vol": "volume"})
     return df.astype({"volume": "int64", "ticks": "int64", "poc": "bool"}) if len(df) else df
+
+
+# --- quotes and fills -----------------------------------------------------------------------------------------
+# Percentiles are quantileExactInclusive: the exact value with linear interpolation between the two nearest
+# ranks, what numpy and pandas compute by default, so a notebook and this agree to the last digit.
+
+def _keys(by: str, allowed: dict[str, str]) -> list[str]:
+    keys = [k.strip() for k in by.split(",") if k.strip()]
+    bad = [k for k in keys if k not in allowed]
+    if bad or not keys:
+        raise AnalyticsError(f"--by {by!r}: a comma-separated list of {', '.join(allowed)}")
+    return keys
+
+
+def spreads(store: AnalyticsStore, instrument: str, start_ns: int | None = None, end_ns: int | None = None, *,
+            by: str = "session", tz: str = DEFAULT_SESSION_TZ,
+            session_start_h: int = DEFAULT_SESSION_START_H) -> pd.DataFrame:
+    """Bid-ask spread statistics from the quotes whose both sides are known, per instrument and ``by``
+    (``session``, ``hour``: the local hour of day in ``tz``, or both). Columns: instrument, the keys, quotes,
+    mean_spread, median_spread, p95_spread, twa_spread (each spread weighted by how long it stood: until the
+    next quote of its instrument and session, by (ts, seq); the session's last quote weighs nothing)."""
+    allowed = {"session": _session_expr(tz, session_start_h), "hour": f"toHour(toTimeZone(ts, {quote(tz)}))"}
+    keys = _keys(by, allowed)
+    sql = f"""
+        SELECT instrument, {', '.join(keys)}, count() AS quotes, avg(spread) AS mean_spread,
+               quantileExactInclusive(0.5)(spread) AS median_spread,
+               quantileExactInclusive(0.95)(spread) AS p95_spread,
+               sum(spread * stood) / nullIf(sum(stood), 0) AS twa_spread
+        FROM (
+            SELECT instrument, session, hour, spread,
+                   leadInFrame(ns, 1, ns) OVER (PARTITION BY instrument, session ORDER BY ns, seq
+                                                ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) - ns AS stood
+            FROM (
+                SELECT instrument, {allowed['session']} AS session, {allowed['hour']} AS hour, seq,
+                       toUnixTimestamp64Nano(ts) AS ns, ask - bid AS spread
+                FROM `{store.database}`.quotes
+                WHERE {_where(instrument, start_ns, end_ns)} AND isFinite(bid) AND isFinite(ask)
+            )
+        )
+        GROUP BY instrument, {', '.join(keys)}
+        ORDER BY instrument, {', '.join(keys)}"""
+    df = store.query_df(sql)
+    return df.astype({"quotes": "int64", "hour": "int64"} if "hour" in keys else {"quotes": "int64"}) if len(df) else df
+
+
+def executions(store: AnalyticsStore, ticks: dict[str, tuple[float, float]], *, by: str = "strategy,instrument",
+               instrument: str | None = None, start_ns: int | None = None, end_ns: int | None = None,
+               tz: str = DEFAULT_SESSION_TZ) -> pd.DataFrame:
+    """Fills per ``by`` (strategy, instrument, hour: the local hour of day in ``tz``, session_id, role, side):
+    fills, volume (contracts), slippage mean and p95 in ticks and in money, latency mean and p95 (ms).
+
+    Slippage is signed against the trader: a buy above or a sell below its expected price is positive; in
+    ticks it is (price - expected) / tick size, in money that times the tick value and the fill's quantity.
+    ``ticks`` maps an instrument name to (tick_size, point_value); fills of another instrument, and fills
+    without an expected price, count in fills and volume but not in slippage (NULL)."""
+    allowed = {"strategy": "strategy", "instrument": "instrument", "hour": f"toHour(toTimeZone(ts, {quote(tz)}))",
+               "session_id": "session_id", "role": "role", "side": "side", "account": "account"}
+    keys = _keys(by, allowed)
+    names = list(ticks)
+    tick, tick_value = (_lookup(names, [ticks[n][0] for n in names]),
+                        _lookup(names, [ticks[n][0] * ticks[n][1] for n in names]))
+    where = _where(instrument, start_ns, end_ns) if instrument else _where_time(start_ns, end_ns)
+    sql = f"""
+        SELECT {', '.join(f'{allowed[k]} AS {k}' for k in keys)}, count() AS fills, sum(quantity) AS volume,
+               avg(slip_ticks) AS slippage_ticks_mean,
+               quantileExactInclusive(0.95)(slip_ticks) AS slippage_ticks_p95,
+               avg(slip_money) AS slippage_money_mean,
+               quantileExactInclusive(0.95)(slip_money) AS slippage_money_p95,
+               avg(latency_ns) / 1e6 AS latency_ms_mean,
+               quantileExactInclusive(0.95)(latency_ns) / 1e6 AS latency_ms_p95
+        FROM (
+            SELECT *, slip / tick AS slip_ticks, slip / tick * tick_value * quantity AS slip_money
+            FROM (
+                SELECT *, if(side = 'SELL', -1, 1) * (price - expected_price) AS slip,
+                       {tick} AS tick, {tick_value} AS tick_value
+                FROM `{store.database}`.executions
+                WHERE {where}
+            )
+        )
+        GROUP BY {', '.join(keys)}
+        ORDER BY {', '.join(keys)}"""
+    df = store.query_df(sql)
+    return df.astype({"fills": "int64", "volume": "int64"}) if len(df) else df
+
+
+def _where_time(start_ns: int | None, end_ns: int | None, ts: str = "ts") -> str:
+    parts = ["1"]  # a condition even with neither bound
+    if start_ns is not None:
+        parts.append(f"{ts} >= fromUnixTimestamp64Nano(toInt64({int(start_ns)}), 'UTC')")
+    if end_ns is not None:
+        parts.append(f"{ts} < fromUnixTimestamp64Nano(toInt64({int(end_ns)}), 'UTC')")
+    return " AND ".join(parts)
+
+
+def _lookup(names: list[str], numbers: list[float]) -> str:
+    """SQL: the number of the instrument's name, NULL for a name not listed."""
+    if not names:
+        return "CAST(NULL AS Nullable(Float64))"
+    keys = "[" + ", ".join(quote(x) for x in names) + "]"
+    vals = "CAST([" + ", ".join(repr(float(x)) for x in numbers) + "] AS Array(Nullable(Float64)))"
+    return f"transform(instrument, {keys}, {vals}, CAST(NULL AS Nullable(Float64)))"
+
+
+def tick_sizes(store: AnalyticsStore, master: InstrumentMaster) -> dict[str, tuple[float, float]]:
+    """(tick_size, point_value) of every instrument with fills in the store that ``master`` knows."""
+    names = store.query_df(f"SELECT DISTINCT instrument FROM `{store.database}`.executions")["instrument"]
+    out = {}
+    for name in names:
+        try:
+            spec = master.resolve(str(name))
+        except ValueError:  # unknown root or a malformed name: its slippage stays in prices only (NULL here)
+            continue
+        out[str(name)] = (spec.tick_size, spec.point_value)
+    return out

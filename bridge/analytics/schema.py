@@ -33,6 +33,7 @@ TS = "DateTime64(9, 'UTC') CODEC(DoubleDelta, ZSTD(3))"
 PRICE = "Float64 CODEC(Gorilla, ZSTD(3))"
 NPRICE = "Nullable(Float64) CODEC(Gorilla, ZSTD(3))"  # prices an order or a fill need not have
 COUNT = "UInt64 CODEC(T64, ZSTD(3))"
+NCOUNT = "Nullable(UInt64) CODEC(T64, ZSTD(3))"  # a size not sent
 QTY = "Int64 CODEC(T64, ZSTD(3))"
 LC = "LowCardinality(String)"
 TEXT = "String CODEC(ZSTD(3))"
@@ -54,25 +55,35 @@ def _t(name: str, *cols: tuple[str, str]) -> TableDef:
 
 
 TABLES: dict[str, TableDef] = {t.name: t for t in (
-    _t("ticks", ("seq", COUNT), ("price", PRICE), ("volume", COUNT)),
-    _t("quotes", ("seq", COUNT), ("bid", PRICE), ("ask", PRICE), ("bid_size", COUNT), ("ask_size", COUNT)),
-    _t("bars", ("period_s", "UInt32"), ("open", PRICE), ("high", PRICE), ("low", PRICE), ("close", PRICE),
-       ("volume", COUNT), ("tick_count", "Nullable(UInt32)")),
-    _t("quality_events", ("session_id", "UInt64"), ("kind", LC), ("detail", TEXT), ("payload", TEXT)),
-    _t("decisions", ("session_id", "UInt64"), ("decision_id", "String"), ("strategy", LC), ("action", LC),
-       ("side", LC), ("quantity", QTY), ("confidence", "Nullable(Float64)"),
-       ("features", TEXT), ("rationale", TEXT)),  # features: JSON object of the model's inputs
+    # session_id: the sidecar's session the row was recorded in (0 for rows loaded from NT8 exports)
+    _t("ticks", ("session_id", "UInt64"), ("seq", COUNT), ("price", PRICE), ("volume", COUNT)),
+    # one row per bid or ask update; the side not updated is the best price known then (NULL: not known), its
+    # size NULL (NT8 sends the size of the side that moved only; its replay export carries none)
+    _t("quotes", ("session_id", "UInt64"), ("seq", COUNT), ("bid", NPRICE), ("ask", NPRICE),
+       ("bid_size", NCOUNT), ("ask_size", NCOUNT)),
+    _t("bars", ("session_id", "UInt64"), ("period_s", "UInt32"), ("open", PRICE), ("high", PRICE),
+       ("low", PRICE), ("close", PRICE), ("volume", COUNT), ("tick_count", "Nullable(UInt32)"),
+       ("built_by", LC)),  # ticks (built by the sidecar) or nt8 (received, or loaded from an export)
+    _t("quality_events", ("session_id", "UInt64"), ("seq", "Nullable(Int64)"), ("reason", LC), ("detail", TEXT),
+       ("payload", TEXT)),
+    _t("decisions", ("session_id", "UInt64"), ("decision_id", "String"), ("strategy", LC), ("outcome", LC),
+       ("decided_ns", "Int64"),  # the sidecar's clock when it decided (ts is the triggering event's stamp)
+       ("reference_price", NPRICE),  # the price the risk checks took as reference (from inputs)
+       ("inputs", TEXT), ("rationale", TEXT)),  # inputs: JSON object of features, signal, risk checks
     _t("orders", ("session_id", "UInt64"), ("client_order_id", "String"), ("decision_id", "String"),
-       ("strategy", LC), ("account", LC), ("side", LC), ("order_type", LC), ("quantity", QTY),
-       ("limit_price", NPRICE), ("stop_price", NPRICE)),
-    _t("order_updates", ("session_id", "UInt64"), ("client_order_id", "String"), ("state", LC),
-       ("quantity", QTY), ("filled", QTY), ("avg_fill_price", NPRICE), ("error_code", "Nullable(Int32)"),
-       ("comment", TEXT)),
-    _t("executions", ("session_id", "UInt64"), ("execution_id", "String"), ("client_order_id", "String"),
-       ("strategy", LC), ("account", LC), ("side", LC), ("quantity", QTY), ("price", PRICE),
-       ("expected_price", NPRICE),  # the decision's reference price: slippage = price - expected_price
-       ("latency_ns", "Nullable(Int64)")),  # decision to fill
-    _t("positions", ("session_id", "UInt64"), ("account", LC), ("quantity", QTY), ("avg_price", NPRICE)),
+       ("strategy", LC), ("account", LC), ("side", LC), ("entry_type", LC), ("quantity", QTY),
+       ("entry_price", NPRICE), ("stop_price", NPRICE), ("target_price", NPRICE), ("time_in_force", LC),
+       ("algorithm_id", LC)),
+    _t("order_updates", ("session_id", "UInt64"), ("seq", "Int64"), ("client_order_id", "String"), ("role", LC),
+       ("nt8_order_id", "String"), ("state", LC), ("quantity", QTY), ("filled", QTY), ("limit_price", NPRICE),
+       ("stop_price", NPRICE), ("avg_fill_price", NPRICE), ("error_code", "Nullable(Int32)"), ("comment", TEXT)),
+    _t("executions", ("session_id", "UInt64"), ("seq", "Int64"), ("execution_id", "String"),
+       ("client_order_id", "String"), ("decision_id", "String"), ("strategy", LC), ("account", LC), ("role", LC),
+       ("side", LC), ("quantity", QTY), ("price", PRICE), ("commission", NPRICE),
+       ("expected_price", NPRICE),  # what the fill should have been (from_storage.py): slippage = price - it
+       ("latency_ns", "Nullable(Int64)")),  # the entry decision's event stamp to the fill's (NT8's clock both)
+    _t("positions", ("session_id", "UInt64"), ("seq", "Int64"), ("account", LC), ("market_position", LC),
+       ("quantity", QTY), ("avg_price", NPRICE)),
 )}
 
 

@@ -154,10 +154,12 @@ class AnalyticsStore:
         df = self.query_df(f"SELECT count() AS n FROM `{self.database}`.`{table}` WHERE {where}")
         return int(df["n"].iloc[0])
 
-    def insert(self, table: str, df: pd.DataFrame, *, source: str) -> int:
+    def insert(self, table: str, df: pd.DataFrame, *, source: str, part: str = "") -> int:
         """Insert ``df`` (``ts`` as int64 UTC nanoseconds, one column per schema column but ``source``) in
         batches of ``batch_rows``; returns the rows sent. Batch i covers rows [i*b, (i+1)*b) of ``df``: sending
-        the same frame from the same ``source`` again (with the same batch size) inserts nothing."""
+        the same frame from the same ``source`` again (with the same batch size) inserts nothing. ``part``
+        names which piece of the source ``df`` is, when a source arrives in several frames (a database read in
+        chunks, a live feed): it goes into the tokens, so two pieces are never taken for one."""
         tdef = TABLES.get(table)
         if tdef is None:
             raise AnalyticsError(f"unknown analytics table {table!r}; tables: {', '.join(TABLES)}")
@@ -170,12 +172,17 @@ class AnalyticsStore:
         for i in range(math.ceil(len(df) / self.batch_rows)):
             lo, hi = i * self.batch_rows, min(len(df), (i + 1) * self.batch_rows)
             # what the batch is, not when it was sent: the same rows from the same source give the same token
-            token = f"{table}|{source}|{lo}-{hi}"
+            token = f"{table}|{source}|{part}|{lo}-{hi}" if part else f"{table}|{source}|{lo}-{hi}"
             self.engine.insert_df(self.database, tdef, df.iloc[lo:hi].reset_index(drop=True), token)
             self.stats.batches += 1
             sent += hi - lo
         self.stats.rows += sent
         return sent
+
+    def delete(self, table: str, where: str) -> None:
+        """Delete rows (a mutation, waited for): for replacing a piece that arrived only in part."""
+        self.engine.command(f"ALTER TABLE `{self.database}`.`{table}` DELETE WHERE {where} "
+                            "SETTINGS mutations_sync = 2")
 
     def close(self) -> None:
         self.engine.close()

@@ -21,9 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     def url_option(d: argparse.ArgumentParser) -> None:
         d.add_argument("--url", help="chdb:///PATH or clickhouse://HOST:PORT/DB (default: analytics.url)")
 
-    d = asub.add_parser("load", help="load NT8 exports (ticks, tick replay, minute or day bars); a file already "
-                        "loaded is skipped, a retried batch inserts nothing twice")
-    d.add_argument("--data", nargs="+", required=True, metavar="FILE", help="NT8 export files (plain or .gz)")
+    d = asub.add_parser("load", help="load NT8 exports (ticks, tick replay, minute or day bars) or the sidecar's "
+                        "database; what is loaded already is skipped, a retried batch inserts nothing twice")
+    what = d.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", nargs="+", metavar="FILE", help="NT8 export files (plain or .gz)")
+    what.add_argument("--db", nargs="?", const="", metavar="URL", help="the recorded sessions of this database "
+                      "(default: storage.url); each session's rows are counted against the store's, and only "
+                      "missing ones are sent (a backfill after the live feed dropped rows)")
+    d.add_argument("--include-open", action="store_true", help="with --db: also sessions with no end recorded "
+                   "(after a crash; a running sidecar may be feeding them)")
     d.add_argument("--instrument", help="instrument name for every file (default: from each file's name)")
     d.add_argument("--json", action="store_true")
     url_option(d)
@@ -60,6 +66,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     session_options(d)
     d.add_argument("--bucket", type=float, metavar="WIDTH", help="price band width (default: each traded price)")
     d.set_defaults(func=cmd_analytics_profile)
+    d = asub.add_parser("spreads", help="bid-ask spread per session and/or hour: quotes, mean, median, p95, "
+                        "time-weighted")
+    session_options(d)
+    d.add_argument("--by", default="session", help="session, hour (local hour of day in --tz) or session,hour")
+    d.set_defaults(func=cmd_analytics_spreads)
+
+    d = asub.add_parser("executions", help="fills, volume, slippage (ticks and money, mean and p95) and "
+                        "decision-to-fill latency per strategy, instrument, hour ...")
+    d.add_argument("--by", default="strategy,instrument", help="comma-separated: strategy, instrument, hour "
+                   "(local hour of day in --tz), session_id, role, side, account (default strategy,instrument)")
+    d.add_argument("--instrument", help="root (ES: every ES contract) or full name (default: all)")
+    d.add_argument("--from", dest="start", metavar="TIME", help="ISO 8601, UTC when no offset (inclusive)")
+    d.add_argument("--to", dest="end", metavar="TIME", help="ISO 8601, UTC when no offset (exclusive)")
+    d.add_argument("--tz", default="America/Chicago", help="time zone of --by hour (default America/Chicago)")
+    fmt = d.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    url_option(d)
+    d.set_defaults(func=cmd_analytics_executions)
 
     d = asub.add_parser("ddl", help="print the schema's SQL: for one node, or with --cluster for a ClickHouse "
                         "cluster (ReplicatedMergeTree tables under Distributed ones)")
@@ -77,6 +102,8 @@ def _store(args: argparse.Namespace, config: Config) -> Any:
 
 
 def cmd_analytics_load(args: argparse.Namespace, config: Config) -> int:
+    if args.db is not None:
+        return _load_db(args, config)
     from bridge.analytics.load import load_nt8_file
     from bridge.analytics.store import AnalyticsError
     from bridge.data.nt8files import DataFileError
@@ -94,6 +121,29 @@ def cmd_analytics_load(args: argparse.Namespace, config: Config) -> int:
             what = "already loaded, skipped" if r.skipped else f"{r.sent:,} rows sent"
             bad = f", {r.bad_rows:,} unreadable lines skipped (logged)" if r.bad_rows else ""
             print(f"{r.path}: {r.instrument} {r.format} -> {r.table}: {r.rows:,} rows, {what}{bad}")
+    return 0
+
+
+def _load_db(args: argparse.Namespace, config: Config) -> int:
+    from bridge.analytics.load_db import load_database, source_for
+    from bridge.analytics.store import AnalyticsError
+    from bridge.cli.common import db_url
+    from bridge.storage.database import StorageError, safe_url
+    url = db_url(args, config)
+    with _store(args, config) as store:
+        try:
+            results = load_database(store, url, include_open=args.include_open)
+        except (AnalyticsError, StorageError) as exc:
+            raise UserError(f"{safe_url(url)}: {exc}") from None
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+        return 0
+    print(f"{source_for(url)}:")
+    for r in results:
+        extra = f", {r.sessions_repaired} held in part (replaced)" if r.sessions_repaired else ""
+        extra += f", {r.sessions_open} still open (skipped; --include-open)" if r.sessions_open else ""
+        print(f"  {r.table}: {r.storage_rows:,} rows in the database, {r.sent:,} sent; sessions: "
+              f"{r.sessions_loaded} loaded, {r.sessions_skipped} already there{extra}")
     return 0
 
 
@@ -124,7 +174,7 @@ def cmd_analytics_bars(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _emit(df: Any, args: argparse.Namespace) -> None:
+def _emit(df: Any, args: argparse.Namespace, empty: str = "no ticks in that range") -> None:
     if "session" in df.columns:  # a date: text in JSON and CSV alike
         df = df.assign(session=df["session"].astype(str))
     if args.json:
@@ -132,10 +182,11 @@ def _emit(df: Any, args: argparse.Namespace) -> None:
     elif args.csv:
         df.to_csv(sys.stdout, index=False)
     else:
-        print(df.to_string(index=False) if len(df) else "no ticks in that range")
+        print(df.to_string(index=False) if len(df) else empty)
 
 
-def _session_query(args: argparse.Namespace, config: Config, fn: Any, **kw: Any) -> int:
+def _session_query(args: argparse.Namespace, config: Config, fn: Any, empty: str = "no ticks in that range",
+                   **kw: Any) -> int:
     from bridge.analytics.store import AnalyticsError
     start, end = _ns(args.start, "from"), _ns(args.end, "to")
     with _store(args, config) as store:
@@ -143,7 +194,7 @@ def _session_query(args: argparse.Namespace, config: Config, fn: Any, **kw: Any)
             df = fn(store, args.instrument, start, end, tz=args.tz, session_start_h=args.session_start, **kw)
         except AnalyticsError as exc:
             raise UserError(str(exc)) from None
-    _emit(df, args)
+    _emit(df, args, empty)
     return 0
 
 
@@ -163,4 +214,25 @@ def cmd_analytics_ddl(args: argparse.Namespace, config: Config) -> int:
     from bridge.analytics.schema import all_ddl
     ddl = cluster_ddl(args.database, args.cluster) if args.cluster else all_ddl(args.database) + rollup_ddl(args.database)
     print(";\n\n".join(ddl) + ";")
+    return 0
+
+
+def cmd_analytics_spreads(args: argparse.Namespace, config: Config) -> int:
+    from bridge.analytics.queries import spreads
+    return _session_query(args, config, spreads, "no quotes with both sides in that range", by=args.by)
+
+
+def cmd_analytics_executions(args: argparse.Namespace, config: Config) -> int:
+    from bridge.analytics.queries import executions, tick_sizes
+    from bridge.analytics.store import AnalyticsError
+    from bridge.core.instruments import InstrumentMaster
+    start, end = _ns(args.start, "from"), _ns(args.end, "to")
+    master = InstrumentMaster.default().with_declared(list(config.instruments))
+    with _store(args, config) as store:
+        try:
+            df = executions(store, tick_sizes(store, master), by=args.by, instrument=args.instrument,
+                            start_ns=start, end_ns=end, tz=args.tz)
+        except AnalyticsError as exc:
+            raise UserError(str(exc)) from None
+    _emit(df, args, empty="no fills in that range")
     return 0

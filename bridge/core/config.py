@@ -401,6 +401,8 @@ class AnalyticsConfig:
                     "(a server's HTTP port); empty: analytics off")
     batch_rows: int = _opt(50_000, "rows per insert (ClickHouse wants few, large inserts: 10k-100k)",
                            min=1_000, max=1_000_000)
+    flush_s: float = _opt(5.0, "the sidecar's live feed sends a table's rows at least this often (else once "
+                          "batch_rows have gathered)", min=0.1, max=3600)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,16 @@ DO UPDATE ... WHERE last_seq < new``. Replaying an item first reads that row and
 below it, in the same transaction that commits the rest, so an item committed just before a crash
 (or whose COMMIT reply was lost with the connection) is not stored twice, whatever its table's keys.
 
+After the commit
+----------------
+``on_committed(table, rows, stream, seq)``, when given, is called by the writer thread once a
+transaction has committed (never in the hot path), for each table of each queue item in it, with the
+rows that were stored (those sent to ``storage_rejects`` left out), the run that handed them over and the
+item's place in its order (together, a name for the rows that is the same however often they are replayed:
+the analytics feed makes its insert tokens of it). Replayed items are passed on too; items found committed
+already are not (whoever committed them had the chance). It must return at once (hand the rows to a queue
+of its own); an exception from it is logged and counted, and never stops the writer.
+
 States (``stats().state``)
 --------------------------
 ``ok``; ``database_down`` (the database does not answer; the backlog grows in the spool);
@@ -88,6 +98,8 @@ from bridge.storage.spool import Spool, SpoolDiskFull, decode, encode, open_spoo
 log = logging.getLogger("nt8bridge.storage")
 
 Row = tuple[Any, ...]
+OnCommitted = Callable[[str, list[Row], str, int], None]
+"""``(table, rows, stream, seq)``: rows just committed, from queue item ``seq`` of writer run ``stream``."""
 
 STATE_OK = "ok"
 STATE_DATABASE_DOWN = "database_down"
@@ -372,6 +384,8 @@ class StorageWriter:
     stop_grace_s
         At :meth:`close`, how long the database is retried before the backlog is left in the spool
         for the next writer (only when everything is in the spool; otherwise close waits, as below).
+    on_committed
+        Called in the writer thread after each commit (see "After the commit" in the module docstring).
 
     Notes
     -----
@@ -392,6 +406,7 @@ class StorageWriter:
         spool_path: str | Path | None = None,
         memory_rows: int | None = None,
         stop_grace_s: float = 2.0,
+        on_committed: OnCommitted | None = None,
     ) -> None:
         if batch_rows < 1 or queue_batches < 1:
             raise ValueError("batch_rows and queue_batches must be at least 1")
@@ -467,6 +482,8 @@ class StorageWriter:
         self._schema_ready = False
         self._stop_sent = False
         self._closed = False
+        self._on_committed = on_committed
+        self._callback_errors = 0
         # Test hook: called in the writer thread before each transaction is committed.
         self._before_commit: Callable[[], None] | None = None
 
@@ -1113,6 +1130,7 @@ class StorageWriter:
             self._before_commit()
         written: dict[str, int] = {}
         rejects: list[dict[str, Any]] = []
+        committed: list[tuple[_Entry, dict[str, list[Row]]]] | None = [] if self._on_committed else None
         updates = skipped = 0
         last: dict[str, int] = {}
         for e in entries:
@@ -1124,7 +1142,9 @@ class StorageWriter:
                     skipped += e.rows
                     continue
                 if isinstance(e.item, _Batch):
-                    self._apply_batch(conn, e.item, written, rejects)
+                    stored = self._apply_batch(conn, e.item, written, rejects)
+                    if committed is not None:
+                        committed.append((e, stored))
                 elif self._apply_update(conn, e.item, rejects):
                     updates += 1
             now = time.time_ns()
@@ -1134,6 +1154,8 @@ class StorageWriter:
                 conn.execute(storage_rejects.insert(), rejects)
         for table, n in written.items():
             self._rows_written[table] += n
+        if committed:
+            self._tell_committed(committed)
         self._batches_committed += len(entries)
         self._updates_applied += updates
         if replayed:
@@ -1149,43 +1171,66 @@ class StorageWriter:
             self._last_error = str(rejects[0]["error"])
             log.warning("%d row(s) sent to storage_rejects; first: %s", len(rejects), rejects[0]["error"])
 
+    def _tell_committed(self, committed: list[tuple[_Entry, dict[str, list[Row]]]]) -> None:
+        callback = self._on_committed
+        assert callback is not None
+        for entry, tables in committed:
+            for table, rows in tables.items():
+                if not rows:
+                    continue
+                try:
+                    callback(table, rows, entry.stream, entry.seq)
+                except Exception:  # the rows are stored: whatever the listener does wrong is its own
+                    self._callback_errors += 1
+                    if self._callback_errors == 1 or self._callback_errors % 1000 == 0:
+                        log.exception("on_committed failed (%d time(s)); storage goes on", self._callback_errors)
+
     def _progress_of(self, conn: Connection, streams: list[str]) -> dict[str, int]:
         c = storage_progress.c
         result = conn.execute(select(c.stream_id, c.last_seq).where(c.stream_id.in_(streams)))
         return {stream: int(seq) for stream, seq in result}
 
     def _apply_batch(self, conn: Connection, batch: _Batch, written: dict[str, int],
-                     rejects: list[dict[str, Any]]) -> None:
+                     rejects: list[dict[str, Any]]) -> dict[str, list[Row]]:
+        """Insert the batch's rows; returns, per table, the rows stored (all but the rejected)."""
         inserter = self._inserter
         assert inserter is not None
+        stored: dict[str, list[Row]] = {}
         for table, rows in batch.rows.items():
             try:
                 # A savepoint per table: a bad row costs only its own table's fast path.
                 with conn.begin_nested():
                     inserter.insert_many(conn, table, rows)
                 written[table] = written.get(table, 0) + len(rows)
+                stored[table] = rows
                 continue
             except Exception as exc:  # classified just below
                 if is_transient(exc):
                     raise
                 self._errors += 1
                 log.warning("a %s batch of %d rows failed (%s); retrying row by row", table, len(rows), _first_line(exc))
-            bad = self._rows_one_by_one(conn, table, rows)
-            written[table] = written.get(table, 0) + len(rows) - len(bad)
+            bad, good = self._rows_one_by_one(conn, table, rows)
+            written[table] = written.get(table, 0) + len(good)
             rejects.extend(bad)
+            stored[table] = good
+        return stored
 
-    def _rows_one_by_one(self, conn: Connection, table: str, rows: Sequence[Row]) -> list[dict[str, Any]]:
+    def _rows_one_by_one(self, conn: Connection, table: str,
+                         rows: Sequence[Row]) -> tuple[list[dict[str, Any]], list[Row]]:
+        """Each row in its own savepoint: (the rejects, the rows stored)."""
         assert self._inserter is not None
         rejects: list[dict[str, Any]] = []
+        good: list[Row] = []
         for row in rows:
             try:
                 with conn.begin_nested():
                     self._inserter.insert_one(conn, table, row)
+                good.append(row)
             except Exception as exc:  # anything wrong with this row rejects this row only
                 if is_transient(exc):
                     raise  # the database went away mid-way: the whole batch is retried
                 rejects.append(_reject(table, row, exc))
-        return rejects
+        return rejects, good
 
     def _apply_update(self, conn: Connection, upd: _Update, rejects: list[dict[str, Any]]) -> bool:
         """Apply one update; False when it went to ``rejects`` instead."""

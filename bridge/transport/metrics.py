@@ -113,9 +113,27 @@ class SidecarCollector(Collector):
             yield GaugeMetricFamily("nt8bridge_storage_queue_depth", "batches waiting to be committed",
                                     value=w.queue_depth)
             yield from _outage_metrics(w)
+        yield from _analytics_metrics(self.server)
         yield from _hold_metrics(self.server)
         yield from _feed_metrics(self.server)
         yield from _trading_metrics(self.server)
+
+
+def _analytics_metrics(server: SidecarServer) -> Iterator:
+    """The live analytics feed (bridge/analytics/feed.py): alert on an increase of the dropped rows."""
+    feed = server.analytics
+    if feed is None:
+        return
+    r = feed.report()
+    yield CounterMetricFamily("nt8bridge_analytics_rows_sent", "rows sent to the analytics store", value=r["rows_sent"])
+    yield CounterMetricFamily("nt8bridge_analytics_batches", "inserts into the analytics store", value=r["batches"])
+    yield CounterMetricFamily("nt8bridge_analytics_rows_dropped", "committed rows not sent to the analytics store "
+                              "(its queue full or the store away; analytics load --db backfills)",
+                              value=r["rows_dropped"])
+    yield CounterMetricFamily("nt8bridge_analytics_errors", "failed inserts or opens of the analytics store",
+                              value=r["errors"])
+    yield GaugeMetricFamily("nt8bridge_analytics_queue_depth", "committed batches waiting for the analytics feed",
+                            value=r["queue_depth"])
 
 
 def _outage_metrics(w: WriterStats) -> Iterator:

@@ -178,6 +178,7 @@ class SidecarServer:
         self.control_endpoint: str | None = None
         self._control: zmq.Socket | None = None
         self.metrics_port: int | None = None  # set by whoever serves the metrics; reported by ``status``
+        self.analytics: Any = None  # the analytics feed (bridge/analytics/feed.py) when analytics.url is set
         # run-time limit changes and overrides, validated on a scratch engine, applied to every session
         self.limit_commands = DeskLimitCommands(lambda: risk_engine_for(config, [], lambda iid, ts: True))
         # A hot-standby pair (bridge/transport/leadership.py): None for a sidecar on its own, which always leads.
@@ -322,6 +323,7 @@ class SidecarServer:
                 "sessions_opened": self.stats.sessions_opened, "sessions_ended": dict(self.stats.sessions_ended),
                 "sessions_refused": dict(self.stats.sessions_refused), "send_failures": self.stats.send_failures,
                 "storage": self.storage_health.report(),
+                "analytics": self.analytics.report() if self.analytics is not None else None,
                 "role": self.role, "leader_epoch": self.leadership.epoch if self.leadership else None,
                 "leader": dataclasses.asdict(self.leadership.leader) if self.leadership and self.leadership.leader
                 else None}

@@ -64,10 +64,17 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
                    "to \"\" to turn it off")
     if refusal is not None:
         raise RuntimeError(refusal)
+    feed = analytics_feed(config, db_url)
     writer = StorageWriter(db_url, batch_rows=config.storage.batch_rows, queue_batches=config.storage.queue_batches,
                            flush_interval_s=config.storage.flush_interval_ms / 1000.0,
-                           spool_path=spool_path_for(config, db_url))  # the backlog while the database is away
-    writer.start()
+                           spool_path=spool_path_for(config, db_url),  # the backlog while the database is away
+                           on_committed=feed.on_committed if feed is not None else None)
+    try:
+        writer.start()
+    except BaseException:
+        if feed is not None:
+            feed.close()
+        raise
     chain = None
     on_lead = None
     if config.audit.enabled and not config.ha.enabled:
@@ -81,6 +88,7 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
         on_lead = chain_on_database_head
     server = SidecarServer(config, writer, master_for(config), make_strategy_factory(config), chain=chain,
                            on_lead=on_lead, history=instance_history_reader(writer, db_url))
+    server.analytics = feed
 
     def give_up(message: str) -> RuntimeError:
         server.close_events()
@@ -88,6 +96,8 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
         if server.chain is not None:
             server.chain.close()
         writer.close()
+        if feed is not None:
+            feed.close()
         return RuntimeError(message)
 
     if not config.ha.enabled:  # a standby records its configuration when it becomes the leader
@@ -156,6 +166,8 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
                     server.chain.close()  # fsync and a last signed checkpoint
             finally:
                 writer.close()  # even when the chain could not close (its disk full): the rows still go
+                if feed is not None:
+                    feed.close()  # after the writer: every committed row has been handed to it
             stats = writer.stats
             log.info("storage closed: %d rows committed, %d rejected, %d backpressure waits%s",
                      sum(stats.rows_written.values()), stats.rows_rejected, stats.backpressure_waits,
@@ -165,6 +177,21 @@ def run_sidecar(config: Config, db_url: str, bind: str | None = None, ready_file
                 leadership.stop()
             server.close_control()  # last: a released control endpoint means everything is on disk
     return server
+
+
+def analytics_feed(config: Config, db_url: str):
+    """The live analytics feed (bridge/analytics/feed.py) when analytics.url is set, started; None otherwise.
+    It opens the store on its own thread: a store that is away costs the sidecar nothing but a log line."""
+    if not config.analytics.url:
+        return None
+    from bridge.analytics.feed import AnalyticsFeed
+    from bridge.analytics.load_db import source_for
+    from bridge.analytics.store import open_store
+    a = config.analytics
+    feed = AnalyticsFeed(lambda: open_store(a.url, batch_rows=a.batch_rows), source_for(db_url),
+                         batch_rows=a.batch_rows, flush_s=a.flush_s)
+    feed.start()
+    return feed
 
 
 def instance_history_reader(writer: StorageWriter, db_url: str):

@@ -105,7 +105,8 @@ def test_every_table_takes_its_rows_and_a_retry_of_each_inserts_nothing(store):
 
 
 def _ticks(n: int, start_ns: int = 1_525_700_000 * 10**9) -> pd.DataFrame:
-    return pd.DataFrame({"instrument": ["ES 06-18"] * n, "ts": start_ns + np.arange(n, dtype=np.int64) * 10**6,
+    return pd.DataFrame({"instrument": ["ES 06-18"] * n, "session_id": 0,
+                         "ts": start_ns + np.arange(n, dtype=np.int64) * 10**6,
                          "seq": np.arange(n, dtype=np.uint64), "price": 2700 + np.arange(n) % 7 * 0.25,
                          "volume": np.ones(n, dtype=np.uint64)})
 
@@ -261,7 +262,7 @@ def test_cme_sessions_start_at_17_chicago(store):
     from bridge.analytics.queries import vwap
     # 2023-10-10 is a Tuesday; Chicago is UTC-5 in October: 16:59 CT = 21:59 UTC, 17:00 CT = 22:00 UTC
     stamps = pd.to_datetime(["2023-10-10 21:59:00", "2023-10-10 22:00:00", "2023-10-11 20:59:59"], utc=True)
-    df = pd.DataFrame({"instrument": ["ES 12-23"] * 3, "ts": stamps.as_unit("ns").asi8,
+    df = pd.DataFrame({"instrument": ["ES 12-23"] * 3, "session_id": 0, "ts": stamps.as_unit("ns").asi8,
                        "seq": np.arange(3, dtype=np.uint64), "price": [1.0, 2.0, 4.0],
                        "volume": np.array([1, 1, 1], dtype=np.uint64)})
     store.insert("ticks", df, source="test")
@@ -289,7 +290,8 @@ def test_vwap_and_profile_commands(analytics_url, shared_data, capsys):
 def test_ticks_sharing_a_stamp_open_and_close_the_bar_in_source_order(store):
     # three trades in one nanosecond, sent out of order: seq, not arrival, says which was first and last
     t = 1_700_000_000 * 10**9
-    df = pd.DataFrame({"instrument": ["ES 12-23"] * 4, "ts": np.array([t, t, t, t + 10**9], dtype=np.int64),
+    df = pd.DataFrame({"instrument": ["ES 12-23"] * 4, "session_id": 0,
+                       "ts": np.array([t, t, t, t + 10**9], dtype=np.int64),
                        "seq": np.array([2, 0, 1, 3], dtype=np.uint64), "price": [3.0, 1.0, 2.0, 2.5],
                        "volume": np.ones(4, dtype=np.uint64)})
     store.insert("ticks", df, source="test")
@@ -305,7 +307,7 @@ def test_rollups_answer_as_the_ticks_do_and_a_retry_does_not_count_twice(store, 
     path = shared_data / "nt8" / ES
     load_nt8_file(store, path)
     store.insert("ticks", store.query_df(  # the whole file again under its own source: the retry case
-        f"SELECT instrument, toUnixTimestamp64Nano(ts) AS ts, seq, price, volume FROM {store.database}.ticks "
+        f"SELECT instrument, toUnixTimestamp64Nano(ts) AS ts, session_id, seq, price, volume FROM {store.database}.ticks "
         f"ORDER BY seq"), source=source_of(path))
     assert store.count("ticks") == 74_907
     ticks_in_rollups = store.query_df(f"SELECT sum(ticks) AS n FROM {store.database}.ticks_1m")["n"][0]
