@@ -434,6 +434,7 @@ def cmd_backtest(args: argparse.Namespace, config: Config) -> int:
             progress.update(tasks[phase], completed=done)
         try:
             report = run_backtest(stream, config, master, _db_url(args, config), split=args.split, window=args.window,
+                                  engine=args.engine, out_dir=Path(args.out) if args.out else None,
                                   progress=on_progress)
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -469,6 +470,8 @@ def _print_backtest(report: dict[str, Any]) -> None:
         table.add_row(name, str(m["trades"]), pct(m["win_rate"]), num(m["net_pnl"]), num(m["commission"]),
                       num(m["sharpe"]), num(m["sortino"]), pct(m["max_drawdown"]), pct(m["cagr"]), pct(m["exposure"]))
     console.print(table)
+    console.print(f"engine {report['engine']}, {t['elapsed_s']:.1f} s for the test window"
+                  + (f"; files: {', '.join(report['files_written'].values())}" if "files_written" in report else ""))
 
 
 # --- ninjascript --------------------------------------------------------------------------------
@@ -793,6 +796,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "window, e.g. 2023-11-01; without it the whole data is the test with the configured priors")
     s.add_argument("--equity", type=float, help="account equity for Kelly sizing (default: sizing.equity)")
     s.add_argument("--trades", action="store_true", help="list every trade in the JSON report")
+    s.add_argument("--engine", default="research", choices=["research", "playback"],
+                   help="research: the sidecar's decision path in this process (default); playback: a sidecar process "
+                   "over ZeroMQ (the same orders and fills, slower)")
+    s.add_argument("--out", metavar="DIR", help="write the test window's returns.csv, equity.csv and trades.csv there "
+                   "(quantstats and empyrical read them directly)")
     playback_options(s)
     s.set_defaults(func=cmd_backtest)
 

@@ -1,7 +1,8 @@
 """Backtests: the whole decision path (sidecar, strategies, portfolio, risk) over NT8 data files.
 
-A backtest is a playback (``bridge/nt8/playback.py``) against a real sidecar process, so what is
-measured is what would trade. Walk-forward, in one command:
+A backtest is a playback (``bridge/nt8/playback.py``) through the sidecar's own decision path: in this
+process by default (``bridge/research/inprocess.py``), or against a real sidecar process over ZeroMQ
+(``engine="playback"``); the orders and fills are the same, so what is measured is what would trade. Walk-forward, in one command:
 
 1. **calibration** on the data before ``split`` (the earlier window): every strategy trades one
    contract (``sizing.mode = fixed``), and its win rate is measured;
@@ -83,8 +84,18 @@ def trades_from_fills(fills: list[tuple[int, Fill]], algorithms: dict[str, str],
     return trades, still_open
 
 
+ENGINES = ("research", "playback")
+
+
 def _run(stream: TickStream, config: Config, master: InstrumentMaster, db_url: str, window: int,
-         progress: Callable[[str, int, int], None] | None, phase: str) -> PlaybackResult:
+         progress: Callable[[str, int, int], None] | None, phase: str, engine: str) -> PlaybackResult:
+    """One playback of the decision path: in this process (research, the default) or against a sidecar process
+    over ZeroMQ (playback); the same orders and fills either way (tests/integration/test_playback_digest.py)."""
+    on_progress = (lambda n: progress(phase, n, len(stream))) if progress else None
+    if engine == "research":
+        from bridge.research.inprocess import run_research
+        return run_research(stream, config, master, db_url=db_url, window=window, instance_id=f"backtest-{phase}",
+                            progress=on_progress)
     from bridge.transport.security import client_secret
     from bridge.transport.sidecar import SidecarProcess
     with tempfile.TemporaryDirectory(prefix="nt8bridge-backtest-") as tmp:
@@ -93,8 +104,7 @@ def _run(stream: TickStream, config: Config, master: InstrumentMaster, db_url: s
         with SidecarProcess(db_url, path) as proc:
             assert proc.endpoint is not None
             return run_playback(stream, proc.endpoint, config, master, window=window, instance_id=f"backtest-{phase}",
-                                progress=(lambda n: progress(phase, n, len(stream))) if progress else None,
-                                secret=client_secret(config.security))  # a config in remote mode: its secret
+                                progress=on_progress, secret=client_secret(config.security))  # remote mode: its secret
 
 
 def _trades(result: PlaybackResult, stream: TickStream, master: InstrumentMaster) -> tuple[list[TradeRecord], int]:
@@ -142,13 +152,16 @@ def strategy_status(config: Config) -> dict[str, str]:
 
 
 def run_backtest(stream: TickStream, config: Config, master: InstrumentMaster, db_url: str, *,
-                 split: str | None = None, window: int = 256,
+                 split: str | None = None, window: int = 256, engine: str = "research", out_dir: Path | None = None,
                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Walk-forward backtest; see the module docstring. Returns a JSON-ready report."""
+    """Walk-forward backtest; see the module docstring. Returns a JSON-ready report; with ``out_dir``, the test
+    window's trades, daily equity and daily returns are written there as CSV files (``write_series``)."""
     if not len(stream):
         raise ValueError("no market data in the files")
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
     first, last = int(stream.ts_ns[0]), int(stream.ts_ns[-1])
-    report: dict[str, Any] = {"instruments": stream.names, "files": stream.sources,
+    report: dict[str, Any] = {"engine": engine, "instruments": stream.names, "files": stream.sources,
                               "strategies": list(config.strategy.strategy_names()),
                               "strategy_status": strategy_status(config),
                               "data_from_ns": first, "data_to_ns": last}
@@ -161,14 +174,14 @@ def run_backtest(stream: TickStream, config: Config, master: InstrumentMaster, d
         train = stream.before(start_ns)
         cal_config = replace(config, sizing=replace(config.sizing, mode="fixed", quantity=1),
                              portfolio=replace(config.portfolio, start_trading=""))
-        cal = _run(train, cal_config, master, db_url, window, progress, "calibration")
+        cal = _run(train, cal_config, master, db_url, window, progress, "calibration", engine)
         cal_trades, _ = _trades(cal, train, master)
         test_config, priors = calibrated_priors(config, cal_trades)
         report["calibration"] = {"from": _iso(first), "to": _iso(start_ns), "sizing": "fixed, 1 contract",
                                  "priors": priors, "summary": to_jsonable(summarize(cal_trades, config.sizing.equity,
                                                                                    first, start_ns))}
         test_config = replace(test_config, portfolio=replace(test_config.portfolio, start_trading=split))
-    result = _run(stream, test_config, master, db_url, window, progress, "test")
+    result = _run(stream, test_config, master, db_url, window, progress, "test", engine)
     trades, still_open = _trades(result, stream, master)
     trades = [t for t in trades if t.entry_ns >= start_ns]
     sc = test_config.sizing
@@ -183,11 +196,32 @@ def run_backtest(stream: TickStream, config: Config, master: InstrumentMaster, d
                         if name in test_config.strategy.strategy_names()},
         "elapsed_s": round(result.elapsed_s, 2), "session_id": result.session_id,
     }
+    if out_dir is not None:
+        report["files_written"] = write_series(trades, sc.equity, start_ns, max(last, start_ns + 1), out_dir)
     report["trades"] = [to_jsonable({"strategy": t.strategy, "instrument": t.instrument, "direction": t.direction,
                                      "quantity": t.quantity, "entry": _iso(t.entry_ns), "exit": _iso(t.exit_ns),
                                      "entry_price": t.entry_price, "exit_price": t.exit_price,
                                      "net_pnl": t.net_pnl}) for t in trades]
     return report
+
+
+def write_series(trades: list[TradeRecord], equity: float, start_ns: int, end_ns: int, out_dir: Path) -> dict[str, str]:
+    """The test window as files quantstats and empyrical read directly: ``returns.csv`` (date, return: daily simple
+    returns of realised equity, one per UTC weekday; ``pd.read_csv(f, index_col=0, parse_dates=True)["return"]``),
+    ``equity.csv`` (date, equity) and ``trades.csv`` (one round trip a row, net of costs)."""
+    import pandas as pd
+
+    from reports.performance import daily_equity, daily_returns
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / f"{name}.csv" for name in ("returns", "equity", "trades")}
+    daily_returns(trades, equity, start_ns, end_ns).to_csv(paths["returns"], index_label="date")
+    daily_equity(trades, equity, start_ns, end_ns).to_csv(paths["equity"], index_label="date")
+    pd.DataFrame([{"strategy": t.strategy, "instrument": t.instrument, "direction": t.direction,
+                   "quantity": t.quantity, "entry": _iso(t.entry_ns), "exit": _iso(t.exit_ns),
+                   "entry_price": t.entry_price, "exit_price": t.exit_price, "net_pnl": t.net_pnl} for t in trades],
+                 columns=["strategy", "instrument", "direction", "quantity", "entry", "exit", "entry_price",
+                          "exit_price", "net_pnl"]).to_csv(paths["trades"], index=False)
+    return {name: str(p) for name, p in paths.items()}
 
 
 def _iso(ns: int) -> str:

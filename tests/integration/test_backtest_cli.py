@@ -99,3 +99,45 @@ def test_the_ml_strategy_without_a_model_does_not_trade_and_the_report_says_why(
         rows = conn.execute("select payload from audit_chain where kind = 'strategy_status' and subject_id = 'ml@0.2.0'"
                             ).fetchall()
     assert len(rows) == 2 and all("no model" in json.loads(p)["status"] for (p,) in rows)
+
+
+@pytest.mark.shared_data
+def test_research_engine_backtest_equals_the_sidecar_process_and_writes_files_empyrical_reads(shared_data, tmp_path):
+    """The default engine runs the decision path in this process: the same trades as a sidecar process over ZeroMQ;
+    its returns.csv gives the report's Sharpe, Sortino and drawdown by empyrical's own formulas."""
+    import numpy as np
+    import pandas as pd
+
+    es = trimmed(shared_data / "nt8" / "ES 12-23.Last.txt", tmp_path / "ES 12-23.Last.txt", "20231010", "20231013")
+    nq = trimmed(shared_data / "nt8" / "NQ 12-23.Last.txt", tmp_path / "NQ 12-23.Last.txt", "20231010", "20231013")
+    reports = {}
+    for engine in ("research", "playback"):
+        out = tmp_path / engine
+        proc = subprocess.run([*CLI, "backtest", "--data", str(es), str(nq), "--strategies", "momentum,reversion,spread",
+                               "--engine", engine, "--out", str(out), "--equity", "100000", "--json", "--quiet", "--trades",
+                               "--db", f"sqlite:///{tmp_path / (engine + '.sqlite')}"],
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports[engine] = json.loads(proc.stdout)
+    research, playback = reports["research"], reports["playback"]
+    assert research["engine"] == "research" and playback["engine"] == "playback"
+    assert research["trades"] == playback["trades"] and len(research["trades"]) > 0
+    assert research["test"]["summary"] == playback["test"]["summary"]
+
+    files = research["files_written"]
+    r = pd.read_csv(files["returns"], index_col=0, parse_dates=True)["return"]
+    equity = pd.read_csv(files["equity"], index_col=0, parse_dates=True)["equity"]
+    trades = pd.read_csv(files["trades"])
+    total = research["test"]["summary"]["total"]
+    assert len(trades) == total["trades"] and trades["net_pnl"].sum() == pytest.approx(total["net_pnl"], abs=0.01)
+    # empyrical's definitions: annualised with 252 days, sample std (ddof=1) for Sharpe, downside deviation
+    # sqrt(mean(min(r, 0)^2)) for Sortino, drawdown from the running peak of the compounded returns with the
+    # starting value in it (negative there, a positive fraction in the report)
+    sharpe = r.mean() / r.std(ddof=1) * np.sqrt(252)
+    sortino = r.mean() * 252 / (np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)) * np.sqrt(252))
+    wealth = np.concatenate(([1.0], (1 + r).cumprod().to_numpy()))
+    max_dd = -(wealth / np.maximum.accumulate(wealth) - 1).min()
+    assert total["sharpe"] == pytest.approx(sharpe, abs=1e-6)
+    assert total["sortino"] == pytest.approx(sortino, abs=1e-6)
+    assert total["max_drawdown"] == pytest.approx(max_dd, abs=1e-6)
+    assert equity.iloc[-1] == pytest.approx(100_000 + total["net_pnl"], abs=0.01)  # --equity 100000
