@@ -44,6 +44,8 @@ def _playback(files: list[Path], args: argparse.Namespace, config: Config) -> di
         raise UserError("--window must be at least 1")
     if args.latency_ms and not args.free_running:
         raise UserError("--latency-ms is a free-running setting: add --free-running (lockstep orders act at once)")
+    if getattr(args, "chunk_mb", None) is not None and args.engine != "research":
+        raise UserError("--chunk-mb reads files in pieces for --engine research; the other engines read them whole")
     if args.engine != "nt8sim" and args.free_running:
         raise UserError("--free-running needs --engine nt8sim (the python and research engines always run in lockstep)")
     master = master_for(config)
@@ -100,10 +102,10 @@ def _read_stream(files: list[Path], args: argparse.Namespace, master: Any, conso
     return stream
 
 
-def _lockstep_summary(engine: str, stream: Any, result: Any, window: int) -> dict[str, Any]:
+def _lockstep_summary(engine: str, files: list[str], result: Any, window: int) -> dict[str, Any]:
     """The summary of a playback through the Python engine's loop (over a socket, or in this process)."""
     return {
-        "engine": engine, "files": stream.sources, "instruments": stream.names, "session_id": result.session_id,
+        "engine": engine, "files": files, "instruments": result.instruments, "session_id": result.session_id,
         "ticks_read": result.ticks_read, "ticks_rejected": result.ticks_rejected,
         "ticks_rejected_by_reason": result.rejected_by_reason, "bars_read": result.bars_read,
         "bars_rejected_by_reason": result.bars_rejected_by_reason, "brackets": result.brackets, "fills": result.fills,
@@ -125,18 +127,28 @@ def _playback_python(files: list[Path], args: argparse.Namespace, config: Config
         result = run_playback(stream, endpoint, config, master, window=args.window,
                               progress=lambda n: progress.update(task, completed=n),
                               secret=client_secret(config.security))  # a config in remote mode: its secret
-    return _lockstep_summary("python", stream, result, args.window), [result.session_id]
+    return _lockstep_summary("python", stream.sources, result, args.window), [result.session_id]
 
 
 def _playback_research(files: list[Path], args: argparse.Namespace, config: Config, master: Any, db: str,
                        console: Any) -> tuple[dict[str, Any], list[int]]:
+    from bridge.nt8.playback import PlaybackError, iter_stream
     from bridge.research.inprocess import run_research
-    stream = _read_stream(files, args, master, console)
-    with _progress(console, len(stream), args.quiet, "ticks") as progress:
-        task = progress.add_task("playback", total=len(stream))
-        result = run_research(stream, config, master, db_url=db, window=args.window,
-                              progress=lambda n: progress.update(task, completed=n))
-    return _lockstep_summary("research", stream, result, args.window), [result.session_id]
+    if getattr(args, "chunk_mb", None) is None:
+        stream: Any = _read_stream(files, args, master, console)
+        total: int | None = len(stream)
+    else:  # files larger than memory: pieces of about chunk_mb of each file at a time
+        if args.chunk_mb <= 0:
+            raise UserError("--chunk-mb must be positive (megabytes of each file held at a time)")
+        stream, total = iter_stream(files, args.instrument, chunk_bytes=int(args.chunk_mb * (1 << 20))), None
+    try:
+        with _progress(console, total or 0, args.quiet, "ticks") as progress:
+            task = progress.add_task("playback", total=total)
+            result = run_research(stream, config, master, db_url=db, window=args.window,
+                                  progress=lambda n: progress.update(task, completed=n))
+    except (PlaybackError, ValueError) as exc:  # DataFileError is a ValueError
+        raise UserError(str(exc)) from None
+    return _lockstep_summary("research", [str(f) for f in files], result, args.window), [result.session_id]
 
 
 def _playback_nt8sim(files: list[Path], args: argparse.Namespace, config: Config, master: Any, endpoint: str,
@@ -730,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who plays NT8: python (a Python NT8 client over ZeroMQ to a sidecar, default), research (the "
                    "sidecar's decision path in this process, no socket: the same orders and fills, faster), nt8sim "
                    "(the NinjaScript under Mono)")
+    s.add_argument("--chunk-mb", type=float, metavar="MB", help="research: read the files in pieces of MB megabytes "
+                   "each (memory stays bounded however large the files; the same orders and fills)")
     s.add_argument("--sidecar", metavar="ENDPOINT", help="use a running sidecar instead of starting one")
     s.add_argument("--free-running", action="store_true", help="nt8sim: do not wait for the sidecar after each event "
                    "(faster, closer to live, not repeatable)")

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -478,6 +479,45 @@ def read_nt8(path: PathLike, fmt: Nt8Format | None = None, *, on_error: OnError 
     df.attrs["path"] = str(p)
     df.attrs["bad_rows"] = bad_rows
     return df
+
+
+def iter_nt8(path: PathLike, fmt: Nt8Format | None = None, *, chunk_bytes: int = 64 << 20) -> Iterator[pd.DataFrame]:
+    """Read an NT8 export in pieces of about ``chunk_bytes`` of text, each parsed as ``read_nt8`` parses a whole
+    file (same columns and ``attrs``), so a file larger than memory is read in bounded memory. Pieces end on a
+    line break. A bad line raises DataFileError naming its line number in the file."""
+    p = Path(path)
+    fmt = detect_format(p) if fmt is None else Nt8Format(fmt)
+    opener = gzip.open if _is_gzip(p) else open
+    lines_before = 0
+    tail = b""
+    try:
+        with opener(p, "rb") as fh:
+            first = True
+            while True:
+                block = fh.read(chunk_bytes)
+                if first and block.startswith(b"\xef\xbb\xbf"):
+                    block = block[3:]
+                first = False
+                data = tail + block
+                if block:
+                    cut = data.rfind(b"\n") + 1
+                    data, tail = data[:cut], data[cut:]
+                else:
+                    tail = b""
+                if data:
+                    df = _fast_read(data, fmt)
+                    if df is None:
+                        df, bad = _slow_read(data, fmt)
+                        if bad:
+                            number, text, reason = bad[0]
+                            raise DataFileError(f"{p}: line {lines_before + number}: {reason}; line is {text[:80]!r}")
+                    df.attrs.update(format=fmt.value, instrument=instrument_from_filename(p), path=str(p), bad_rows=[])
+                    lines_before += data.count(b"\n")
+                    yield df
+                if not block:
+                    return
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataFileError(f"{p}: corrupt or truncated gzip data ({exc}); expected a complete .gz export") from exc
 
 
 # ----------------------------------------------------------------------------------------------

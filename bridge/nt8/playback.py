@@ -16,12 +16,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import numpy as np
 
 from bridge.core.config import Config
-from bridge.data.nt8files import Nt8Format, detect_format, instrument_from_filename, read_nt8
+from bridge.data.nt8files import Nt8Format, detect_format, instrument_from_filename, iter_nt8, read_nt8
 from bridge.core.instruments import InstrumentMaster
 from bridge.nt8.client import Nt8Client
 from bridge.nt8.fillmodel import Fill, SimBroker
@@ -84,35 +85,66 @@ def bar_path(o: float, h: float, lo: float, c: float) -> tuple[float, float, flo
     return (o, lo, h, c) if c >= o else (o, h, lo, c)
 
 
-def load_stream(files: list[Path], instrument: str | None = None) -> TickStream:
-    names: list[str] = []
-    parts: list[dict[str, np.ndarray]] = []
+def _instrument_names(files: list[Path], instrument: str | None) -> list[str]:
     for path in files:
-        path = Path(path)
         if not path.exists():
             raise PlaybackError(f"data file {path} does not exist")
-        fmt = detect_format(path)
-        if fmt is Nt8Format.DAY:
-            raise PlaybackError(f"{path}: day bars are too coarse to play back; export ticks or minute bars")
-        name = instrument if (instrument and len(files) == 1) else instrument_from_filename(path)
-        df = read_nt8(path, fmt)
-        n = len(df)
-        nan = np.full(n, np.nan)
-        if fmt is Nt8Format.MINUTE:
-            cols = {"price": df["close"].to_numpy(float), "bid": nan, "ask": nan, "is_bar": np.ones(n, bool),
-                    "open": df["open"].to_numpy(float), "high": df["high"].to_numpy(float),
-                    "low": df["low"].to_numpy(float)}
-        else:
-            cols = {"price": df["price"].to_numpy(float), "bid": df["bid"].to_numpy(float),
-                    "ask": df["ask"].to_numpy(float), "is_bar": np.zeros(n, bool), "open": nan, "high": nan, "low": nan}
-        cols["ts_ns"] = df["ts_ns"].to_numpy(np.int64)
-        cols["size"] = df["volume"].to_numpy(np.int64)
+    if not files:
+        raise PlaybackError("no data files given: pass --data FILE (an NT8 export)")
+    names: list[str] = []
+    for path in files:
+        name = instrument if (instrument and len(files) == 1) else instrument_from_filename(_strip_parquet(path))
         if name not in names:
             names.append(name)
-        cols["instrument"] = np.full(n, names.index(name), dtype=np.int32)
-        parts.append(cols)
-    if not parts:
-        raise PlaybackError("no data files given: pass --data FILE (an NT8 export)")
+    return names
+
+
+def _strip_parquet(path: Path) -> Path:
+    return path.with_name(path.name[: -len(".parquet")]) if path.name.endswith(".parquet") else path
+
+
+def _columns(df: Any, is_bars: bool, iid: int) -> dict[str, np.ndarray]:
+    """A file's frame (``read_nt8``'s columns) as the stream's columns."""
+    n = len(df)
+    nan = np.full(n, np.nan)
+    if is_bars:
+        cols = {"price": df["close"].to_numpy(float), "bid": nan, "ask": nan, "is_bar": np.ones(n, bool),
+                "open": df["open"].to_numpy(float), "high": df["high"].to_numpy(float),
+                "low": df["low"].to_numpy(float)}
+    else:
+        cols = {"price": df["price"].to_numpy(float),
+                "bid": df["bid"].to_numpy(float) if "bid" in df else nan,
+                "ask": df["ask"].to_numpy(float) if "ask" in df else nan,
+                "is_bar": np.zeros(n, bool), "open": nan, "high": nan, "low": nan}
+    cols["ts_ns"] = df["ts_ns"].to_numpy(np.int64)
+    cols["size"] = df["volume"].to_numpy(np.int64)
+    cols["instrument"] = np.full(n, iid, dtype=np.int32)
+    return cols
+
+
+def _frames(path: Path, chunk_bytes: int | None) -> Iterator[tuple[Any, bool]]:
+    """A file's frames with whether they are bars: the whole file, or pieces of about ``chunk_bytes``. Parquet
+    (``.parquet``: ``read_nt8``'s columns, ticks or bars) is read in row groups of the same size."""
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        pf = pq.ParquetFile(path)
+        is_bars = "open" in pf.schema_arrow.names
+        rows = max(1, (chunk_bytes or (1 << 62)) // 48)
+        for batch in pf.iter_batches(batch_size=min(rows, 1 << 30)):
+            yield batch.to_pandas(), is_bars
+        return
+    fmt = detect_format(path)
+    if fmt is Nt8Format.DAY:
+        raise PlaybackError(f"{path}: day bars are too coarse to play back; export ticks or minute bars")
+    is_bars = fmt is Nt8Format.MINUTE
+    if chunk_bytes is None:
+        yield read_nt8(path, fmt), is_bars
+    else:
+        for df in iter_nt8(path, fmt, chunk_bytes=chunk_bytes):
+            yield df, is_bars
+
+
+def _stream(names: list[str], parts: list[dict[str, np.ndarray]], sources: list[str]) -> TickStream:
     ts = np.concatenate([p["ts_ns"] for p in parts])
     order = np.argsort(ts, kind="stable")  # stable: same-stamp events keep their file order
 
@@ -120,7 +152,72 @@ def load_stream(files: list[Path], instrument: str | None = None) -> TickStream:
         return np.concatenate([p[key] for p in parts])[order]
 
     return TickStream(names, cat("instrument"), ts[order], cat("price"), cat("bid"), cat("ask"), cat("size"),
-                      cat("is_bar"), cat("open"), cat("high"), cat("low"), [str(f) for f in files])
+                      cat("is_bar"), cat("open"), cat("high"), cat("low"), sources)
+
+
+def load_stream(files: list[Path], instrument: str | None = None) -> TickStream:
+    """Every event of ``files`` (NT8 exports or Parquet) in memory, merged in time order."""
+    paths = [Path(f) for f in files]
+    names = _instrument_names(paths, instrument)
+    parts = []
+    for path in paths:
+        iid = names.index(instrument if (instrument and len(paths) == 1) else instrument_from_filename(_strip_parquet(path)))
+        parts += [_columns(df, is_bars, iid) for df, is_bars in _frames(path, None)]
+    return _stream(names, parts, [str(f) for f in files])
+
+
+def iter_stream(files: list[Path], instrument: str | None = None, *, chunk_bytes: int = 32 << 20) -> Iterator[TickStream]:
+    """The events of ``files`` merged in time order, as consecutive pieces: memory holds about ``chunk_bytes`` of
+    each file's text at a time, however large the files. ``run_playback`` takes the pieces and trades as on
+    ``load_stream``'s whole stream (same-stamp events of several files keep the file order, as there). Each file
+    must be in time order, as NT8 writes exports; one that is not is named (load it whole with ``load_stream``)."""
+    paths = [Path(f) for f in files]
+    names = _instrument_names(paths, instrument)
+    readers = []
+    for path in paths:
+        iid = names.index(instrument if (instrument and len(paths) == 1) else instrument_from_filename(_strip_parquet(path)))
+        readers.append((path, iid, _frames(path, chunk_bytes)))
+    held: list[dict[str, np.ndarray] | None] = [None] * len(readers)
+    done = [False] * len(readers)
+    last_seen = [np.iinfo(np.int64).min] * len(readers)
+
+    def read_more(r: int) -> None:
+        path, iid, frames = readers[r]
+        for df, is_bars in frames:
+            cols = _columns(df, is_bars, iid)
+            ts = cols["ts_ns"]
+            if len(ts) and (ts[0] < last_seen[r] or np.any(ts[1:] < ts[:-1])):
+                raise PlaybackError(f"{path} is not in time order: read it whole (load_stream) instead of in pieces")
+            if len(ts):
+                last_seen[r] = int(ts[-1])
+                held[r] = cols if held[r] is None else {k: np.concatenate((held[r][k], v)) for k, v in cols.items()}
+                return
+        done[r] = True
+
+    while True:
+        for r in range(len(readers)):
+            if not done[r] and (held[r] is None or not len(held[r]["ts_ns"])):
+                read_more(r)
+        open_ends = [int(held[r]["ts_ns"][-1]) for r in range(len(readers)) if not done[r] and held[r] is not None]
+        # events before the earliest last stamp of a file still being read are final; events at that stamp may
+        # have same-stamp company in that file's next piece, so they wait
+        cutoff = min(open_ends) if open_ends else None
+        parts = []
+        for r, cols in enumerate(held):
+            if cols is None or not len(cols["ts_ns"]):
+                continue
+            k = len(cols["ts_ns"]) if cutoff is None else int(np.searchsorted(cols["ts_ns"], cutoff, side="left"))
+            if k:
+                parts.append({key: v[:k] for key, v in cols.items()})
+                held[r] = {key: v[k:] for key, v in cols.items()}
+        if parts:
+            yield _stream(names, parts, [str(p) for p in paths])
+        elif cutoff is None:
+            return
+        else:  # nothing before the cutoff: the files ending on it read further
+            for r in range(len(readers)):
+                if not done[r] and held[r] is not None and len(held[r]["ts_ns"]) and int(held[r]["ts_ns"][-1]) == cutoff:
+                    read_more(r)
 
 
 @dataclass
@@ -141,6 +238,7 @@ class PlaybackResult:
     fills_detail: list[tuple[int, Fill]] = field(default_factory=list)  # (event time, fill), in order
     bracket_algorithms: dict[str, str] = field(default_factory=dict)  # client order id -> algorithm id
     commands: list[tuple[int, str]] = field(default_factory=list)  # (event index, BRACKET/CANCEL/CHANGE/FLATTEN)
+    instruments: list[str] = field(default_factory=list)  # the stream's names, instrument id order
 
     @property
     def ticks_rejected(self) -> int:
@@ -151,8 +249,8 @@ def _fmt(x: float) -> str:
     return "nan" if math.isnan(x) else repr(round(x, 10))
 
 
-def run_playback(stream: TickStream, endpoint: str, config: Config, master: InstrumentMaster, *,
-                 window: int = 256, instance_id: str | None = None,
+def run_playback(stream: TickStream | Iterable[TickStream], endpoint: str, config: Config, master: InstrumentMaster,
+                 *, window: int = 256, instance_id: str | None = None,
                  progress: Callable[[int], None] | None = None, secret: bytes | None = None,
                  link: Any = None) -> PlaybackResult:
     """Replay ``stream`` through the sidecar at ``endpoint`` in lockstep; deterministic for a given window.
@@ -164,6 +262,8 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     lockstep); while nothing is live it is up to ``window`` ticks, and the reports of a bracket
     placed and filled inside such a batch reach the sidecar at its end. ``window=1`` is exact
     lockstep throughout. The batch boundaries depend only on the data, so runs are repeatable.
+    ``stream`` may be one TickStream or consecutive pieces of one (``iter_stream``: files larger than memory);
+    a batch never ends at a piece's end, so the pieces give the orders and fills of the whole.
     ``secret``: a sidecar in remote mode (every message authenticated; the trading is the same).
     ``instance_id``: each run is a strategy instance of its own by default (``playback-<random>``): a new
     playback of history must not resume the brackets of an earlier run stored in the same database.
@@ -173,8 +273,13 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     instance_id = instance_id or f"playback-{uuid.uuid4().hex[:12]}"
     if window < 1:
         raise ValueError("window must be at least 1")
+    pieces = iter((stream,)) if isinstance(stream, TickStream) else iter(stream)
+    first = next(pieces, None)
+    if first is None:
+        raise PlaybackError("no market data to play back")
+    names = first.names
     decls = []
-    for name in stream.names:
+    for name in names:
         spec = master.resolve(name)
         decls.append(InstrumentDecl(name, spec.tick_size, spec.point_value))
     broker = SimBroker(decls, config.fill_model)
@@ -185,29 +290,49 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
     bracket_ordinal: dict[str, int] = {}
     algorithms: dict[str, str] = {}
     commands: list[tuple[int, str]] = []
+    fill_times: list[int] = []  # the event time of each fill, in order
+    counts = {"events": 0, "bars": 0}
     start = time.perf_counter()
     if link is None:
         link = Nt8Client(endpoint, instance_id=instance_id, account="Playback101", instruments=decls, secret=secret)
     with link as client:
         welcome = client.connect()
-        iids, tss, prices, bids, asks, sizes = (stream.instrument.tolist(), stream.ts_ns.tolist(),
-                                                stream.price.tolist(), stream.bid.tolist(), stream.ask.tolist(),
-                                                stream.size.tolist())
-        is_bar, opens, highs, lows = (stream.is_bar.tolist(), stream.open.tolist(), stream.high.tolist(),
-                                      stream.low.tolist())
+        cols: dict[str, list] = {}
+        base = 0  # the whole stream's index of the first event held in ``cols``
+        first_ts = int(first.ts_ns[0]) if len(first) else 0
+        prev_ts = first_ts  # the time of the event before the first one held (the first event's, at the start)
 
-        def message(k: int) -> Message:
-            if is_bar[k]:
-                return Bar(iids[k], 60, opens[k], highs[k], lows[k], prices[k], sizes[k], tss[k])
-            return Tick(iids[k], 0, prices[k], sizes[k], bids[k], asks[k], tss[k], tss[k])
+        def take(piece: TickStream | None, keep_from: int) -> None:
+            """Hold the events from ``keep_from`` on and the next piece's after them."""
+            nonlocal base, prev_ts
+            if keep_from:
+                prev_ts = cols["ts"][keep_from - 1]
+            base += keep_from
+            fresh = {} if piece is None else {
+                "iid": piece.instrument.tolist(), "ts": piece.ts_ns.tolist(), "price": piece.price.tolist(),
+                "bid": piece.bid.tolist(), "ask": piece.ask.tolist(), "size": piece.size.tolist(),
+                "bar": piece.is_bar.tolist(), "open": piece.open.tolist(), "high": piece.high.tolist(),
+                "low": piece.low.tolist()}
+            for key in ("iid", "ts", "price", "bid", "ask", "size", "bar", "open", "high", "low"):
+                cols[key] = cols.get(key, [])[keep_from:] + fresh.get(key, [])
+            if piece is not None:
+                if piece.names != names:
+                    raise PlaybackError(f"a piece of the stream names instruments {piece.names}, the first {names}")
+                counts["events"] += len(piece)
+                counts["bars"] += int(piece.is_bar.sum())
 
-        def trades(k: int) -> tuple[float, ...]:
-            return bar_path(opens[k], highs[k], lows[k], prices[k]) if is_bar[k] else (prices[k],)
-        n = len(stream)
+        take(first, 0)
+        exhausted = isinstance(stream, TickStream)
         pending: list[Message] = []  # NT8 events waiting to be reported
+
+        def note_fills(before: int, ts: int) -> None:
+            fill_times.extend([ts] * (len(broker.fills) - before))
 
         def apply(replies: list[Message], ts: int, index: int) -> None:
             nonlocal brackets
+            if not replies:
+                return
+            before = len(broker.fills)
             for r in replies:
                 if isinstance(r, (SubmitBracket, CancelOrder, ChangeOrder, Flatten)):
                     commands.append((index // 4, type(r).TYPE.name))
@@ -227,51 +352,77 @@ def run_playback(stream: TickStream, endpoint: str, config: Config, master: Inst
                 elif isinstance(r, Error):
                     name = ErrorCode(r.code).name if r.code in ErrorCode._value2member_map_ else str(r.code)
                     (rejected_bars if r.offending_type == MsgType.BAR else rejected)[name] += 1
+            note_fills(before, ts)
 
-        i = 0
-        while i < n:
-            end = i + 1 if (pending or broker.has_live_orders()) else min(n, i + window)
-            sent: list[tuple[int, int]] = []  # (seq, tick index; -1 for an NT8 event)
+        i = 0  # index into ``cols`` of the next event to send
+        while True:
+            iids, tss, prices, bids, asks, sizes = (cols["iid"], cols["ts"], cols["price"], cols["bid"], cols["ask"],
+                                                    cols["size"])
+            is_bar, opens, highs, lows = cols["bar"], cols["open"], cols["high"], cols["low"]
+            n = len(tss)
+            size = 1 if (pending or broker.has_live_orders()) else window
+            if i + size > n and not exhausted:  # the batch would end at the piece's end: bring in the next piece
+                piece = next(pieces, None)
+                exhausted = piece is None
+                take(piece, i)
+                i = 0
+                continue
+            if i >= n:
+                break
+            end = min(n, i + size)
+            sent: list[tuple[int, int]] = []  # (seq, index in cols; -1 for an NT8 event)
             for event in pending:
                 sent.append((client.send(event), -1))
             pending.clear()
             for k in range(i, end):
-                sent.append((client.send(message(k)), k))
+                if is_bar[k]:
+                    msg: Message = Bar(iids[k], 60, opens[k], highs[k], lows[k], prices[k], sizes[k], tss[k])
+                else:
+                    msg = Tick(iids[k], 0, prices[k], sizes[k], bids[k], asks[k], tss[k], tss[k])
+                sent.append((client.send(msg), k))
             replies = client.wait_acks(sent[-1][0])
             # The fill model counts trades as 4k + j (j-th trade of event k; a bar has four), so an
             # order placed on event k goes live from event k + 1, and exits placed on a fill at a
             # bar's open can fill later in the same bar.
+            g0 = base + i  # the whole stream's index of the batch's first event
             for seq, k in sent:
                 if k < 0:  # replies to reported events belong to the last event before the batch
-                    apply(replies.get(seq, ()), tss[i - 1] if i else tss[0], 4 * i - 1)
+                    before_ts = tss[i - 1] if i else (prev_ts if g0 else tss[0])
+                    apply(replies.get(seq, ()), before_ts, 4 * g0 - 1)
                     continue
+                g = base + k
                 fills_before = len(broker.fills)
-                for j, price in enumerate(trades(k)):
-                    pending.extend(broker.on_trade(iids[k], price, bids[k], asks[k], tss[k], 4 * k + j))
-                for fill in broker.fills[fills_before:]:
-                    digest.update(f"F|{fill.tick_index}|{bracket_ordinal.get(fill.bracket_id, fill.bracket_id)}|"
-                                  f"{fill.role}|{fill.side}|{fill.quantity}|{_fmt(fill.price)}\n".encode())
-                apply(replies.get(seq, ()), tss[k], 4 * k + 3)
-            if progress is not None and (i >> 14) != (end >> 14):
-                progress(end)
+                trades = bar_path(opens[k], highs[k], lows[k], prices[k]) if is_bar[k] else (prices[k],)
+                for j, price in enumerate(trades):
+                    pending.extend(broker.on_trade(iids[k], price, bids[k], asks[k], tss[k], 4 * g + j))
+                if len(broker.fills) != fills_before:
+                    for fill in broker.fills[fills_before:]:
+                        digest.update(f"F|{fill.tick_index}|{bracket_ordinal.get(fill.bracket_id, fill.bracket_id)}|"
+                                      f"{fill.role}|{fill.side}|{fill.quantity}|{_fmt(fill.price)}\n".encode())
+                    note_fills(fills_before, tss[k])
+                apply(replies.get(seq, ()), tss[k], 4 * g + 3)
+            if progress is not None and ((base + i) >> 14) != ((base + end) >> 14):
+                progress(base + end)
             i = end
+        n_total = counts["events"]
+        last_ts = cols["ts"][-1] if cols["ts"] else prev_ts
         if pending:  # the last fills' reports
             last = [client.send(event) for event in pending]
             pending.clear()
-            apply([m for g in client.wait_acks(last[-1]).values() for m in g], tss[-1], 4 * n - 1)
+            apply([m for g in client.wait_acks(last[-1]).values() for m in g], last_ts, 4 * n_total - 1)
         if progress is not None:
-            progress(n)
+            progress(n_total)
     elapsed = time.perf_counter() - start
     realized = broker.realized_pnl()
+    bars = counts["bars"]
     return PlaybackResult(
-        session_id=welcome.session_id, ticks_read=n - int(stream.is_bar.sum()), bars_read=int(stream.is_bar.sum()), rejected_by_reason=dict(sorted(rejected.items())),
-        bars_rejected_by_reason=dict(sorted(rejected_bars.items())),
+        session_id=welcome.session_id, ticks_read=n_total - bars, bars_read=bars,
+        rejected_by_reason=dict(sorted(rejected.items())), bars_rejected_by_reason=dict(sorted(rejected_bars.items())),
         brackets=brackets, fills=len(broker.fills), refused_commands=broker.refused,
-        realized_pnl={stream.names[i]: round(v, 2) for i, v in realized.items()},
+        realized_pnl={names[i]: round(v, 2) for i, v in realized.items()},
         commission=round(broker.account.commission, 2),
-        final_position={stream.names[i]: p for i, p in broker.account.positions.items()},
+        final_position={names[i]: p for i, p in broker.account.positions.items()},
         digest=digest.hexdigest(), elapsed_s=elapsed,
-        fills_detail=[(int(stream.ts_ns[min(f.tick_index // 4, n - 1)]) if f.tick_index >= 0 else int(stream.ts_ns[0]), f)
-                      for f in broker.fills],
-        bracket_algorithms=algorithms, commands=commands,
+        fills_detail=list(zip(fill_times, broker.fills)),
+        bracket_algorithms=algorithms, commands=commands, instruments=list(names),
     )

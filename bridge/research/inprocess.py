@@ -15,15 +15,16 @@ kept in memory, so a study pays for nothing it does not keep.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bridge.core.config import Config
 from bridge.core.instruments import InstrumentMaster
 from bridge.nt8.client import ClientError
-from bridge.nt8.playback import PlaybackResult, TickStream, run_playback
+from bridge.nt8.playback import PlaybackError, PlaybackResult, TickStream, run_playback
 from bridge.protocol.codec import ProtocolError
 from bridge.protocol.messages import Error, Hello, HelloFlags, InstrumentDecl, Message, MsgType, Welcome
 from bridge.transport.server import SidecarServer
@@ -107,10 +108,11 @@ class InProcessLink:
             self.session = None
 
 
-def run_research(stream: TickStream, config: Config, master: InstrumentMaster | None = None, *,
+def run_research(stream: TickStream | Iterable[TickStream], config: Config, master: InstrumentMaster | None = None, *,
                  db_url: str | None = None, window: int = 256, instance_id: str | None = None,
                  progress: Callable[[int], None] | None = None) -> PlaybackResult:
-    """Play ``stream`` through the sidecar's decision path in this process; the result is the playback's.
+    """Play ``stream`` (a TickStream, or its pieces from ``iter_stream``) through the sidecar's decision path in
+    this process; the result is the playback's.
 
     ``db_url``: record every row there through a real storage writer, and with ``audit.enabled`` every audit
     record in the hash chain and its journal, where the sidecar keeps them for that database; without it rows
@@ -131,8 +133,16 @@ def run_research(stream: TickStream, config: Config, master: InstrumentMaster | 
     server = SidecarServer(config, sink, master, make_strategy_factory(config), chain=chain)
     try:
         server.record_config()
+        if not isinstance(stream, TickStream):  # pieces (iter_stream): the first one names the instruments
+            pieces = iter(stream)
+            first = next(pieces, None)
+            if first is None:
+                raise PlaybackError("no market data to play back")
+            names, stream = first.names, itertools.chain((first,), pieces)
+        else:
+            names = stream.names
         decls = [InstrumentDecl(name, master.resolve(name).tick_size, master.resolve(name).point_value)
-                 for name in stream.names]
+                 for name in names]
         link = InProcessLink(server, instance_id=instance_id or "research", account="Playback101",
                              instruments=decls)
         return run_playback(stream, "in-process", config, master, window=window, instance_id=link.instance_id,
