@@ -647,6 +647,23 @@ def cmd_db_restore(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_db_drill(args: argparse.Namespace, config: Config) -> int:
+    import dataclasses
+
+    from bridge.storage.database import StorageError
+    from bridge.storage.pg_drill import run_drill
+    from bridge.storage.replication import PgTools
+    if args.rows < 1:
+        raise UserError("--rows must be at least 1")
+    try:
+        report = run_drill(PgTools.find(args.pg_bin, args.run_as), Path(args.dir) if args.dir else None,
+                           rows=args.rows, synchronous=args.sync, keep=args.keep)
+    except StorageError as exc:
+        raise UserError(str(exc)) from None
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    return 0 if report.ok else 1
+
+
 def cmd_config_show(args: argparse.Namespace, config: Config) -> int:
     print(to_toml(config), end="")
     return 0
@@ -867,6 +884,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace a target that holds data (its audit files are "
                    "kept aside in replaced-<time>/)")
     d.set_defaults(func=cmd_db_restore)
+    d = dsub.add_parser("drill", help="failover and point-in-time recovery drill on throwaway PostgreSQL clusters: "
+                        "primary + hot standby + WAL archive, the primary lost, the standby promoted, a base backup "
+                        "restored to a point in time; prints what it measured (exit 1 when rows went missing)")
+    d.add_argument("--pg-bin", metavar="DIR", help="the server's bin folder (initdb, pg_ctl, pg_basebackup; default: "
+                   "PATH, else the newest /usr/lib/postgresql/N/bin)")
+    d.add_argument("--dir", metavar="FOLDER", help="an empty folder for the clusters (default: a temporary one)")
+    d.add_argument("--run-as", metavar="USER", help="POSIX, as root: the user that owns and runs the clusters "
+                   "(default postgres)")
+    d.add_argument("--rows", type=int, default=50_000, help="rows in each of the two batches (default 50000)")
+    d.add_argument("--sync", action="store_true", help="synchronous replication (synchronous_standby_names)")
+    d.add_argument("--keep", action="store_true", help="leave the stopped clusters in --dir to look at")
+    d.set_defaults(func=cmd_db_drill)
 
     ops.register(sub, db_option)
     remote.register(sub)
