@@ -360,20 +360,21 @@ class History:
                 select(o, s.c.account).select_from(o.outerjoin(s, s.c.session_id == o.c.session_id))
                 .where(o.c.session_id.in_(self._window())).order_by(o.c.ts_created_ns.desc()).limit(limit))]
             ids = [r["client_order_id"] for r in rows]
-            last: dict[tuple[str, str], dict[str, Any]] = {}
+            last: dict[tuple[str, str], Any] = {}
             for chunk in _chunks(ids, 500):
                 for r in conn.execute(select(u.c.client_order_id, u.c.role, u.c.state, u.c.filled, u.c.avg_fill_price,
                                              u.c.ts_event_ns, u.c.comment)
                                       .where(u.c.client_order_id.in_(chunk)).order_by(u.c.id)):
-                    last[(r.client_order_id, r.role)] = _row(r)  # the last one wins
+                    last[(r.client_order_id, r.role)] = r  # the last one wins (made a dict below: only it)
         for r in rows:
-            entry = last.get((r["client_order_id"], "ENTRY"), {})
+            found = last.get((r["client_order_id"], "ENTRY"))
+            entry = _row(found) if found is not None else {}
             r["state"] = entry.get("state")
             r["filled"] = entry.get("filled", 0)
             r["avg_fill_price"] = entry.get("avg_fill_price")
             r["updated_ns"] = entry.get("ts_event_ns")
-            r["stop_state"] = last.get((r["client_order_id"], "STOP"), {}).get("state")
-            r["target_state"] = last.get((r["client_order_id"], "TARGET"), {}).get("state")
+            r["stop_state"] = getattr(last.get((r["client_order_id"], "STOP")), "state", None)
+            r["target_state"] = getattr(last.get((r["client_order_id"], "TARGET")), "state", None)
         return {"source": "stored", "history_days": self.history_days, "orders": rows}
 
     def blotter(self, limit: int = 500) -> dict[str, Any]:

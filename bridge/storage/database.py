@@ -391,13 +391,8 @@ def upgrade(url: str, revision: str = "head") -> str:
     StorageError
         If the database is unreachable (``transient``), damaged, or newer than this nt8bridge.
     """
-    engine = create_engine_for(url)
     try:
-        with engine.begin() as connection:
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, revision)
-            now = MigrationContext.configure(connection).get_current_revision()
+        now = _migrate(url, lambda cfg: command.upgrade(cfg, revision))
     except StorageError:
         raise
     except CommandError as exc:
@@ -407,12 +402,34 @@ def upgrade(url: str, revision: str = "head") -> str:
         ) from None
     except Exception as exc:  # translated, with the original chained
         raise as_storage_error(url, exc, "upgrading the schema") from exc
-    finally:
-        engine.dispose()
     if now is None:  # only if revision was "base"
         raise StorageError(f"{safe_url(url)} has no schema revision after upgrading to {revision!r}")
     log.debug("schema of %s is at revision %s", safe_url(url), now)
     return now
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the schema back to ``revision`` (each later migration's ``downgrade``): for measuring or testing
+    what a migration changed, on a copy; the sidecar never goes back."""
+    try:
+        _migrate(url, lambda cfg: command.downgrade(cfg, revision))
+    except StorageError:
+        raise
+    except Exception as exc:  # translated, with the original chained
+        raise as_storage_error(url, exc, f"downgrading the schema to {revision}") from exc
+
+
+def _migrate(url: str, step: Callable[[Config], None]) -> str | None:
+    """``step`` (an Alembic command) in one transaction on ``url``; the revision in force afterwards."""
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as connection:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = connection
+            step(cfg)
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
 
 
 def current_revision(url: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from bridge.storage.database import create_engine_for
 from bridge.storage.schema import metadata
@@ -26,25 +26,29 @@ class SessionCounts:
 def session_counts(url: str, session_id: int) -> SessionCounts:
     """Row counts of one session, read back from storage."""
     engine = create_engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return count_session(conn, session_id)
+    finally:
+        engine.dispose()
+
+
+def count_session(conn: Connection, session_id: int) -> SessionCounts:
+    """``session_counts`` on an open connection (each count reads the table's session index)."""
     t = metadata.tables
 
     def count(name: str) -> int:
         table = t[name]
         return conn.execute(select(func.count()).select_from(table).where(table.c.session_id == session_id)).scalar_one()
 
-    try:
-        with engine.connect() as conn:
-            q = t["quality_events"]
-            by_reason = dict(conn.execute(select(q.c.reason, func.count()).where(q.c.session_id == session_id)
-                                          .group_by(q.c.reason)).all())
-            s = t["sessions"]
-            end_reason = conn.execute(select(s.c.end_reason).where(s.c.session_id == session_id)).scalar_one_or_none()
-            return SessionCounts(count("ticks"), dict(sorted(by_reason.items())), count("bars"), count("decisions"),
-                                 count("orders"), count("order_updates"), count("executions"),
-                                 count("audit_log") + count("audit_chain"),
-                                 end_reason)
-    finally:
-        engine.dispose()
+    q = t["quality_events"]
+    by_reason = dict(conn.execute(select(q.c.reason, func.count()).where(q.c.session_id == session_id)
+                                  .group_by(q.c.reason)).all())
+    s = t["sessions"]
+    end_reason = conn.execute(select(s.c.end_reason).where(s.c.session_id == session_id)).scalar_one_or_none()
+    return SessionCounts(count("ticks"), dict(sorted(by_reason.items())), count("bars"), count("decisions"),
+                         count("orders"), count("order_updates"), count("executions"),
+                         count("audit_log") + count("audit_chain"), end_reason)
 
 
 def sessions_of_instance(url: str, instance_id: str) -> list[int]:
@@ -104,27 +108,32 @@ def instance_history(url: str, instance_id: str, account: str, since_ns: int) ->
     """The brackets and fills of ``instance_id`` (on ``account``) from its sessions started at ``since_ns`` or
     later; a fill is found under whichever session stored it."""
     engine = create_engine_for(url)
-    t = metadata.tables
-    s, o, e, u = t["sessions"], t["orders"], t["executions"], t["order_updates"]
     try:
         with engine.connect() as conn:
-            sessions = list(conn.execute(select(s.c.session_id).where(
-                s.c.instance_id == instance_id, s.c.account == account, s.c.started_ns >= since_ns)).scalars())
-            if not sessions:
-                return InstanceHistory((), ())
-            orders = conn.execute(select(o).where(o.c.session_id.in_(sessions))
-                                  .order_by(o.c.ts_created_ns, o.c.client_order_id)).mappings().all()
-            ids = [r["client_order_id"] for r in orders]
-            states: dict[str, str] = {}
-            for cid, state in conn.execute(select(u.c.client_order_id, u.c.state)
-                                           .where(u.c.client_order_id.in_(ids), u.c.role == "ENTRY")
-                                           .order_by(u.c.id)):
-                states[cid] = state  # the last one wins
-            fills = conn.execute(select(e).where(e.c.client_order_id.in_(ids)
-                                                 | (e.c.session_id.in_(sessions) & (e.c.role == "FLATTEN")))
-                                 .order_by(e.c.ts_event_ns, e.c.id)).mappings().all()
+            return read_instance_history(conn, instance_id, account, since_ns)
     finally:
         engine.dispose()
+
+
+def read_instance_history(conn: Connection, instance_id: str, account: str, since_ns: int) -> InstanceHistory:
+    """``instance_history`` on an open connection."""
+    t = metadata.tables
+    s, o, e, u = t["sessions"], t["orders"], t["executions"], t["order_updates"]
+    sessions = list(conn.execute(select(s.c.session_id).where(
+        s.c.instance_id == instance_id, s.c.account == account, s.c.started_ns >= since_ns)).scalars())
+    if not sessions:
+        return InstanceHistory((), ())
+    orders = conn.execute(select(o).where(o.c.session_id.in_(sessions))
+                          .order_by(o.c.ts_created_ns, o.c.client_order_id)).mappings().all()
+    ids = [r["client_order_id"] for r in orders]
+    states: dict[str, str] = {}
+    for cid, state in conn.execute(select(u.c.client_order_id, u.c.state)
+                                   .where(u.c.client_order_id.in_(ids), u.c.role == "ENTRY")
+                                   .order_by(u.c.id)):
+        states[cid] = state  # the last one wins
+    fills = conn.execute(select(e).where(e.c.client_order_id.in_(ids)
+                                         | (e.c.session_id.in_(sessions) & (e.c.role == "FLATTEN")))
+                         .order_by(e.c.ts_event_ns, e.c.id)).mappings().all()
     brackets = tuple(StoredBracket(r["client_order_id"], r["session_id"], r["decision_id"], r["instrument"],
                                    r["side"], r["quantity"], r["entry_type"], r["entry_price"], r["stop_price"],
                                    r["target_price"], r["algorithm_id"], states.get(r["client_order_id"]))

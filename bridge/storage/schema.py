@@ -110,6 +110,10 @@ sessions = Table(
     _ns("ended_ns", nullable=True),
     _text("end_reason", nullable=True),
     _ns("clock_offset_ns", nullable=True),
+    # A reconnecting instance's sessions (recovery, playback reports); the console's history window.
+    Index("ix_sessions_instance_id_started_ns", "instance_id", "started_ns"),
+    Index("ix_sessions_started_ns", "started_ns"),
+    Index("ix_sessions_ended_ns", "ended_ns"),
 )
 
 ticks = Table(
@@ -146,6 +150,7 @@ bars = Table(
     Column("volume", BigInteger, nullable=False),
     Column("tick_count", Integer, nullable=True),  # NT8-built bars do not always carry it
     _text("source"),  # 'ticks' (built here) or 'nt8' (received)
+    Index("ix_bars_session_id", "session_id"),
 )
 
 quality_events = Table(
@@ -175,6 +180,8 @@ decisions = Table(
     _text("outcome"),
     Column("rationale", Text, nullable=True),
     Column("inputs", Text, nullable=True),  # JSON
+    # A session's decisions, newest first (the console's recent denials, per-session counts).
+    Index("ix_decisions_session_id_ts_sidecar_ns", "session_id", "ts_sidecar_ns"),
 )
 
 orders = Table(
@@ -193,6 +200,9 @@ orders = Table(
     _text("time_in_force"),
     _text("algorithm_id", nullable=True),
     _ns("ts_created_ns"),
+    # A session's orders, newest first (recovery on HELLO, the console's orders); a decision's orders.
+    Index("ix_orders_session_id_ts_created_ns", "session_id", "ts_created_ns"),
+    Index("ix_orders_decision_id", "decision_id"),
 )
 
 order_updates = Table(
@@ -213,6 +223,9 @@ order_updates = Table(
     _ns("ts_event_ns"),
     Column("error_code", Integer, nullable=True),
     Column("comment", Text, nullable=True),
+    # An order's updates (its last state); a session's, for counts.
+    Index("ix_order_updates_client_order_id", "client_order_id"),
+    Index("ix_order_updates_session_id", "session_id"),
 )
 
 executions = Table(
@@ -232,7 +245,8 @@ executions = Table(
     _price("commission", nullable=True),
     _ns("ts_event_ns"),
     # NT8 replays executions after a reconnect; this makes the replay idempotent.
-    UniqueConstraint("session_id", "execution_id"),
+    UniqueConstraint("session_id", "execution_id"),  # also the index of a session's executions
+    Index("ix_executions_client_order_id", "client_order_id"),  # an order's fills
 )
 
 positions = Table(
@@ -246,6 +260,8 @@ positions = Table(
     Column("quantity", Integer, nullable=False),
     _price("avg_price", nullable=True),  # meaningless when flat
     _ns("ts_event_ns"),
+    # The latest row of each session and instrument: max(id) per group, read from the index alone on SQLite.
+    Index("ix_positions_session_id_instrument", "session_id", "instrument"),
 )
 
 account_values = Table(
@@ -261,6 +277,7 @@ account_values = Table(
     _price("unrealized_pnl", nullable=True),
     _price("buying_power", nullable=True),
     _ns("ts_event_ns"),
+    Index("ix_account_values_session_id_account", "session_id", "account"),  # the latest per session and account
 )
 
 audit_log = Table(
@@ -272,12 +289,17 @@ audit_log = Table(
     _text("kind"),
     _text("subject_id", nullable=True),
     Column("payload", Text, nullable=True),  # JSON
+    # No longer written, but read for older sessions: their counts, the console's recent operator acts.
+    Index("ix_audit_log_session_id", "session_id"),
+    Index("ix_audit_log_kind_ts_sidecar_ns", "kind", "ts_sidecar_ns"),
 )
 
 # The tamper-evident audit chain (bridge/audit/chain.py): append-only, rows rejected on UPDATE/DELETE by
 # triggers (migration 0002). Replaces audit_log, which stays for sessions recorded before it.
 audit_chain = audit_chain_table(metadata)
 Index("ix_audit_chain_session_id", audit_chain.c.session_id)
+Index("ix_audit_chain_kind_subject_id", audit_chain.c.kind, audit_chain.c.subject_id)  # a decision's record
+Index("ix_audit_chain_kind_ts_us", audit_chain.c.kind, audit_chain.c.ts_us)  # recent records of some kinds
 
 storage_rejects = Table(
     "storage_rejects",

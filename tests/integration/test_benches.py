@@ -25,6 +25,7 @@ FIGURES = {
     "bench_analytics.py": r"analytics store insert\s+:\s+[1-9][\d,]* rows/s",
     "bench_audit.py": r"AuditChain\.append\s+\d",
     "bench_console.py": r"event -> DOM painted, 1 browser\s+n=\s*[1-9]",
+    "bench_db_lookups.py": r"History\.decision: .+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+",
     "bench_drift.py": r"DissimilarityGuard\.index\s+\d",
     "bench_failover.py": r"failover: leader killed -> session with the standby\s+n=\s*1\s+p50\s+\d",
     "bench_features.py": r"OnlineFeatures\.on_bar\s+\d",

@@ -47,7 +47,7 @@ def test_server_down_at_start_and_mid_run_loses_nothing(pg_private_cluster: Any,
         cluster.start()
         w.sync()
         assert count(url, "ticks") == 100
-        assert current_revision(url) == "0005"
+        assert current_revision(url) == "0006"
 
         cluster.stop()  # goes away while recording: pooled connections die
         for row in rows[100:]:

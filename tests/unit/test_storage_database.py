@@ -176,7 +176,7 @@ def test_backup_opens_with_the_same_row_counts(storage_url: str, tmp_path: Path,
                 pytest.skip("pg_restore not on PATH (apt install postgresql-client)")
             copy_url = _restore_pg(out, request.getfixturevalue("pg_database_factory"))
         assert _counts(copy_url) == _counts(storage_url)
-        assert current_revision(copy_url) == "0005"
+        assert current_revision(copy_url) == "0006"
     finally:
         w.close()
 
@@ -257,7 +257,7 @@ def test_sqlite_unavailable_at_start_and_mid_run_loses_nothing(tmp_path: Path, c
     w.close()
     assert count(url, "ticks") == 300
     assert w.stats.errors > 0 and w.stats.rows_written["ticks"] == 300
-    assert current_revision(url) == "0005"
+    assert current_revision(url) == "0006"
 
 
 def test_sqlite_rejects_bad_rows_and_keeps_order_in_other_tables(tmp_path: Path) -> None:

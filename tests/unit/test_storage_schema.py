@@ -23,7 +23,7 @@ def _diff(url: str, metadata: sa.MetaData) -> list[object]:
 def test_upgrade_is_idempotent_and_matches_metadata(storage_url: str) -> None:
     assert current_revision(storage_url) is None
     first = upgrade(storage_url)
-    assert first == "0005"
+    assert first == "0006"
     assert upgrade(storage_url) == first  # second run: nothing to do, same revision
     assert current_revision(storage_url) == first
     assert _diff(storage_url, schema.metadata) == []
