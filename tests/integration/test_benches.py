@@ -18,7 +18,9 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 BENCH = REPO_ROOT / "bench"
-BENCHES = sorted(p.name for p in BENCH.glob("*.py") if p.name != "smoke.py")  # smoke.py: their --smoke
+# smoke.py: their --smoke; nautilus_ema_bracket.py: bench_research.py's other side, run by NautilusTrader's own Python
+NOT_BENCHES = {"smoke.py", "nautilus_ema_bracket.py"}
+BENCHES = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NOT_BENCHES)
 
 # A headline figure each smoke run must print: its label, then a number.
 FIGURES = {
@@ -35,6 +37,7 @@ FIGURES = {
     "bench_ingest.py": r"sidecar: first send -> last row committed\s+\d",
     "bench_nt8sim.py": r"tick -> BRACKET \(entry submitted\+filled\)\s+[1-9]",
     "bench_outage.py": r"catch-up from the spool\s+:\s+[1-9][\d,]* rows/s",
+    "bench_research.py": r"research / numpy ticks/s = \d",
     "bench_risk.py": r"RiskEngine\.check_new\s+n=\s*[\d,]+\s+p50\s+\d",
     "bench_roundtrip.py": r"tick -> BRACKET \(sidecar child\)\s+\d+\s+\d",
     "bench_soak.py": r"last window / first window, round-trip p50\s+\d",
@@ -43,7 +46,7 @@ FIGURES = {
     "quality_report.py": r"ES 06-18\.Last\.txt\.gz\s+\d",
 }
 NEEDS_SHARED_DATA = {"bench_console.py", "bench_failover.py", "bench_features.py", "bench_nt8sim.py",
-                     "bench_strategies.py", "quality_report.py"}
+                     "bench_research.py", "bench_strategies.py", "quality_report.py"}
 NEEDS_MONO = {"bench_failover.py", "bench_nt8sim.py"}
 NEEDS_PG = {"bench_failover.py"}  # given the test server with --pg
 NEEDS_IB_ASYNC = {"bench_feeds.py"}  # the IB feed's client, against the fake TWS
@@ -115,6 +118,15 @@ def test_strategies_smoke_fails_when_nothing_decides(shared_data: Path) -> None:
     proc = run_bench("bench_strategies.py", "--smoke", "--strategies", "none")
     assert proc.returncode == 1, failure_report(proc)
     assert "FAILED" in proc.stderr and "no decision" in proc.stderr, failure_report(proc)
+
+
+@pytest.mark.shared_data
+def test_research_smoke_fails_when_the_research_run_places_no_bracket(shared_data: Path) -> None:
+    # the file's first bracket comes at event 25,528
+    proc = run_bench("bench_research.py", "--smoke", "--limit", "20000")
+    assert proc.returncode == 1, failure_report(proc)
+    assert "FAILED" in proc.stderr and "no bracket placed" in proc.stderr, failure_report(proc)
+    assert "Traceback" not in proc.stderr, failure_report(proc)
 
 
 def test_quality_report_smoke_fails_without_data(tmp_path: Path) -> None:
