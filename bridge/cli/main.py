@@ -16,6 +16,7 @@ from bridge.core.config import Config, ConfigError, load_config, to_toml
 from bridge.core.errors import UserError
 from bridge.cli import alerts, console, doctor, feeds, ml, ops, remote, service
 from bridge.cli import analytics as analytics_cli
+from bridge.cli import research as research_cli
 from bridge.cli.common import add_control_option, add_key_option, operator_key
 from bridge.cli.common import console as _console, db_url as _db_url, setup_logging as _setup_logging
 
@@ -906,6 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.register(sub, db_option)
     feeds.register(sub)
     analytics_cli.register(sub)
+    research_cli.register(sub)
 
     s = sub.add_parser("config", help="the effective configuration, or a new config file")
     csub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

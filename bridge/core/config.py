@@ -551,6 +551,31 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
     return Config(**sections, instruments=tuple(instruments), risk_limits=tuple(risk_limits))
 
 
+def check_value(section: str, key: str, value: Any) -> Any:
+    """One value for ``[section] key`` checked as the file's would be (type, bounds, choices), for callers that
+    set values outside a file (a parameter grid); ``section`` is a ``Config`` field name. Returns the value as the
+    field holds it (an int for a float field becomes a float); ConfigError says what is wrong."""
+    cls = SECTIONS.get(section)
+    if cls is None:
+        raise ConfigError(f"{section}: unknown section; allowed: {', '.join(section_path(n) for n in SECTIONS)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise ConfigError(f"{section_path(section)}.{key}: unknown key; allowed: {', '.join(fields)}")
+    errors: list[str] = []
+    coerced = _coerce(section_path(section), fields[key], value, errors)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return coerced
+
+
+def check_config(config: Config) -> None:
+    """The checks that involve more than one value (``build_config`` runs them on a file), on a Config changed in
+    code; ConfigError lists what is wrong."""
+    errors = _cross_checks({name: getattr(config, name) for name in SECTIONS})
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
 def _cross_checks(sections: dict[str, Any]) -> list[str]:
     """Checks that involve more than one value's bounds."""
     errors = []

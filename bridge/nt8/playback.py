@@ -74,6 +74,15 @@ class TickStream:
     def before(self, ts_ns: int) -> TickStream:
         """The events stamped before ``ts_ns`` (a walk-forward window)."""
         m = self.ts_ns < ts_ns
+        return self._select(m)
+
+    def between(self, start_ns: int, end_ns: int) -> TickStream:
+        """The events stamped in ``[start_ns, end_ns)`` (a walk-forward window that does not start at the data's
+        start)."""
+        lo, hi = np.searchsorted(self.ts_ns, [start_ns, end_ns], side="left")  # ts_ns is sorted (load_stream)
+        return self._select(slice(int(lo), int(hi)))
+
+    def _select(self, m: Any) -> TickStream:
         return TickStream(self.names, self.instrument[m], self.ts_ns[m], self.price[m], self.bid[m], self.ask[m],
                           self.size[m], self.is_bar[m], self.open[m], self.high[m], self.low[m], self.sources)
 

@@ -107,7 +107,9 @@ def _run(stream: TickStream, config: Config, master: InstrumentMaster, db_url: s
                                 progress=on_progress, secret=client_secret(config.security))  # remote mode: its secret
 
 
-def _trades(result: PlaybackResult, stream: TickStream, master: InstrumentMaster) -> tuple[list[TradeRecord], int]:
+def trades_of(result: PlaybackResult, stream: TickStream, master: InstrumentMaster) -> tuple[list[TradeRecord], int]:
+    """The round trips of a playback of ``stream`` (``trades_from_fills``; positions open at the end closed at
+    the last price) and how many were still open."""
     pvs = [master.resolve(n).point_value for n in stream.names]
     last: dict[int, float] = {}
     for i in range(len(stream.names)):
@@ -175,14 +177,14 @@ def run_backtest(stream: TickStream, config: Config, master: InstrumentMaster, d
         cal_config = replace(config, sizing=replace(config.sizing, mode="fixed", quantity=1),
                              portfolio=replace(config.portfolio, start_trading=""))
         cal = _run(train, cal_config, master, db_url, window, progress, "calibration", engine)
-        cal_trades, _ = _trades(cal, train, master)
+        cal_trades, _ = trades_of(cal, train, master)
         test_config, priors = calibrated_priors(config, cal_trades)
         report["calibration"] = {"from": _iso(first), "to": _iso(start_ns), "sizing": "fixed, 1 contract",
                                  "priors": priors, "summary": to_jsonable(summarize(cal_trades, config.sizing.equity,
                                                                                    first, start_ns))}
         test_config = replace(test_config, portfolio=replace(test_config.portfolio, start_trading=split))
     result = _run(stream, test_config, master, db_url, window, progress, "test", engine)
-    trades, still_open = _trades(result, stream, master)
+    trades, still_open = trades_of(result, stream, master)
     trades = [t for t in trades if t.entry_ns >= start_ns]
     sc = test_config.sizing
     report["test"] = {
