@@ -14,6 +14,8 @@ import sys
 import pandas as pd
 import pytest
 
+from tests.integration.ray_support import needs_ray
+
 CLI = [sys.executable, "-m", "bridge.cli"]
 GRID = '[strategy]\nlookback_bars = [10, 40]\nmomentum_stop_atr = [1.0, 2.0]\n'
 # Plumbing settings (tests/plumbing.toml): no regime switch, so momentum trades whenever a channel breaks; the
@@ -100,6 +102,17 @@ def test_the_oos_returns_file_is_the_stitched_test_windows(studies):
 def test_processes_and_this_process_give_the_same_numbers(studies):
     a, b = load(studies["processes"][0]), load(studies["sequential"][0])
     assert (a.pop("timing")["executor"], b.pop("timing")["executor"]) == ("processes:2", "sequential")
+    assert a == b
+
+
+@needs_ray
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_a_local_ray_cluster_gives_the_same_numbers(studies, shared_data, tmp_path, ray_head):
+    proc = optimize(shared_data, tmp_path, "ray", "--ray", ray_head)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load(tmp_path / "ray"), load(studies["sequential"][0])
+    assert (a.pop("timing")["executor"], b.pop("timing")["executor"]) == (f"ray:{ray_head}", "sequential")
     assert a == b
 
 
