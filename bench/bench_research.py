@@ -9,7 +9,8 @@ each copy after the previous one). Rows of the table, each measured in a child p
 its peak resident memory is its own:
 
 - research, no database: ``run_research`` (the sidecar's decision path in this process) with
-  tests/plumbing.toml, rows counted and dropped. Timed around ``run_research`` (building the server
+  tests/plumbing.toml, rows counted and dropped, every audit record hashed into a chain journaled and
+  checkpointed in a temporary folder (audit on). Timed around ``run_research`` (building the server
   included, loading the ticks not).
 - research, SQLite + audit: the same with a fresh SQLite file: every row through the storage writer and
   every audit record in the hash chain, committed before the clock stops (the writer's close).
@@ -106,7 +107,8 @@ def research_run(data: Path, repeat: int, limit: int | None, db: bool, profile: 
     with tempfile.TemporaryDirectory(prefix="bench_research-") as tmp:
         db_url = f"sqlite:///{Path(tmp) / 'research.sqlite'}" if db else None
         t0, c0 = time.perf_counter(), time.process_time()
-        result = run_research(stream, config, db_url=db_url)
+        # audit on in both: without a database the chain is journaled and checkpointed in the temp folder
+        result = run_research(stream, config, db_url=db_url, audit_dir=None if db else Path(tmp) / "audit")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {"ticks": len(stream), "elapsed_s": elapsed, "ticks_per_s": len(stream) / elapsed, "cpu_s": cpu,
            "brackets": result.brackets, "fills": result.fills, "one_copy_digest": check.digest,
@@ -233,7 +235,7 @@ def load_average() -> str:
         return "n/a"
 
 
-RESEARCH, SQLITE, NAUTILUS, NUMPY = ("research, no database", "research, SQLite + audit",
+RESEARCH, SQLITE, NAUTILUS, NUMPY = ("research, audit, no database", "research, SQLite + audit",
                                      "NautilusTrader (engine.run)", "numpy, no engine")
 LABELS = (RESEARCH, SQLITE, NAUTILUS, NUMPY)
 

@@ -75,6 +75,14 @@ def _open_journal_chain(config: Config, paths: AuditPaths) -> AuditChain:
                       fsync_interval_s=ac.fsync_interval_ms / 1000.0)
 
 
+def journal_chain(config: Config, folder: Path) -> AuditChain:
+    """A chain with no database behind it, journaled in ``folder`` with checkpoints signed by a key of its own
+    there (a research run's: every record hashed, journaled and checkpointed as the sidecar's are, nothing
+    stored)."""
+    return _open_journal_chain(config, AuditPaths(folder / "journal.jsonl", folder / "checkpoints.jsonl",
+                                                  folder / "key.pem"))
+
+
 def _record_of(row) -> AuditRecord:
     """An ``audit_chain`` row (its payload stored as JSON text) as the record it was made from."""
     return AuditRecord.from_dict({**row, "payload": json.loads(row["payload"])})

@@ -19,6 +19,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from bridge.core.config import Config
@@ -110,13 +111,14 @@ class InProcessLink:
 
 def run_research(stream: TickStream | Iterable[TickStream], config: Config, master: InstrumentMaster | None = None, *,
                  db_url: str | None = None, window: int = 256, instance_id: str | None = None,
-                 progress: Callable[[int], None] | None = None) -> PlaybackResult:
+                 progress: Callable[[int], None] | None = None, audit_dir: Path | None = None) -> PlaybackResult:
     """Play ``stream`` (a TickStream, or its pieces from ``iter_stream``) through the sidecar's decision path in
     this process; the result is the playback's.
 
     ``db_url``: record every row there through a real storage writer, and with ``audit.enabled`` every audit
     record in the hash chain and its journal, where the sidecar keeps them for that database; without it rows
-    (audit records among them) are counted and dropped."""
+    (audit records among them) are counted and dropped, unless ``audit_dir`` is given: then every audit record is
+    hashed into a chain journaled and checkpointed there, as the sidecar's are (audit on, no database)."""
     master = master or master_for(config)
     writer: Any = None
     chain = None
@@ -129,6 +131,9 @@ def run_research(stream: TickStream | Iterable[TickStream], config: Config, mast
         if config.audit.enabled:
             from bridge.audit.trail import open_chain
             chain = open_chain(config, db_url, writer)
+    elif audit_dir is not None and config.audit.enabled:
+        from bridge.audit.trail import journal_chain
+        chain = journal_chain(config, audit_dir)
     sink = writer if writer is not None else CountingSink()
     server = SidecarServer(config, sink, master, make_strategy_factory(config), chain=chain)
     try:
