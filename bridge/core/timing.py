@@ -74,6 +74,14 @@ class StageTimings:
                     "max_us": h.max_ns / 1000.0} for s, h in self.histograms.items() if h.count}
 
 
+class NoTimings(StageTimings):
+    """Stage timings that keep nothing: for runs nobody reads latencies from (a research run over history,
+    where a stage's wall time says nothing about the market)."""
+
+    def record(self, stage: str, duration_ns: int) -> None:
+        pass
+
+
 def _percentile_us(counts: np.ndarray, q: float, max_us: float) -> float:
     total = int(counts.sum())
     if total == 0:

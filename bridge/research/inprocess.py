@@ -15,6 +15,7 @@ kept in memory, so a study pays for nothing it does not keep.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections import Counter
@@ -24,11 +25,13 @@ from typing import Any
 
 from bridge.core.config import Config
 from bridge.core.instruments import InstrumentMaster
+from bridge.core.timing import NoTimings
+from bridge.engine.pipeline import STAGES
 from bridge.nt8.client import ClientError
 from bridge.nt8.playback import PlaybackError, PlaybackResult, TickStream, run_playback
 from bridge.protocol.codec import ProtocolError
 from bridge.protocol.messages import Error, Hello, HelloFlags, InstrumentDecl, Message, MsgType, Welcome
-from bridge.transport.server import SidecarServer
+from bridge.transport.server import TICK_TO_BRACKET, SidecarServer
 from bridge.transport.sidecar import make_strategy_factory, master_for
 
 __all__ = ["CountingSink", "InProcessLink", "run_research"]
@@ -134,8 +137,12 @@ def run_research(stream: TickStream | Iterable[TickStream], config: Config, mast
     elif audit_dir is not None and config.audit.enabled:
         from bridge.audit.trail import journal_chain
         chain = journal_chain(config, audit_dir)
+    if writer is None:  # tick rows would only be counted: not built at all (decisions do not read them)
+        config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, store_ticks=False))
     sink = writer if writer is not None else CountingSink()
-    server = SidecarServer(config, sink, master, make_strategy_factory(config), chain=chain)
+    # stage latencies of a replay say nothing about the market, and nobody reads them here
+    server = SidecarServer(config, sink, master, make_strategy_factory(config), chain=chain,
+                           timings=NoTimings(STAGES + (TICK_TO_BRACKET,)))
     try:
         server.record_config()
         if not isinstance(stream, TickStream):  # pieces (iter_stream): the first one names the instruments

@@ -149,7 +149,8 @@ class SidecarServer:
                  strategy_factory: Callable[[], list[Strategy]],
                  context: zmq.Context | None = None, chain: Any = None, leadership: Any = None,
                  on_lead: Callable[[Any], Any] | None = None,
-                 history: Callable[[str, str, int], Any] | None = None) -> None:
+                 history: Callable[[str, str, int], Any] | None = None,
+                 timings: StageTimings | None = None) -> None:
         self.config = config
         self.sink = sink
         self.master = master
@@ -158,7 +159,7 @@ class SidecarServer:
         self.stats = ServerStats()
         # the stages, and the sidecar's whole answer to market data: from a TICK, TICKS or BAR read off the socket
         # to its BRACKET handed to ZeroMQ (what NT8 waits for, less the wire)
-        self.timings = StageTimings(STAGES + (TICK_TO_BRACKET,))
+        self.timings = timings if timings is not None else StageTimings(STAGES + (TICK_TO_BRACKET,))
         self._t_in = 0  # perf_counter_ns() when the message being handled was read
         self.sessions: dict[bytes, Session] = {}
         self.quality_counts: Counter = Counter()  # QualityReason -> count, of the ended sessions
