@@ -194,7 +194,8 @@ def cagr(start_equity: float, end_equity: float, years: float) -> float:
     """Compound annual growth rate: ``(end / start) ** (1 / years) - 1``.
 
     Returns -1.0 when ``end_equity <= 0`` (the account is gone; a fractional power of a negative
-    ratio has no real value). Raises ValueError for ``years <= 0``, ``start_equity <= 0`` or
+    ratio has no real value), and +inf when a gain over a very short window compounds past the largest
+    float. Raises ValueError for ``years <= 0``, ``start_equity <= 0`` or
     non-finite inputs.
     """
     if not all(math.isfinite(x) for x in (start_equity, end_equity, years)):
@@ -205,7 +206,10 @@ def cagr(start_equity: float, end_equity: float, years: float) -> float:
         raise ValueError(f"start_equity must be positive, got {start_equity!r}")
     if end_equity <= 0:
         return -1.0
-    return (end_equity / start_equity) ** (1.0 / years) - 1.0
+    try:
+        return (end_equity / start_equity) ** (1.0 / years) - 1.0
+    except OverflowError:  # a gain over minutes compounds past any float: unbounded, like a profit factor
+        return math.inf    # without losses (to_jsonable writes it as null)
 
 
 # --------------------------------------------------------------------------- trade statistics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -163,12 +164,20 @@ def ref_group(trades, start_equity, start_ns, end_ns):
         "sortino": ref_sortino(rets),
         "max_drawdown": fr,
         "max_drawdown_amount": amt,
-        "cagr": (end_eq / start_equity) ** (1 / years) - 1 if end_eq > 0 else -1.0,
+        "cagr": ref_cagr(end_eq / start_equity, years),
         "exposure": ref_exposure_sweep([(t.entry_ns, t.exit_ns) for t in trades], start_ns, end_ns),
         "avg_holding_minutes": ref_mean([(t.exit_ns - t.entry_ns) / (60 * NS) for t in trades]) if trades else math.nan,
         "long_trades": sum(1 for t in trades if t.direction == 1),
         "short_trades": sum(1 for t in trades if t.direction == -1),
     }
+
+
+def ref_cagr(ratio, years):
+    if ratio <= 0:
+        return -1.0
+    if math.log(ratio) / years > math.log(sys.float_info.max):  # beyond any float: unbounded
+        return math.inf
+    return ratio ** (1 / years) - 1
 
 
 def ref_exposure_sweep(intervals, start, end):
@@ -330,6 +339,8 @@ def test_cagr_known_cases():
     assert cagr(100.0, 100.0, 3.0) == 0.0
     assert cagr(100.0, 121.0, 2.0) == approx(0.1)
     assert cagr(100.0, 0.0, 1.0) == -1.0 and cagr(100.0, -20.0, 0.5) == -1.0
+    # +8.5% in one hour compounds past the largest float: unbounded, not a crash
+    assert cagr(50_000.0, 54_250.0, 1 / 8766) == math.inf
 
 
 @pytest.mark.parametrize("args", [(100.0, 200.0, 0.0), (100.0, 200.0, -1.0), (0.0, 200.0, 1.0),
