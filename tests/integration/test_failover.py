@@ -90,6 +90,10 @@ def test_a_leader_whose_connection_is_cut_takes_the_lock_again_before_the_standb
     assert len(killed) == 2
     wait_until(lambda: a.connection_failures >= 1, "the leader to notice its connection is gone")
     wait_until(lambda: a._locked_conn is not None, "the leader to take the lock again")
+    # The two backends die one after the other: a poll of the standby's that was already running can take the
+    # lock the leader's death released, just before its own backend dies. It then believes it leads until its
+    # next poll finds the connection dead and the lock taken (a CI rehearsal caught that moment): wait it out.
+    wait_until(lambda: b.role is Role.STANDBY, "the standby to stand by again")
     assert a.role is Role.LEADER and b.role is Role.STANDBY
     assert a.epoch == 1  # the same leadership, not a new one
     a.stop()
