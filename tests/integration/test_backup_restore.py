@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bridge.storage.database import create_engine_for
+from bridge.storage.database import with_connection
 from bridge.transport.sidecar import SidecarProcess
 from tests.conftest import PLUMBING_CONFIG
 from tests.integration.test_audit_trail import record_playback
@@ -38,12 +38,8 @@ def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def counts(url: str) -> dict[str, int]:
-    engine = create_engine_for(url)
-    try:
-        with engine.connect() as conn:
-            return {t: conn.execute(text(f"select count(*) from {t}")).scalar_one() for t in TABLES}
-    finally:
-        engine.dispose()
+    return with_connection(url, "counting rows",
+                           lambda conn: {t: conn.execute(text(f"select count(*) from {t}")).scalar_one() for t in TABLES})
 
 
 def verified(cfg: Path, url: str) -> dict:
@@ -125,12 +121,8 @@ def test_postgres_session_backs_up_restores_into_a_second_database_and_verifies(
     assert out.returncode == 0, out.stderr
     proof = json.loads(out.stdout.strip().splitlines()[-1])
     assert proof["ok"] and proof["details"]["checkpoints_verified"] > 0
-    engine = create_engine_for(source)
-    try:
-        with engine.connect() as conn:
-            left = conn.execute(text("select datname from pg_database where datname like 'nt8bridge_proof_%'")).all()
-    finally:
-        engine.dispose()
+    left = with_connection(source, "listing scratch databases", lambda conn: conn.execute(
+        text("select datname from pg_database where datname like 'nt8bridge_proof_%'")).all())
     assert left == []
 
 
@@ -242,12 +234,8 @@ def test_each_proof_is_recorded_in_the_audit_trail_by_the_running_sidecar(shared
         assert "recorded in the audit trail" in out.stderr and "not recorded" not in out.stderr
     runs = proofs(folder)
     assert [r["ok"] for r in runs] == [True, True]
-    engine = create_engine_for(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text("select subject_id, payload from audit_chain where kind = 'backup_proof'")).all()
-    finally:
-        engine.dispose()
+    rows = with_connection(url, "reading the proofs", lambda conn: conn.execute(
+        text("select subject_id, payload from audit_chain where kind = 'backup_proof'")).all())
     assert [r.subject_id for r in rows] == [runs[1]["backup"]]
     recorded = json.loads(rows[0].payload)
     assert recorded["ok"] is True and recorded["details"]["checkpoints_verified"] > 0
