@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from bridge.core.digest import sha256_file  # a registry function too: artifacts are checked by it
+
 log = logging.getLogger("nt8bridge.ml.registry")
 
 T = TypeVar("T")
@@ -109,15 +111,6 @@ class ModelRecord:
             expires_ns=None if doc.get("expires_ns") is None else int(doc["expires_ns"]), path=path,
             artifacts=dict(doc.get("artifacts", {})), extra=extra, in_db=in_db,
         )
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def make_model_id(data_sha256: str, created_ns: int, kind: str = "ens") -> str:

@@ -7,7 +7,6 @@ the store's insert deduplication drops those that arrived), and an edited file i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bridge.analytics.store import AnalyticsStore, quote
+from bridge.core.digest import sha256_file
 from bridge.data.nt8files import Nt8Format, read_nt8
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,7 @@ class LoadResult:
 
 
 def source_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"nt8:{path.name}#{h.hexdigest()[:16]}"
+    return f"nt8:{path.name}#{sha256_file(path)[:16]}"
 
 
 def _frames(df: pd.DataFrame, fmt: Nt8Format, instrument: str) -> list[tuple[str, pd.DataFrame]]:

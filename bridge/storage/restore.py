@@ -20,7 +20,6 @@ restored database (``bridge.audit.trail.open_chain``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import URL, Connection
 
+from bridge.core.digest import sha256_file
 from bridge.storage.database import (
     SQLITE_BUSY_TIMEOUT_S,
     StorageError,
@@ -80,14 +80,6 @@ def manifest_path(backup_file: Path) -> Path:
 
 def audit_dir_of(backup_file: Path) -> Path:
     return backup_file.with_name(backup_file.name + AUDIT_SUFFIX)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _audit_head(url: str) -> int:
@@ -153,7 +145,7 @@ def backup_bundle(url: str, dest: Path, audit: AuditFiles | None) -> Path:
             "source": safe_url(parsed),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **info,
-            "files": {name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for name, p in files.items()},
+            "files": {name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for name, p in files.items()},
         }
         partial = manifest_path(db_file).with_name(manifest_path(db_file).name + ".partial")
         partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -198,7 +190,7 @@ def check_bundle(backup_file: Path) -> dict | None:
         if not path.is_file():
             raise StorageError(f"backup {backup_file} is incomplete: {path} is missing; use another backup")
         size = path.stat().st_size
-        if size != want.get("bytes") or _sha256(path) != want.get("sha256"):
+        if size != want.get("bytes") or sha256_file(path) != want.get("sha256"):
             what = (f"{size} bytes instead of {want.get('bytes')}" if size != want.get("bytes")
                     else "its SHA-256 differs")
             raise StorageError(f"backup {backup_file} is damaged: {path} does not match its manifest ({what}); "
